@@ -1,0 +1,232 @@
+"""Typed, frozen configuration dataclasses, validated on construction.
+
+Every invalid value raises :class:`ptycho.errors.ConfigError` naming the field and the
+allowed range. The dataclasses are immutable; use :func:`dataclasses.replace` to derive a
+changed copy (it re-runs validation).
+
+>>> cfg = TrainingConfig(model=ModelConfig(N=32, gridsize=2), nepochs=5)
+>>> cfg.model.N, cfg.model.n_channels
+(32, 4)
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, fields
+from typing import Any, Optional
+
+from ptycho.errors import ConfigError
+
+AMP_ACTIVATIONS = ("sigmoid", "swish", "softplus", "relu")
+LR_SCHEDULES = ("constant", "exponential", "cosine")
+TRACKERS = (None, "mlflow")
+BACKEND_NAMES = (None, "tensorflow", "tf", "torch", "pytorch")
+PRECISIONS = ("float32", "bfloat16")
+
+#: Number of 2x down-sampling levels of the encoder (and up-sampling levels of each decoder).
+N_LEVELS = 3
+
+
+def _check_int(owner: str, name: str, value: Any, lo: int, hi: Optional[int] = None) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(f"{owner}.{name} must be an int, got {type(value).__name__} {value!r}")
+    if value < lo or (hi is not None and value > hi):
+        rng = f"[{lo}, {hi}]" if hi is not None else f">= {lo}"
+        raise ConfigError(f"{owner}.{name} must be in {rng}, got {value}")
+
+
+def _check_float(owner: str, name: str, value: Any, lo: float, hi: float,
+                 lo_open: bool = False, hi_open: bool = False) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigError(f"{owner}.{name} must be a number, got {type(value).__name__} {value!r}")
+    v = float(value)
+    bad = (not math.isfinite(v) or v < lo or v > hi or (lo_open and v == lo) or (hi_open and v == hi))
+    if bad:
+        rng = ("(" if lo_open else "[") + f"{lo}, {hi}" + (")" if hi_open else "]")
+        raise ConfigError(f"{owner}.{name} must be a finite number in {rng}, got {value!r}")
+
+
+def _check_bool(owner: str, name: str, value: Any) -> None:
+    if not isinstance(value, bool):
+        raise ConfigError(f"{owner}.{name} must be a bool, got {type(value).__name__} {value!r}")
+
+
+def _check_choice(owner: str, name: str, value: Any, choices: tuple) -> None:
+    if value not in choices:
+        raise ConfigError(f"{owner}.{name} must be one of {list(choices)}, got {value!r}")
+
+
+def _check_opt_str(owner: str, name: str, value: Any) -> None:
+    if value is not None and (not isinstance(value, str) or not value):
+        raise ConfigError(f"{owner}.{name} must be a non-empty string or None, got {value!r}")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The network and physics model.
+
+    N: side of a diffraction pattern / object patch in pixels (multiple of 8, 16..512).
+    gridsize: patterns per group along each axis; a group holds ``gridsize**2`` patterns.
+    n_filters_scale, base_filters: the encoder widths are
+        ``base_filters * n_filters_scale * (1, 2, 4)``; decoders mirror them.
+    amp_activation: activation of the amplitude head.
+    object_big: for gridsize > 1, enforce the overlap constraint (reassemble the group's
+        patches on one canvas, average, re-extract) before predicting diffraction.
+    pad_object: restrict the object support to the central N/2 x N/2 region.
+    probe_big: with pad_object, predict the border region with a separate head instead of
+        zero-filling it.
+    probe_mask: multiply the probe by a disk of radius N/4 centred in the patch.
+    probe_scale: the probe is normalised so that ``sum |P|^2 = (probe_scale * N / 2) ** 2``
+        (see :func:`ptycho.data.scaling.normalise_probe`); dimensionless.
+    probe_trainable, intensity_scale_trainable: whether those parameters are optimised.
+    """
+
+    N: int = 64
+    gridsize: int = 1
+    n_filters_scale: int = 2
+    base_filters: int = 16
+    amp_activation: str = "sigmoid"
+    object_big: bool = True
+    probe_big: bool = True
+    probe_mask: bool = False
+    pad_object: bool = True
+    probe_scale: float = 4.0
+    probe_trainable: bool = False
+    intensity_scale_trainable: bool = True
+
+    def __post_init__(self) -> None:
+        o = "ModelConfig"
+        _check_int(o, "N", self.N, 16, 512)
+        if self.N % (2 ** N_LEVELS):
+            raise ConfigError(f"{o}.N must be a multiple of {2 ** N_LEVELS}, got {self.N}")
+        _check_int(o, "gridsize", self.gridsize, 1, 4)
+        _check_int(o, "n_filters_scale", self.n_filters_scale, 1, 16)
+        _check_int(o, "base_filters", self.base_filters, 1, 256)
+        _check_choice(o, "amp_activation", self.amp_activation, AMP_ACTIVATIONS)
+        for b in ("object_big", "probe_big", "probe_mask", "pad_object", "probe_trainable",
+                  "intensity_scale_trainable"):
+            _check_bool(o, b, getattr(self, b))
+        _check_float(o, "probe_scale", self.probe_scale, 0.0, 1e6, lo_open=True)
+
+    @property
+    def n_channels(self) -> int:
+        """Patterns per group, ``C = gridsize**2``."""
+        return self.gridsize ** 2
+
+    @property
+    def widths(self) -> tuple[int, ...]:
+        """Encoder channel widths per level, shallow to deep."""
+        w = self.base_filters * self.n_filters_scale
+        return tuple(w * 2 ** i for i in range(N_LEVELS))
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    """Training: optimiser, schedule, losses, data grouping, and run settings.
+
+    nphotons: mean total photon count per diffraction pattern; sets the intensity scale
+        (:func:`ptycho.data.scaling.intensity_scale`).
+    n_groups: number of groups drawn from the scan (None: one group per scan point).
+    neighbor_count: K, the number of nearest neighbours a group of gridsize**2 is drawn from.
+    lr_schedule: ``constant``; ``exponential`` (lr * lr_decay_rate**epoch); ``cosine``
+        (from learning_rate to lr_min over nepochs).
+    early_stopping_patience: stop after this many epochs without improvement of the
+        monitored loss by more than early_stopping_min_delta (None: never stop early).
+    nll_weight, mae_weight, realspace_weight: weights of the Poisson NLL, the amplitude MAE
+        and the real-space overlap-consistency term of the total loss.
+    loss_epsilon: added to the predicted intensity inside the log of the Poisson NLL
+        (photon-count units).
+    """
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    batch_size: int = 16
+    nepochs: int = 50
+    learning_rate: float = 1e-3
+    lr_schedule: str = "constant"
+    lr_decay_rate: float = 0.95
+    lr_min: float = 0.0
+    early_stopping_patience: Optional[int] = None
+    early_stopping_min_delta: float = 0.0
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    adam_epsilon: float = 1e-7
+    nll_weight: float = 1.0
+    mae_weight: float = 0.0
+    realspace_weight: float = 0.0
+    loss_epsilon: float = 1e-6
+    nphotons: float = 1e9
+    n_groups: Optional[int] = None
+    neighbor_count: int = 4
+    seed: int = 0
+    train_data_file: Optional[str] = None
+    test_data_file: Optional[str] = None
+    output_dir: Optional[str] = None
+    backend: Optional[str] = None
+    tracking: Optional[str] = None
+
+    def __post_init__(self) -> None:
+        o = "TrainingConfig"
+        if not isinstance(self.model, ModelConfig):
+            raise ConfigError(f"{o}.model must be a ModelConfig, got {type(self.model).__name__}")
+        _check_int(o, "batch_size", self.batch_size, 1, 1 << 16)
+        _check_int(o, "nepochs", self.nepochs, 1, 1 << 20)
+        _check_float(o, "learning_rate", self.learning_rate, 0.0, 10.0, lo_open=True)
+        _check_choice(o, "lr_schedule", self.lr_schedule, LR_SCHEDULES)
+        _check_float(o, "lr_decay_rate", self.lr_decay_rate, 0.0, 1.0, lo_open=True)
+        _check_float(o, "lr_min", self.lr_min, 0.0, float(self.learning_rate))
+        if self.early_stopping_patience is not None:
+            _check_int(o, "early_stopping_patience", self.early_stopping_patience, 1)
+        _check_float(o, "early_stopping_min_delta", self.early_stopping_min_delta, 0.0, 1e30)
+        _check_float(o, "adam_beta1", self.adam_beta1, 0.0, 1.0, hi_open=True)
+        _check_float(o, "adam_beta2", self.adam_beta2, 0.0, 1.0, hi_open=True)
+        _check_float(o, "adam_epsilon", self.adam_epsilon, 0.0, 1.0, lo_open=True)
+        for w in ("nll_weight", "mae_weight", "realspace_weight"):
+            _check_float(o, w, getattr(self, w), 0.0, 1e6)
+        if self.nll_weight == 0 and self.mae_weight == 0:
+            raise ConfigError(f"{o}: at least one of nll_weight, mae_weight must be > 0")
+        _check_float(o, "loss_epsilon", self.loss_epsilon, 0.0, 1.0, lo_open=True)
+        _check_float(o, "nphotons", self.nphotons, 0.0, 1e15, lo_open=True)
+        if self.n_groups is not None:
+            _check_int(o, "n_groups", self.n_groups, 1)
+        _check_int(o, "neighbor_count", self.neighbor_count, 1, 1024)
+        if self.neighbor_count < self.model.n_channels:
+            raise ConfigError(
+                f"{o}.neighbor_count must be >= gridsize**2 = {self.model.n_channels}, "
+                f"got {self.neighbor_count}")
+        _check_int(o, "seed", self.seed, 0, 2 ** 32 - 1)
+        for s in ("train_data_file", "test_data_file", "output_dir"):
+            _check_opt_str(o, s, getattr(self, s))
+        _check_choice(o, "backend", self.backend, BACKEND_NAMES)
+        _check_choice(o, "tracking", self.tracking, TRACKERS)
+
+
+@dataclass(frozen=True)
+class InferenceConfig:
+    """Inference with a trained model: where it is, which data, batch size, precision."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    model_path: Optional[str] = None
+    test_data_file: Optional[str] = None
+    batch_size: int = 64
+    precision: str = "float32"
+    nphotons: float = 1e9
+    seed: int = 0
+    output_dir: Optional[str] = None
+    backend: Optional[str] = None
+
+    def __post_init__(self) -> None:
+        o = "InferenceConfig"
+        if not isinstance(self.model, ModelConfig):
+            raise ConfigError(f"{o}.model must be a ModelConfig, got {type(self.model).__name__}")
+        _check_int(o, "batch_size", self.batch_size, 1, 1 << 16)
+        _check_choice(o, "precision", self.precision, PRECISIONS)
+        _check_float(o, "nphotons", self.nphotons, 0.0, 1e15, lo_open=True)
+        _check_int(o, "seed", self.seed, 0, 2 ** 32 - 1)
+        for s in ("model_path", "test_data_file", "output_dir"):
+            _check_opt_str(o, s, getattr(self, s))
+        _check_choice(o, "backend", self.backend, BACKEND_NAMES)
+
+
+def field_names(cls: type) -> tuple[str, ...]:
+    """The field names of a config dataclass, in declaration order."""
+    return tuple(f.name for f in fields(cls))

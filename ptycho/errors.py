@@ -1,0 +1,32 @@
+"""The library's documented exception types.
+
+Every error the library raises on bad input is one of these (or a plain ``ValueError`` /
+``ImportError`` where the design says so). Each subclasses ``ValueError`` so that callers
+written against generic validation errors keep working.
+"""
+
+from __future__ import annotations
+
+
+class PtychoError(Exception):
+    """Base class of every error raised by this library."""
+
+
+class ConfigError(PtychoError, ValueError):
+    """A configuration value or key is invalid (the message names the field)."""
+
+
+class DataError(PtychoError, ValueError):
+    """A dataset violates the NPZ data contract (the message names the key, expected and actual)."""
+
+
+class WeightsError(PtychoError, ValueError):
+    """A weight mapping does not match the canonical specification (missing, extra, misshapen)."""
+
+
+class BundleError(PtychoError, ValueError):
+    """A model bundle cannot be read or written (the message says what is wrong)."""
+
+
+class TrainingError(PtychoError, RuntimeError):
+    """Training stopped because something went wrong (e.g. a non-finite loss)."""

@@ -1,0 +1,152 @@
+"""The canonical weight specification of the network, and its seeded numpy initialiser.
+
+One ordered mapping ``name -> (shape, dtype)`` per :class:`ptycho.config.ModelConfig`, in one
+layout that both backends import and export: conv kernels ``(kh, kw, in, out)``, biases
+``(out,)``; plus the non-network state, ``probe`` (N, N) complex64 and
+``log_intensity_scale`` () float32.
+
+Architecture (every conv is 3x3, stride 1, zero "same" padding of 1 on each side):
+
+* encoder, level i = 0, 1, 2 with width ``w_i = widths[i]``:
+  ``enc{i}.conv1`` (in -> w_i), relu, ``enc{i}.conv2`` (w_i -> w_i), relu, max-pool 2x2;
+  the first input has C = gridsize**2 channels.
+* two decoders, ``amp`` and ``phase``, level j = 0, 1, 2 with widths ``(w_1, w_0, w_0)``:
+  nearest up-sampling x2, ``{branch}.dec{j}.conv1``, relu, ``{branch}.dec{j}.conv2``, relu.
+* heads from each decoder's last features to C channels: ``amp.head`` (then the configured
+  amplitude activation) and ``phase.head`` (then ``pi * tanh``). With ``pad_object`` and
+  ``probe_big`` also ``amp.border_head`` / ``phase.border_head``, whose output replaces the
+  main heads' outside the central N/2 x N/2 square. With ``pad_object`` alone the object is
+  zero outside that square.
+
+>>> from ptycho.config import ModelConfig
+>>> spec = weight_spec(ModelConfig(N=32, base_filters=2, n_filters_scale=1, probe_big=False))
+>>> spec["enc0.conv1.kernel"].shape, spec["probe"].dtype
+((3, 3, 1, 2), 'complex64')
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Mapping
+
+import numpy as np
+
+from ptycho.config.schema import N_LEVELS, ModelConfig
+from ptycho.errors import WeightsError
+
+KERNEL_SIZE = 3
+
+
+@dataclass(frozen=True)
+class WeightEntry:
+    """Shape and dtype (numpy dtype name) of one canonical entry."""
+
+    shape: tuple[int, ...]
+    dtype: str
+
+
+def _conv_entries(name: str, cin: int, cout: int) -> list[tuple[str, WeightEntry]]:
+    k = KERNEL_SIZE
+    return [(f"{name}.kernel", WeightEntry((k, k, cin, cout), "float32")),
+            (f"{name}.bias", WeightEntry((cout,), "float32"))]
+
+
+def decoder_widths(config: ModelConfig) -> tuple[int, ...]:
+    """Output widths of the decoder levels, deep to shallow: ``(w_1, w_0, w_0)``."""
+    w = config.widths
+    return tuple(w[max(N_LEVELS - 2 - j, 0)] for j in range(N_LEVELS))
+
+
+def network_weight_spec(config: ModelConfig) -> dict[str, WeightEntry]:
+    """The network's entries only (kernels and biases), in canonical order."""
+    entries: list[tuple[str, WeightEntry]] = []
+    cin = config.n_channels
+    for i, w in enumerate(config.widths):
+        entries += _conv_entries(f"enc{i}.conv1", cin, w)
+        entries += _conv_entries(f"enc{i}.conv2", w, w)
+        cin = w
+    for branch in ("amp", "phase"):
+        cin = config.widths[-1]
+        for j, w in enumerate(decoder_widths(config)):
+            entries += _conv_entries(f"{branch}.dec{j}.conv1", cin, w)
+            entries += _conv_entries(f"{branch}.dec{j}.conv2", w, w)
+            cin = w
+        entries += _conv_entries(f"{branch}.head", cin, config.n_channels)
+        if has_border_heads(config):
+            entries += _conv_entries(f"{branch}.border_head", cin, config.n_channels)
+    return dict(entries)
+
+
+def has_border_heads(config: ModelConfig) -> bool:
+    """Whether the border branch exists (``pad_object`` and ``probe_big``)."""
+    return bool(config.pad_object and config.probe_big)
+
+
+def weight_spec(config: ModelConfig) -> dict[str, WeightEntry]:
+    """Every canonical entry: the network's, then ``probe`` and ``log_intensity_scale``."""
+    spec = network_weight_spec(config)
+    spec["probe"] = WeightEntry((config.N, config.N), "complex64")
+    spec["log_intensity_scale"] = WeightEntry((), "float32")
+    return spec
+
+
+def trainable_names(config: ModelConfig) -> list[str]:
+    """Canonical names that the optimiser updates, in canonical order."""
+    names = list(network_weight_spec(config))
+    if config.probe_trainable:
+        names.append("probe")
+    if config.intensity_scale_trainable:
+        names.append("log_intensity_scale")
+    return names
+
+
+def init_weights(config: ModelConfig, seed: int, probe: np.ndarray,
+                 log_intensity_scale: float) -> dict[str, np.ndarray]:
+    """Seeded initial weights, drawn once in numpy and loaded into whichever backend.
+
+    Kernels: Glorot uniform, limit ``sqrt(6 / (fan_in + fan_out))`` with
+    ``fan = kh * kw * channels``, drawn in canonical order from ``numpy.random.default_rng(seed)``.
+    Biases: zero. ``probe`` (already normalised, see :mod:`ptycho.data.scaling`) and
+    ``log_intensity_scale`` are passed through as complex64 / float32.
+    """
+    rng = np.random.default_rng(seed)
+    out: dict[str, np.ndarray] = {}
+    for name, entry in network_weight_spec(config).items():
+        if name.endswith(".kernel"):
+            kh, kw, cin, cout = entry.shape
+            limit = np.sqrt(6.0 / (kh * kw * (cin + cout)))
+            out[name] = rng.uniform(-limit, limit, size=entry.shape).astype(np.float32)
+        else:
+            out[name] = np.zeros(entry.shape, dtype=np.float32)
+    out["probe"] = np.asarray(probe, dtype=np.complex64).copy()
+    out["log_intensity_scale"] = np.asarray(log_intensity_scale, dtype=np.float32).reshape(())
+    validate_weights(config, out)
+    return out
+
+
+def validate_weights(config: ModelConfig, weights: Mapping[str, np.ndarray]) -> None:
+    """Raise :class:`WeightsError` unless ``weights`` matches the spec exactly.
+
+    Names every missing, extra or misshapen entry (and wrong dtypes, and non-finite values).
+    """
+    spec = weight_spec(config)
+    missing = [k for k in spec if k not in weights]
+    extra = [k for k in weights if k not in spec]
+    problems = []
+    if missing:
+        problems.append(f"missing entries {missing}")
+    if extra:
+        problems.append(f"unexpected entries {extra}")
+    for name, entry in spec.items():
+        if name not in weights:
+            continue
+        arr = np.asarray(weights[name])
+        if tuple(arr.shape) != entry.shape:
+            problems.append(f"{name!r}: expected shape {entry.shape}, got {tuple(arr.shape)}")
+        elif arr.dtype != np.dtype(entry.dtype):
+            problems.append(f"{name!r}: expected dtype {entry.dtype}, got {arr.dtype}")
+        elif not np.all(np.isfinite(arr)):
+            problems.append(f"{name!r}: contains NaN or Inf")
+    if problems:
+        raise WeightsError("weights do not match the canonical spec for this config: "
+                           + "; ".join(problems))
