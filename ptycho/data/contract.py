@@ -1,0 +1,371 @@
+"""The NPZ data contract: what a raw ptychography scan looks like, checked at the boundary.
+
+A scan is held in :class:`RawData`, built from a mapping of arrays (an NPZ file's members) by
+:func:`validate_raw`, which raises :class:`ptycho.errors.DataError` naming the key, the
+expected and the actual shape / dtype / value for every violation.
+
+NPZ keys (the file format; the ``RawData`` field in brackets):
+
+==================  =========================  ===========================================
+key                 shape, dtype               meaning
+==================  =========================  ===========================================
+``diffraction``     (M, N, N) float32          amplitudes = sqrt(photon counts) [diffraction];
+                                               ``diff3d`` is accepted as an alias
+``probeGuess``      (N, N) complex64           the probe [probe]; a real probe is cast
+``xcoords``         (M,) float64               x = column of each pattern's centre, object
+                                               pixels [xcoords]
+``ycoords``         (M,) float64               y = row, object pixels [ycoords]
+``objectGuess``     (H, W) complex64, optional an object estimate [object_guess]
+``scan_index``      (M,) int64, optional       scan (sub-scan) index of each pattern
+                                               [scan_index]
+==================  =========================  ===========================================
+
+The older (N, N, M) layout of ``diffraction`` is accepted (and transposed) only when it is
+unambiguous: the first two axes equal each other and the probe size, and the last differs
+from N and equals ``len(xcoords)``. When M == N the shape cannot tell the layouts apart and
+the documented (M, N, N) layout is assumed. Other keys in a file are ignored.
+
+>>> import numpy as np
+>>> raw = validate_raw({"diffraction": np.ones((3, 16, 16), np.float32),
+...                     "probeGuess": np.ones((16, 16)), "xcoords": [0.0, 1.0, 2.0],
+...                     "ycoords": [5.0, 5.0, 5.0]})
+>>> raw.n_patterns, raw.N, raw.probe.dtype
+(3, 16, dtype('complex64'))
+"""
+
+from __future__ import annotations
+
+import os
+import zipfile
+from dataclasses import dataclass
+from typing import Any, Mapping, Optional, Union
+
+import numpy as np
+
+from ptycho.atomic import atomic_save_npz
+from ptycho.errors import DataError
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+#: Keys every scan file must hold (the diffraction under one of DIFFRACTION_KEYS).
+REQUIRED_KEYS = ("probeGuess", "xcoords", "ycoords")
+#: Accepted names of the diffraction array, preferred first.
+DIFFRACTION_KEYS = ("diffraction", "diff3d")
+#: Optional keys.
+OPTIONAL_KEYS = ("objectGuess", "scan_index")
+
+
+def _describe(arr: np.ndarray) -> str:
+    return f"shape {tuple(arr.shape)} dtype {arr.dtype}"
+
+
+def _as_array(key: str, value: Any) -> np.ndarray:
+    try:
+        arr = np.asarray(value)
+    except Exception as exc:  # ragged lists and the like
+        raise DataError(f"{key!r}: cannot be converted to an array ({exc})") from None
+    if arr.dtype.hasobject:
+        raise DataError(f"{key!r}: expected a numeric array, got dtype object "
+                        "(Python objects are not supported)")
+    if arr.dtype.kind in "USV":
+        raise DataError(f"{key!r}: expected a numeric array, got {arr.dtype.kind!r}-kind "
+                        f"dtype {arr.dtype}")
+    if arr.dtype.kind == "b":
+        raise DataError(f"{key!r}: expected a numeric array, got bool dtype")
+    if arr.dtype.kind in "mM":
+        raise DataError(f"{key!r}: expected a numeric array, got dtype {arr.dtype}")
+    return arr
+
+
+def _check_finite(key: str, arr: np.ndarray) -> None:
+    bad = int(arr.size - np.count_nonzero(np.isfinite(arr)))
+    if bad:
+        raise DataError(f"{key!r}: {bad} of {arr.size} values are not finite (NaN or Inf); "
+                        "expected finite values")
+
+
+def _real(key: str, value: Any, dtype: type, what: str) -> np.ndarray:
+    arr = _as_array(key, value)
+    if arr.dtype.kind == "c":
+        raise DataError(f"{key!r}: expected real {what}, got complex dtype {arr.dtype}")
+    return arr.astype(dtype, copy=False)
+
+
+def _complex(key: str, value: Any) -> np.ndarray:
+    return _as_array(key, value).astype(np.complex64, copy=False)
+
+
+def _check_diffraction(value: Any) -> np.ndarray:
+    key = "diffraction"
+    arr = _as_array(key, value)
+    if arr.dtype.kind in "iu":
+        raise DataError(
+            f"{key!r}: got integer dtype {arr.dtype}, which looks like integer photon counts; "
+            "pass amplitudes = sqrt(counts) as float32 (e.g. np.sqrt(counts).astype(np.float32))")
+    if arr.dtype.kind == "c":
+        raise DataError(f"{key!r}: expected real float32 amplitudes, got complex dtype "
+                        f"{arr.dtype} (pass |field|, the far-field amplitude)")
+    if arr.ndim != 3:
+        raise DataError(f"{key!r}: expected rank 3 (M, N, N), got rank {arr.ndim} "
+                        f"{_describe(arr)}")
+    if arr.shape[0] == 0:
+        raise DataError(f"{key!r}: the scan is empty (M = 0 patterns), {_describe(arr)}")
+    if arr.shape[1] != arr.shape[2]:
+        raise DataError(f"{key!r}: patterns must be square (M, N, N), got {arr.shape[1]} x "
+                        f"{arr.shape[2]} in {_describe(arr)}")
+    arr = arr.astype(np.float32, copy=False)
+    _check_finite(key, arr)
+    neg = int(np.count_nonzero(arr < 0))
+    if neg:
+        raise DataError(f"{key!r}: {neg} amplitudes are negative (min {float(arr.min()):g}); "
+                        "expected amplitudes >= 0 (sqrt of counts)")
+    return arr
+
+
+@dataclass(frozen=True, eq=False)
+class RawData:
+    """One scan in the public layout, validated and cast on construction.
+
+    diffraction: (M, N, N) float32 measured far-field amplitudes, sqrt(photon counts).
+    probe: (N, N) complex64 probe (a real array is cast).
+    xcoords, ycoords: (M,) float64 centre of each pattern in object pixels,
+        x = column, y = row.
+    object_guess: optional (H, W) complex64 object estimate.
+    scan_index: optional (M,) int64 index of the (sub-)scan each pattern belongs to.
+
+    Construction raises :class:`DataError` for any violation; arrays are cast to the dtypes
+    above (no copy when they already have them). Use :func:`validate_raw` to build one from
+    an NPZ-style mapping (key aliases, legacy layout).
+
+    >>> raw = RawData(np.zeros((2, 16, 16), np.float32), np.ones((16, 16)),
+    ...               np.array([0.0, 4.0]), np.array([0.0, 0.0]))
+    >>> raw.N, raw.n_patterns, raw.xcoords.dtype
+    (16, 2, dtype('float64'))
+    """
+
+    diffraction: np.ndarray
+    probe: np.ndarray
+    xcoords: np.ndarray
+    ycoords: np.ndarray
+    object_guess: Optional[np.ndarray] = None
+    scan_index: Optional[np.ndarray] = None
+
+    def __post_init__(self) -> None:
+        diff = _check_diffraction(self.diffraction)
+        m, n = diff.shape[0], diff.shape[1]
+
+        probe = _as_array("probeGuess", self.probe)
+        if probe.ndim != 2 or probe.shape[0] != probe.shape[1]:
+            raise DataError(f"'probeGuess': expected a square (N, N) array, got {_describe(probe)}")
+        if probe.shape[0] != n:
+            raise DataError(f"'probeGuess': size {probe.shape[0]} does not match the pattern "
+                            f"size N = {n} of 'diffraction' {tuple(diff.shape)}; expected "
+                            f"({n}, {n})")
+        probe = _complex("probeGuess", probe)
+        _check_finite("probeGuess", probe)
+
+        coords = {}
+        for key in ("xcoords", "ycoords"):
+            c = _real(key, getattr(self, key), np.float64, "positions in object pixels")
+            if c.ndim != 1 or c.shape[0] != m:
+                raise DataError(f"{key!r}: expected shape ({m},) (one position per pattern, "
+                                f"M = {m}), got {_describe(c)}")
+            _check_finite(key, c)
+            coords[key] = c
+
+        obj = self.object_guess
+        if obj is not None:
+            obj = _as_array("objectGuess", obj)
+            if obj.ndim != 2 or 0 in obj.shape:
+                raise DataError(f"'objectGuess': expected a non-empty (H, W) array, got "
+                                f"{_describe(obj)}")
+            obj = _complex("objectGuess", obj)
+            _check_finite("objectGuess", obj)
+
+        idx = self.scan_index
+        if idx is not None:
+            idx = _as_array("scan_index", idx)
+            if idx.dtype.kind == "c":
+                raise DataError(f"'scan_index': expected integers, got complex dtype {idx.dtype}")
+            if idx.ndim != 1 or idx.shape[0] != m:
+                raise DataError(f"'scan_index': expected shape ({m},) (one index per pattern, "
+                                f"M = {m}), got {_describe(idx)}")
+            if idx.dtype.kind == "f":
+                _check_finite("scan_index", idx)
+                if not np.array_equal(idx, np.round(idx)):
+                    raise DataError(f"'scan_index': expected integers, got non-integral values "
+                                    f"in dtype {idx.dtype}")
+            idx = idx.astype(np.int64, copy=False)
+
+        object.__setattr__(self, "diffraction", diff)
+        object.__setattr__(self, "probe", probe)
+        object.__setattr__(self, "xcoords", coords["xcoords"])
+        object.__setattr__(self, "ycoords", coords["ycoords"])
+        object.__setattr__(self, "object_guess", obj)
+        object.__setattr__(self, "scan_index", idx)
+
+    @property
+    def N(self) -> int:  # noqa: N802 (the physics name)
+        """Side of a diffraction pattern (and of the probe) in pixels."""
+        return int(self.diffraction.shape[-1])
+
+    @property
+    def n_patterns(self) -> int:
+        """M, the number of diffraction patterns in the scan."""
+        return int(self.diffraction.shape[0])
+
+    def subset(self, indices: Any) -> "RawData":
+        """The scan restricted to ``indices`` (int array or boolean mask), same probe and object.
+
+        >>> raw = RawData(np.zeros((3, 16, 16), np.float32), np.ones((16, 16)),
+        ...               np.array([0.0, 1.0, 2.0]), np.zeros(3))
+        >>> raw.subset([2, 0]).xcoords.tolist()
+        [2.0, 0.0]
+        """
+        sel = np.asarray(indices)
+        if sel.dtype.kind == "b":
+            if sel.shape != (self.n_patterns,):
+                raise DataError(f"subset mask: expected shape ({self.n_patterns},), got "
+                                f"{tuple(sel.shape)}")
+            sel = np.flatnonzero(sel)
+        if sel.dtype.kind not in "iu" or sel.ndim != 1:
+            raise DataError(f"subset indices: expected a 1-D integer array, got {_describe(sel)}")
+        if sel.size and (sel.min() < -self.n_patterns or sel.max() >= self.n_patterns):
+            raise DataError(f"subset indices: expected values in [0, {self.n_patterns}), got "
+                            f"min {int(sel.min())} max {int(sel.max())}")
+        return RawData(self.diffraction[sel], self.probe, self.xcoords[sel], self.ycoords[sel],
+                       self.object_guess,
+                       None if self.scan_index is None else self.scan_index[sel])
+
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        """The NPZ members of this scan (contract key names; optional keys only when set)."""
+        out = {"diffraction": self.diffraction, "probeGuess": self.probe,
+               "xcoords": self.xcoords, "ycoords": self.ycoords}
+        if self.object_guess is not None:
+            out["objectGuess"] = self.object_guess
+        if self.scan_index is not None:
+            out["scan_index"] = self.scan_index
+        return out
+
+
+def _pick_diffraction(arrays: Mapping[str, Any]) -> np.ndarray:
+    present = [k for k in DIFFRACTION_KEYS if k in arrays]
+    if len(present) == 2:
+        a = np.asarray(arrays["diffraction"])
+        b = np.asarray(arrays["diff3d"])
+        if a.shape != b.shape or not np.array_equal(a, b):
+            raise DataError(
+                "both 'diffraction' and its alias 'diff3d' are present and they differ "
+                f"(diffraction {_describe(a)}, diff3d {_describe(b)}); keep exactly one")
+    return arrays[present[0]]
+
+
+def _fix_layout(diff: Any, n_probe: Optional[int], m_coords: Optional[int]) -> Any:
+    """Transpose the legacy (N, N, M) layout to (M, N, N) where that is unambiguous."""
+    arr = np.asarray(diff)
+    if arr.ndim != 3 or arr.dtype.hasobject:
+        return diff  # RawData reports the problem
+    a, b, c = arr.shape
+    canonical_ok = b == c and (n_probe is None or b == n_probe)
+    legacy_ok = a == b and (n_probe is None or a == n_probe) and c != a
+    if canonical_ok and (m_coords is None or a == m_coords):
+        return diff
+    if legacy_ok:
+        if m_coords is not None and c == m_coords:
+            return np.moveaxis(arr, -1, 0)
+        raise DataError(
+            f"'diffraction': shape {arr.shape} looks like the legacy (N, N, M) layout with "
+            f"N = {a}, M = {c}, but 'xcoords' has {m_coords} entries; expected "
+            f"(M, N, N) = ({m_coords}, {n_probe}, {n_probe}) or the legacy ({n_probe}, "
+            f"{n_probe}, {m_coords})")
+    return diff  # RawData reports the mismatch with a specific message
+
+
+def validate_raw(arrays: Mapping[str, Any]) -> RawData:
+    """Check an NPZ-style mapping against the data contract and build a :class:`RawData`.
+
+    Accepts ``diff3d`` as an alias of ``diffraction`` and the unambiguous legacy (N, N, M)
+    layout (see the module docstring). Raises :class:`DataError` for missing keys, wrong
+    ranks, shapes, dtypes, non-finite or negative values, and empty scans.
+
+    >>> validate_raw({"diffraction": np.ones((2, 16, 16), np.float32)})
+    Traceback (most recent call last):
+    ...
+    ptycho.errors.DataError: missing keys ['probeGuess', 'xcoords', 'ycoords']; present: ['diffraction']
+    """
+    present = sorted(arrays)
+    missing = [k for k in REQUIRED_KEYS if k not in arrays]
+    if not any(k in arrays for k in DIFFRACTION_KEYS):
+        missing.insert(0, "diffraction (or 'diff3d')")
+    if missing:
+        raise DataError(f"missing keys {missing}; present: {present}")
+    probe = np.asarray(arrays["probeGuess"])
+    n_probe = probe.shape[0] if probe.ndim == 2 and probe.shape[0] == probe.shape[1] else None
+    x = np.asarray(arrays["xcoords"])
+    m_coords = x.shape[0] if x.ndim == 1 else None
+    diff = _fix_layout(_pick_diffraction(arrays), n_probe, m_coords)
+    return RawData(diffraction=diff, probe=arrays["probeGuess"], xcoords=arrays["xcoords"],
+                   ycoords=arrays["ycoords"], object_guess=arrays.get("objectGuess"),
+                   scan_index=arrays.get("scan_index"))
+
+
+def load_npz(path: PathLike, mmap_mode: Optional[str] = None) -> RawData:
+    """Read and validate a scan from an NPZ file (never unpickles anything).
+
+    ``mmap_mode`` (``None``, ``"r"``, ``"r+"``, ``"c"``) is passed to :func:`numpy.load`.
+    Note that numpy memory-maps plain ``.npy`` files only; NPZ members are read into memory.
+
+    Raises :class:`DataError` when the path is not a readable file, is not an NPZ archive,
+    holds an object (pickled) member, or violates the contract (:func:`validate_raw`).
+
+    >>> import os, tempfile
+    >>> p = os.path.join(tempfile.mkdtemp(), "scan.npz")
+    >>> save_npz(RawData(np.ones((2, 16, 16), np.float32), np.ones((16, 16)),
+    ...                  np.zeros(2), np.zeros(2)), p)
+    >>> load_npz(p).n_patterns
+    2
+    """
+    name = os.fspath(path)
+    if not os.path.isfile(name):
+        what = "a directory" if os.path.isdir(name) else "missing"
+        raise DataError(f"{name!r}: expected an NPZ file, but the path is {what}")
+    try:
+        archive = np.load(name, mmap_mode=mmap_mode, allow_pickle=False)
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
+        raise DataError(f"{name!r}: not an NPZ archive numpy can read ({exc})") from None
+    if not isinstance(archive, np.lib.npyio.NpzFile):
+        raise DataError(f"{name!r}: expected an NPZ archive (a zip of .npy members), got a "
+                        f"single {type(archive).__name__}; save it with save_npz")
+    arrays: dict[str, np.ndarray] = {}
+    with archive:
+        for key in archive.files:
+            try:
+                arrays[key] = archive[key]
+            except ValueError as exc:
+                if "pickle" in str(exc).lower() or "object" in str(exc).lower():
+                    raise DataError(f"{name!r}: member {key!r} is an object array; pickled "
+                                    "members are refused (store numeric arrays only)") from None
+                raise DataError(f"{name!r}: member {key!r} cannot be read ({exc})") from None
+            except (OSError, EOFError, zipfile.BadZipFile) as exc:
+                raise DataError(f"{name!r}: member {key!r} cannot be read ({exc})") from None
+    try:
+        return validate_raw(arrays)
+    except DataError as exc:
+        raise DataError(f"{name!r}: {exc}") from None
+
+
+def save_npz(raw: RawData, path: PathLike) -> None:
+    """Write ``raw`` to ``path`` (exactly that name) as an NPZ file, atomically.
+
+    Keys follow the contract: ``diffraction``, ``probeGuess``, ``xcoords``, ``ycoords`` and,
+    when set, ``objectGuess`` and ``scan_index``. A failed save leaves no partial file.
+
+    >>> import os, tempfile
+    >>> p = os.path.join(tempfile.mkdtemp(), "scan.npz")
+    >>> save_npz(RawData(np.ones((1, 16, 16), np.float32), np.ones((16, 16)), [3.0], [4.0]), p)
+    >>> sorted(np.load(p, allow_pickle=False).files)
+    ['diffraction', 'probeGuess', 'xcoords', 'ycoords']
+    """
+    if not isinstance(raw, RawData):
+        raise DataError(f"save_npz: expected a RawData, got {type(raw).__name__}")
+    atomic_save_npz(path, **raw.to_arrays())
