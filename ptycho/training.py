@@ -1,0 +1,192 @@
+"""The backend-neutral training driver.
+
+The core owns what must be identical across backends: the batch order (seeded, per epoch),
+the learning-rate schedule, early stopping, the per-epoch history and the handling of
+failures (non-finite loss, Ctrl-C). A backend only provides ``configure_training``,
+``set_learning_rate`` and ``train_step`` (see :class:`backends.protocol.BackendModel`).
+
+>>> learning_rate_at(TrainingConfig(learning_rate=1e-3, lr_schedule="exponential",
+...                                 lr_decay_rate=0.5), epoch=2)
+0.00025
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable, Mapping, Optional, Protocol
+
+import numpy as np
+
+from ptycho.batch import Batch
+from ptycho.config.schema import TrainingConfig
+from ptycho.errors import TrainingError
+from ptycho.physics.losses import LossSettings
+
+LOSS_KEYS = ("nll", "mae", "realspace", "total")
+
+
+class GroupedLike(Protocol):
+    """What the driver needs of a dataset (``ptycho.data.GroupedData`` provides it)."""
+
+    def __len__(self) -> int: ...
+
+    def batch(self, idx: np.ndarray) -> Batch: ...
+
+
+class NonFiniteLossError(TrainingError):
+    """The loss became NaN or Inf; the model holds the weights of the last completed epoch."""
+
+    def __init__(self, epoch: int, step: int, terms: Mapping[str, float]):
+        self.epoch, self.step, self.terms = epoch, step, dict(terms)
+        bad = {k: v for k, v in terms.items() if not math.isfinite(v)}
+        super().__init__(
+            f"non-finite loss at epoch {epoch}, step {step}: {bad}; training stopped and the "
+            f"weights of the last completed epoch ({epoch - 1 if epoch else 'initial'}) were kept")
+
+
+@dataclass
+class EpochRecord:
+    """One epoch: its learning rate, mean losses (train, and validation if given), wall time."""
+
+    epoch: int
+    learning_rate: float
+    loss: dict[str, float]
+    val_loss: Optional[dict[str, float]] = None
+    seconds: float = 0.0
+
+
+@dataclass
+class History:
+    """Per-epoch records plus how training ended."""
+
+    epochs: list[EpochRecord] = field(default_factory=list)
+    stopped_early: bool = False
+    interrupted: bool = False
+    best_epoch: Optional[int] = None
+
+    def losses(self, key: str = "total", split: str = "train") -> list[float]:
+        """One loss term per epoch, ``split`` ``train`` or ``val``."""
+        if split == "train":
+            return [r.loss[key] for r in self.epochs]
+        return [r.val_loss[key] for r in self.epochs if r.val_loss is not None]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"epochs": [asdict(r) for r in self.epochs], "stopped_early": self.stopped_early,
+                "interrupted": self.interrupted, "best_epoch": self.best_epoch}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "History":
+        return cls(epochs=[EpochRecord(**r) for r in d.get("epochs", [])],
+                   stopped_early=bool(d.get("stopped_early", False)),
+                   interrupted=bool(d.get("interrupted", False)),
+                   best_epoch=d.get("best_epoch"))
+
+
+def learning_rate_at(config: TrainingConfig, epoch: int) -> float:
+    """Learning rate of ``epoch`` (0-based) under ``config.lr_schedule``."""
+    lr0 = config.learning_rate
+    if config.lr_schedule == "constant":
+        return lr0
+    if config.lr_schedule == "exponential":
+        return max(lr0 * config.lr_decay_rate ** epoch, config.lr_min)
+    if config.lr_schedule == "cosine":
+        frac = epoch / max(config.nepochs - 1, 1)
+        return config.lr_min + 0.5 * (lr0 - config.lr_min) * (1.0 + math.cos(math.pi * frac))
+    raise ValueError(f"unknown lr_schedule {config.lr_schedule!r}")
+
+
+def epoch_batches(n: int, batch_size: int, seed: int, epoch: int) -> list[np.ndarray]:
+    """The batches of one epoch: a seeded permutation of ``range(n)`` cut into batch_size pieces.
+
+    Seeded by ``(seed, epoch)`` so that every backend, and a resumed run, sees the same
+    batches; the last batch may be smaller.
+
+    >>> [b.tolist() for b in epoch_batches(5, 2, seed=0, epoch=0)] == \\
+    ...     [b.tolist() for b in epoch_batches(5, 2, seed=0, epoch=0)]
+    True
+    """
+    order = np.random.default_rng([seed, epoch]).permutation(n)
+    return [order[i:i + batch_size] for i in range(0, n, batch_size)]
+
+
+def evaluate(model, data: GroupedLike, settings: LossSettings, batch_size: int) -> dict[str, float]:
+    """Mean loss terms over ``data`` (weighted by batch size), without updating the model."""
+    sums = dict.fromkeys(LOSS_KEYS, 0.0)
+    n = len(data)
+    for start in range(0, n, batch_size):
+        idx = np.arange(start, min(start + batch_size, n))
+        terms = model.losses(data.batch(idx), settings)
+        for k in LOSS_KEYS:
+            sums[k] += float(terms[k]) * len(idx)
+    return {k: v / n for k, v in sums.items()}
+
+
+ProgressFn = Callable[[int, int, int, Mapping[str, float]], None]
+EpochEndFn = Callable[[EpochRecord, Any], None]
+
+
+def fit(model, data: GroupedLike, config: TrainingConfig, validation: Optional[GroupedLike] = None,
+        progress: Optional[ProgressFn] = None, on_epoch_end: Optional[EpochEndFn] = None) -> History:
+    """Train ``model`` on ``data`` for ``config.nepochs`` epochs (or until early stopping).
+
+    ``progress(epoch, step, n_steps, terms)`` is called after every step and
+    ``on_epoch_end(record, model)`` after every completed epoch (e.g. to save a bundle).
+    A non-finite loss raises :class:`NonFiniteLossError` after restoring the weights of the
+    last completed epoch. Ctrl-C (KeyboardInterrupt) likewise restores them and returns the
+    history with ``interrupted=True``.
+    """
+    if len(data) == 0:
+        raise TrainingError("cannot train on an empty dataset (0 groups)")
+    settings = LossSettings.from_config(config)
+    model.configure_training(config)
+    history = History()
+    best = math.inf
+    waited = 0
+    monitor = "val" if validation is not None else "train"
+    for epoch in range(config.nepochs):
+        good_weights = model.get_weights()
+        try:
+            record = _run_epoch(model, data, config, epoch, progress)
+        except KeyboardInterrupt:
+            model.set_weights(good_weights)
+            history.interrupted = True
+            return history
+        except NonFiniteLossError:
+            model.set_weights(good_weights)
+            raise
+        if validation is not None:
+            record.val_loss = evaluate(model, validation, settings, config.batch_size)
+        history.epochs.append(record)
+        if on_epoch_end is not None:
+            on_epoch_end(record, model)
+        current = (record.val_loss if monitor == "val" else record.loss)["total"]
+        if current < best - config.early_stopping_min_delta:
+            best, waited, history.best_epoch = current, 0, epoch
+        else:
+            waited += 1
+            if config.early_stopping_patience is not None and waited >= config.early_stopping_patience:
+                history.stopped_early = True
+                break
+    return history
+
+
+def _run_epoch(model, data: GroupedLike, config: TrainingConfig, epoch: int,
+               progress: Optional[ProgressFn]) -> EpochRecord:
+    start = time.perf_counter()
+    lr = learning_rate_at(config, epoch)
+    model.set_learning_rate(lr)
+    batches = epoch_batches(len(data), config.batch_size, config.seed, epoch)
+    sums = dict.fromkeys(LOSS_KEYS, 0.0)
+    for step, idx in enumerate(batches):
+        terms = model.train_step(data.batch(idx))
+        if not all(math.isfinite(float(terms[k])) for k in LOSS_KEYS):
+            raise NonFiniteLossError(epoch, step, {k: float(terms[k]) for k in LOSS_KEYS})
+        for k in LOSS_KEYS:
+            sums[k] += float(terms[k]) * len(idx)
+        if progress is not None:
+            progress(epoch, step, len(batches), terms)
+    n = len(data)
+    return EpochRecord(epoch=epoch, learning_rate=lr, loss={k: v / n for k, v in sums.items()},
+                       seconds=time.perf_counter() - start)
