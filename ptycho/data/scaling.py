@@ -1,0 +1,118 @@
+"""Every scale factor of the library, each computed in exactly one function here.
+
+Units:
+
+* raw diffraction ``A``: amplitudes, sqrt(photon counts) as measured (or simulated);
+* normalised amplitude ``A * s_norm`` with :func:`normalisation_factor`: dimensionless, the
+  mean total intensity of a pattern is ``(N/2)**2``;
+* photon-unit amplitude ``A * s_norm * s_int`` with :func:`intensity_scale`: sqrt(counts),
+  the mean total count of a pattern is ``nphotons``;
+* the model's log intensity scale starts at :func:`initial_log_intensity_scale`
+  ``= log(s_int)`` (optionally trainable afterwards);
+* the probe from :func:`normalise_probe` has ``sum |P|^2 = (probe_scale * N / 2)**2``.
+
+>>> a = np.ones((4, 16, 16), np.float32)
+>>> s = normalisation_factor(a)
+>>> float(np.mean(np.sum((a * s) ** 2, axis=(-2, -1))))
+64.0
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from ptycho.errors import ConfigError, DataError
+
+
+def _check_n(n: Any) -> int:
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+        raise ConfigError(f"N must be a positive int (pattern side in pixels), got {n!r}")
+    return int(n)
+
+
+def normalisation_factor(diffraction: np.ndarray) -> float:
+    """Dataset normalisation ``s_norm = sqrt((N/2)**2 / mean_m sum_px A**2)`` (dimensionless).
+
+    ``diffraction``: (..., N, N) amplitudes (sqrt of counts); the mean runs over every
+    leading axis (all patterns). After multiplying by ``s_norm`` the mean total intensity
+    ``sum_px (s_norm A)**2`` of a pattern is ``(N/2)**2``. Computed in float64.
+
+    >>> normalisation_factor(np.full((2, 16, 16), 2.0))
+    0.25
+    """
+    a = np.asarray(diffraction)
+    if a.ndim < 3 or a.shape[-1] != a.shape[-2] or a.shape[-1] == 0:
+        raise DataError(f"normalisation_factor: expected diffraction (..., N, N) with at least "
+                        f"one pattern axis, got shape {tuple(a.shape)}")
+    if a.dtype.kind not in "fiu":
+        raise DataError(f"normalisation_factor: expected real amplitudes, got dtype {a.dtype}")
+    n = a.shape[-1]
+    total = np.sum(np.square(a, dtype=np.float64), axis=(-2, -1))
+    if total.size == 0:
+        raise DataError(f"normalisation_factor: no patterns (diffraction shape {tuple(a.shape)})")
+    mean_total = float(np.mean(total))
+    if not math.isfinite(mean_total):
+        raise DataError("normalisation_factor: diffraction holds NaN or Inf values")
+    if mean_total <= 0.0:
+        raise DataError("normalisation_factor: every diffraction pattern is zero; expected a "
+                        "positive mean total intensity")
+    return math.sqrt((n / 2.0) ** 2 / mean_total)
+
+
+def intensity_scale(nphotons: float, n: int) -> float:
+    """Intensity scale ``s_int = sqrt(nphotons) / (N/2)`` (sqrt(counts) per normalised unit).
+
+    A normalised amplitude times ``s_int`` is an amplitude in photon units: the mean total
+    count of a pattern becomes ``nphotons``.
+
+    >>> intensity_scale(1e4, 20)
+    10.0
+    """
+    n = _check_n(n)
+    if isinstance(nphotons, bool) or not isinstance(nphotons, (int, float, np.number)):
+        raise ConfigError(f"nphotons must be a positive number, got {nphotons!r}")
+    if not math.isfinite(float(nphotons)) or float(nphotons) <= 0:
+        raise ConfigError(f"nphotons must be a finite number > 0, got {nphotons!r}")
+    return math.sqrt(float(nphotons)) / (n / 2.0)
+
+
+def initial_log_intensity_scale(nphotons: float, n: int) -> float:
+    """Starting value of the model's ``log_intensity_scale``: ``log(intensity_scale(...))``.
+
+    >>> round(initial_log_intensity_scale(1e4, 20), 6) == round(math.log(10.0), 6)
+    True
+    """
+    return math.log(intensity_scale(nphotons, n))
+
+
+def normalise_probe(probe: np.ndarray, probe_scale: float) -> np.ndarray:
+    """``P * probe_scale * (N/2) / sqrt(sum |P|**2)`` as complex64 (dimensionless).
+
+    Afterwards ``sum |P|**2 = (probe_scale * N / 2)**2``. A real probe is accepted and cast.
+    Raises :class:`DataError` for a non-square, non-finite or all-zero probe.
+
+    >>> p = normalise_probe(np.ones((16, 16)), 2.0)
+    >>> p.dtype, round(float(np.sum(np.abs(p) ** 2)), 3)
+    (dtype('complex64'), 256.0)
+    """
+    p = np.asarray(probe)
+    if p.ndim != 2 or p.shape[0] != p.shape[1] or p.shape[0] == 0:
+        raise DataError(f"normalise_probe: expected a square (N, N) probe, got shape "
+                        f"{tuple(p.shape)}")
+    if p.dtype.kind not in "fiuc":
+        raise DataError(f"normalise_probe: expected a numeric probe, got dtype {p.dtype}")
+    if isinstance(probe_scale, bool) or not isinstance(probe_scale, (int, float, np.number)) \
+            or not math.isfinite(float(probe_scale)) or float(probe_scale) <= 0:
+        raise ConfigError(f"probe_scale must be a finite number > 0, got {probe_scale!r}")
+    p = p.astype(np.complex128)
+    power = float(np.sum(np.abs(p) ** 2))
+    if not math.isfinite(power):
+        raise DataError("normalise_probe: the probe holds NaN or Inf values")
+    if power == 0.0:
+        raise DataError("normalise_probe: the probe is zero everywhere (sum |P|^2 = 0); "
+                        "cannot normalise it")
+    n = p.shape[0]
+    return (p * (float(probe_scale) * (n / 2.0) / math.sqrt(power))).astype(np.complex64)
