@@ -36,6 +36,7 @@ the documented (M, N, N) layout is assumed. Other keys in a file are ignored.
 from __future__ import annotations
 
 import os
+import struct
 import zipfile
 from dataclasses import dataclass
 from typing import Any, Mapping, Optional, Union
@@ -77,8 +78,21 @@ def _as_array(key: str, value: Any) -> np.ndarray:
     return arr
 
 
+#: Patterns per chunk when scanning a (possibly memory-mapped) array for bad values, so the
+#: boolean temporaries stay small.
+_CHUNK = 1024
+
+
+def _chunks(arr: np.ndarray):
+    if arr.ndim == 0:
+        yield arr
+        return
+    for i in range(0, arr.shape[0], _CHUNK):
+        yield arr[i:i + _CHUNK]
+
+
 def _check_finite(key: str, arr: np.ndarray) -> None:
-    bad = int(arr.size - np.count_nonzero(np.isfinite(arr)))
+    bad = sum(int(c.size - np.count_nonzero(np.isfinite(c))) for c in _chunks(arr))
     if bad:
         raise DataError(f"{key!r}: {bad} of {arr.size} values are not finite (NaN or Inf); "
                         "expected finite values")
@@ -115,7 +129,7 @@ def _check_diffraction(value: Any) -> np.ndarray:
                         f"{arr.shape[2]} in {_describe(arr)}")
     arr = arr.astype(np.float32, copy=False)
     _check_finite(key, arr)
-    neg = int(np.count_nonzero(arr < 0))
+    neg = sum(int(np.count_nonzero(c < 0)) for c in _chunks(arr))
     if neg:
         raise DataError(f"{key!r}: {neg} amplitudes are negative (min {float(arr.min()):g}); "
                         "expected amplitudes >= 0 (sqrt of counts)")
@@ -309,11 +323,73 @@ def validate_raw(arrays: Mapping[str, Any]) -> RawData:
                    scan_index=arrays.get("scan_index"))
 
 
+#: Memory-map modes :func:`load_npz` accepts ("r+" and "w+" would write into the archive).
+MMAP_MODES = (None, "r", "c")
+
+_LOCAL_HEADER = struct.Struct("<4sHHHHHIIIHH")  # zip local file header, 30 bytes
+
+
+def _memmap_member(name: str, info: zipfile.ZipInfo, mode: str) -> Optional[np.ndarray]:
+    """Memory-map one stored (uncompressed) ``.npy`` member, or None when it cannot be."""
+    if info.compress_type != zipfile.ZIP_STORED or info.flag_bits & 0x1:
+        return None
+    with open(name, "rb") as f:
+        f.seek(info.header_offset)
+        fields = _LOCAL_HEADER.unpack(f.read(_LOCAL_HEADER.size))
+        if fields[0] != b"PK\x03\x04":
+            return None
+        f.seek(info.header_offset + _LOCAL_HEADER.size + fields[9] + fields[10])
+        version = np.lib.format.read_magic(f)
+        if version == (1, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
+        elif version == (2, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
+        else:
+            return None
+        offset = f.tell()
+    if dtype.hasobject:
+        raise ValueError("Object arrays cannot be loaded when allow_pickle=False")
+    if int(np.prod(shape)) == 0:
+        return None
+    return np.memmap(name, dtype=dtype, mode=mode, offset=offset, shape=shape,
+                     order="F" if fortran else "C")
+
+
+def _read_members(name: str, mmap_mode: Optional[str]) -> dict[str, np.ndarray]:
+    try:
+        archive = np.load(name, allow_pickle=False)
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
+        raise DataError(f"{name!r}: not an NPZ archive numpy can read ({exc})") from None
+    if not isinstance(archive, np.lib.npyio.NpzFile):
+        raise DataError(f"{name!r}: expected an NPZ archive (a zip of .npy members), got a "
+                        f"single {type(archive).__name__}; save it with save_npz")
+    arrays: dict[str, np.ndarray] = {}
+    with archive:
+        infos = {i.filename: i for i in archive.zip.infolist()}
+        for key in archive.files:
+            try:
+                arr = None
+                info = infos.get(key + ".npy")
+                if mmap_mode is not None and info is not None:
+                    arr = _memmap_member(name, info, mmap_mode)
+                arrays[key] = archive[key] if arr is None else arr
+            except ValueError as exc:
+                if "pickle" in str(exc).lower() or "object" in str(exc).lower():
+                    raise DataError(f"{name!r}: member {key!r} is an object array; pickled "
+                                    "members are refused (store numeric arrays only)") from None
+                raise DataError(f"{name!r}: member {key!r} cannot be read ({exc})") from None
+            except (OSError, EOFError, zipfile.BadZipFile) as exc:
+                raise DataError(f"{name!r}: member {key!r} cannot be read ({exc})") from None
+    return arrays
+
+
 def load_npz(path: PathLike, mmap_mode: Optional[str] = None) -> RawData:
     """Read and validate a scan from an NPZ file (never unpickles anything).
 
-    ``mmap_mode`` (``None``, ``"r"``, ``"r+"``, ``"c"``) is passed to :func:`numpy.load`.
-    Note that numpy memory-maps plain ``.npy`` files only; NPZ members are read into memory.
+    ``mmap_mode``: None reads every member into memory; ``"r"`` (read-only) or ``"c"``
+    (copy-on-write) memory-maps the members stored uncompressed (as :func:`save_npz` writes
+    them), so a large ``diffraction`` that already has the contract dtype (float32) is not
+    read into memory; compressed members, and members that need a dtype cast, are read.
 
     Raises :class:`DataError` when the path is not a readable file, is not an NPZ archive,
     holds an object (pickled) member, or violates the contract (:func:`validate_raw`).
@@ -322,32 +398,17 @@ def load_npz(path: PathLike, mmap_mode: Optional[str] = None) -> RawData:
     >>> p = os.path.join(tempfile.mkdtemp(), "scan.npz")
     >>> save_npz(RawData(np.ones((2, 16, 16), np.float32), np.ones((16, 16)),
     ...                  np.zeros(2), np.zeros(2)), p)
-    >>> load_npz(p).n_patterns
-    2
+    >>> load_npz(p).n_patterns, isinstance(load_npz(p, mmap_mode="r").diffraction.base, np.memmap)
+    (2, True)
     """
     name = os.fspath(path)
+    if mmap_mode not in MMAP_MODES:
+        raise DataError(f"load_npz: mmap_mode must be one of {list(MMAP_MODES)}, got "
+                        f"{mmap_mode!r}")
     if not os.path.isfile(name):
         what = "a directory" if os.path.isdir(name) else "missing"
         raise DataError(f"{name!r}: expected an NPZ file, but the path is {what}")
-    try:
-        archive = np.load(name, mmap_mode=mmap_mode, allow_pickle=False)
-    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
-        raise DataError(f"{name!r}: not an NPZ archive numpy can read ({exc})") from None
-    if not isinstance(archive, np.lib.npyio.NpzFile):
-        raise DataError(f"{name!r}: expected an NPZ archive (a zip of .npy members), got a "
-                        f"single {type(archive).__name__}; save it with save_npz")
-    arrays: dict[str, np.ndarray] = {}
-    with archive:
-        for key in archive.files:
-            try:
-                arrays[key] = archive[key]
-            except ValueError as exc:
-                if "pickle" in str(exc).lower() or "object" in str(exc).lower():
-                    raise DataError(f"{name!r}: member {key!r} is an object array; pickled "
-                                    "members are refused (store numeric arrays only)") from None
-                raise DataError(f"{name!r}: member {key!r} cannot be read ({exc})") from None
-            except (OSError, EOFError, zipfile.BadZipFile) as exc:
-                raise DataError(f"{name!r}: member {key!r} cannot be read ({exc})") from None
+    arrays = _read_members(name, mmap_mode)
     try:
         return validate_raw(arrays)
     except DataError as exc:
