@@ -75,7 +75,7 @@ def test_legacy_layout_is_transposed_when_unambiguous():
     canonical = d["diffraction"]
     d["diffraction"] = np.ascontiguousarray(np.moveaxis(canonical, 0, -1))  # (N, N, M)
     raw = validate_raw(d)
-    assert raw.diffraction.shape == (M, N, N)
+    assert raw.diffraction.shape == (M, N, N) and raw.diffraction.flags.c_contiguous
     assert np.array_equal(raw.diffraction, canonical)
 
 
@@ -114,6 +114,9 @@ MALFORMED = {
              xcoords=np.zeros(4), ycoords=np.zeros(4)),
         r"shape \(16, 16, 5\) looks like the legacy \(N, N, M\) layout with N = 16, M = 5, "
         r"but 'xcoords' has 4 entries"),
+    "legacy_layout_bad_xcoords": (
+        _mut(diffraction=lambda d: np.moveaxis(d["diffraction"], 0, -1), xcoords=np.zeros((5, 1))),
+        r"looks like the legacy \(N, N, M\) layout .* but 'xcoords' is not a 1-D array"),
     "non_square": (_mut(diffraction=lambda d: d["diffraction"][:, :, :12]),
                    r"patterns must be square \(M, N, N\), got 16 x 12"),
     "probe_size_mismatch": (_mut(probeGuess=np.ones((32, 32), np.complex64)),
@@ -310,7 +313,8 @@ def test_subset_by_indices_and_mask():
     assert np.array_equal(sub.diffraction[0], raw.diffraction[3])
     mask = np.array([True, False, True, False, False])
     assert raw.subset(mask).xcoords.tolist() == raw.xcoords[[0, 2]].tolist()
-    with pytest.raises(DataError, match=r"subset indices: expected values in \[0, 5\)"):
-        raw.subset([7])
+    with pytest.raises(DataError, match=r"subset indices: expected values in \[0, 5\), got "
+                                        r"min -1 max 7"):
+        raw.subset([7, -1])
     with pytest.raises(DataError, match=r"subset mask: expected shape \(5,\), got \(3,\)"):
         raw.subset(np.ones(3, bool))

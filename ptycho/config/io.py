@@ -259,6 +259,13 @@ def save_config(cfg: Any, path: PathLike) -> None:
 def load_config(path: PathLike, cls: Optional[type] = None) -> ConfigT:
     """Read a config file (``.json``, ``.yaml``, ``.yml``); ``cls`` or the file's ``kind``
     decides the class. Any problem is a :class:`ConfigError` naming the file.
+
+    >>> import os, tempfile
+    >>> p = os.path.join(tempfile.mkdtemp(), "infer.json")
+    >>> with open(p, "w") as f:
+    ...     _ = f.write('{"batch_size": 8, "model": {"N": 32}}')
+    >>> load_config(p, InferenceConfig).model.N
+    32
     """
     name = os.fspath(path)
     suffix = _suffix(name)

@@ -244,7 +244,7 @@ class RawData:
             sel = np.flatnonzero(sel)
         if sel.dtype.kind not in "iu" or sel.ndim != 1:
             raise DataError(f"subset indices: expected a 1-D integer array, got {_describe(sel)}")
-        if sel.size and (sel.min() < -self.n_patterns or sel.max() >= self.n_patterns):
+        if sel.size and (sel.min() < 0 or sel.max() >= self.n_patterns):
             raise DataError(f"subset indices: expected values in [0, {self.n_patterns}), got "
                             f"min {int(sel.min())} max {int(sel.max())}")
         return RawData(self.diffraction[sel], self.probe, self.xcoords[sel], self.ycoords[sel],
@@ -286,12 +286,16 @@ def _fix_layout(diff: Any, n_probe: Optional[int], m_coords: Optional[int]) -> A
         return diff
     if legacy_ok:
         if m_coords is not None and c == m_coords:
-            return np.moveaxis(arr, -1, 0)
+            return np.ascontiguousarray(np.moveaxis(arr, -1, 0))
+        if m_coords is None:
+            raise DataError(
+                f"'diffraction': shape {arr.shape} looks like the legacy (N, N, M) layout with "
+                f"N = {a}, M = {c}, but 'xcoords' is not a 1-D array of M positions, so the "
+                "layout cannot be confirmed; expected 'xcoords' of shape (M,)")
         raise DataError(
             f"'diffraction': shape {arr.shape} looks like the legacy (N, N, M) layout with "
             f"N = {a}, M = {c}, but 'xcoords' has {m_coords} entries; expected "
-            f"(M, N, N) = ({m_coords}, {n_probe}, {n_probe}) or the legacy ({n_probe}, "
-            f"{n_probe}, {m_coords})")
+            f"(M, N, N) = ({m_coords}, {a}, {a}) or the legacy ({a}, {a}, {m_coords})")
     return diff  # RawData reports the mismatch with a specific message
 
 
@@ -313,8 +317,10 @@ def validate_raw(arrays: Mapping[str, Any]) -> RawData:
         missing.insert(0, "diffraction (or 'diff3d')")
     if missing:
         raise DataError(f"missing keys {missing}; present: {present}")
-    probe = np.asarray(arrays["probeGuess"])
-    n_probe = probe.shape[0] if probe.ndim == 2 and probe.shape[0] == probe.shape[1] else None
+    probe = _as_array("probeGuess", arrays["probeGuess"])
+    if probe.ndim != 2 or probe.shape[0] != probe.shape[1]:
+        raise DataError(f"'probeGuess': expected a square (N, N) array, got {_describe(probe)}")
+    n_probe = probe.shape[0]
     x = np.asarray(arrays["xcoords"])
     m_coords = x.shape[0] if x.ndim == 1 else None
     diff = _fix_layout(_pick_diffraction(arrays), n_probe, m_coords)

@@ -165,6 +165,13 @@ class GroupedData:
         """The groups ``idx`` (int, slice, index array or mask) as a :class:`ptycho.batch.Batch`.
 
         An int gives a batch of one group; ``canvas_size`` is the dataset's.
+
+        >>> from ptycho.config import ModelConfig
+        >>> raw = RawData(np.ones((5, 16, 16), np.float32), np.ones((16, 16)),
+        ...               np.arange(5.0), np.zeros(5))
+        >>> gd = group_data(raw, ModelConfig(N=16), nphotons=1e4)
+        >>> gd.batch(slice(0, 3)).diffraction.shape, gd.batch(4).size
+        ((3, 1, 16, 16), 1)
         """
         if isinstance(idx, (int, np.integer)) and not isinstance(idx, bool):
             idx = [int(idx)]
@@ -199,7 +206,8 @@ def group_data(raw: RawData, model_config: ModelConfig, nphotons: float,
     idx = group_scan(raw.xcoords, raw.ycoords, model_config.gridsize, neighbor_count,
                      n_groups=n_groups, seed=seed)
     s_norm = normalisation_factor(raw.diffraction)
-    diffraction = (raw.diffraction[idx].astype(np.float64) * (s_norm * s_int)).astype(np.float32)
+    diffraction = raw.diffraction[idx]  # a fresh (B, C, N, N) float32 copy
+    diffraction *= np.float32(s_norm * s_int)
     pos = np.stack([raw.xcoords, raw.ycoords], axis=1)[idx]  # (B, C, 2)
     centre = pos.mean(axis=1)
     rel = (pos - centre[:, None, :]).astype(np.float32)

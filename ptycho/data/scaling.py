@@ -26,6 +26,9 @@ import numpy as np
 
 from ptycho.errors import ConfigError, DataError
 
+#: Patterns summed per step in :func:`normalisation_factor`.
+_CHUNK = 1024
+
 
 def _check_n(n: Any) -> int:
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
@@ -50,10 +53,13 @@ def normalisation_factor(diffraction: np.ndarray) -> float:
     if a.dtype.kind not in "fiu":
         raise DataError(f"normalisation_factor: expected real amplitudes, got dtype {a.dtype}")
     n = a.shape[-1]
-    total = np.sum(np.square(a, dtype=np.float64), axis=(-2, -1))
-    if total.size == 0:
+    flat = a.reshape(-1, n, n)
+    if flat.shape[0] == 0:
         raise DataError(f"normalisation_factor: no patterns (diffraction shape {tuple(a.shape)})")
-    mean_total = float(np.mean(total))
+    # in chunks of patterns, so a memory-mapped scan is not copied to float64 all at once
+    total = sum(float(np.sum(np.square(flat[i:i + _CHUNK], dtype=np.float64)))
+                for i in range(0, flat.shape[0], _CHUNK))
+    mean_total = total / flat.shape[0]
     if not math.isfinite(mean_total):
         raise DataError("normalisation_factor: diffraction holds NaN or Inf values")
     if mean_total <= 0.0:
