@@ -1,0 +1,335 @@
+"""Portable, safe model bundles: one zip file, readable by any backend.
+
+Layout of a bundle (format ``ptycho-pinn-bundle``, version :data:`FORMAT_VERSION`)::
+
+    manifest.json            format, versions, writing backend, full config, history,
+                             intensity scale, and per weight entry: member, shape, dtype, sha256
+    weights/<entry>.npy      one plain .npy array per canonical weight entry
+
+Nothing in a bundle is code: the manifest is JSON and every array is read with
+``numpy.load(..., allow_pickle=False)``. Reading checks, in this order and before any model is
+built: that the file is a zip holding exactly the expected members (no absolute or ``..`` paths),
+the format name and version, member and declared tensor sizes against :data:`MAX_MEMBER_BYTES`,
+every sha256, then the config and the canonical weight spec. Writing is atomic.
+
+>>> import tempfile, os
+>>> from ptycho.config import ModelConfig, TrainingConfig
+>>> from ptycho.weights import init_weights
+>>> cfg = TrainingConfig(model=ModelConfig(N=16, base_filters=1, n_filters_scale=1))
+>>> w = init_weights(cfg.model, 0, np.ones((16, 16)), 0.0)
+>>> path = os.path.join(tempfile.mkdtemp(), "model.zip")
+>>> save_bundle(path, w, cfg, backend_name="tensorflow")
+>>> contents = read_bundle(path)
+>>> contents.config == cfg, np.array_equal(contents.weights["probe"], w["probe"])
+(True, True)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import math
+import posixpath
+import zipfile
+import zlib
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Optional, Union
+
+import numpy as np
+
+import ptycho
+from ptycho.atomic import PathLike, atomic_write
+from ptycho.config.io import config_from_dict, config_to_dict
+from ptycho.config.schema import InferenceConfig, ModelConfig, TrainingConfig
+from ptycho.errors import BundleError, ConfigError, WeightsError
+from ptycho.training import History
+from ptycho.weights import validate_weights, weight_spec
+
+FORMAT_NAME = "ptycho-pinn-bundle"
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+WEIGHTS_DIR = "weights/"
+#: Largest manifest we read (bytes); a real one is a few hundred kB at most.
+MAX_MANIFEST_BYTES = 16 << 20
+#: Largest single weight member (bytes); far above any network this library builds.
+MAX_MEMBER_BYTES = 1 << 30
+#: Largest number of members in a bundle.
+MAX_MEMBERS = 4096
+_ZIP_DATE = (2020, 1, 1, 0, 0, 0)   # fixed, so that equal contents give equal bytes
+_CONFIG_KINDS = {"training": TrainingConfig, "inference": InferenceConfig, "model": ModelConfig}
+
+AnyConfig = Union[TrainingConfig, InferenceConfig, ModelConfig]
+
+
+class NotABundleError(BundleError):
+    """The file is not a zip, or not a bundle of this library."""
+
+
+class BundleVersionError(BundleError):
+    """The bundle's format version is not one this library reads."""
+
+
+class ChecksumError(BundleError):
+    """A weight member's sha256 differs from the manifest (the message names the entry)."""
+
+
+class BundleLimitError(BundleError):
+    """A member or a declared tensor is larger than the safety bound (zip-bomb guard)."""
+
+
+@dataclass
+class BundleContents:
+    """What a bundle holds, verified, as plain Python and numpy (no framework)."""
+
+    manifest: dict[str, Any]
+    config: AnyConfig
+    weights: dict[str, np.ndarray]
+    history: Optional[History] = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def model_config(self) -> ModelConfig:
+        return self.config if isinstance(self.config, ModelConfig) else self.config.model
+
+    @property
+    def backend(self) -> str:
+        """The backend that wrote the bundle."""
+        return self.manifest["backend"]
+
+
+@dataclass
+class LoadedBundle:
+    """A bundle's model built in the chosen backend, with its config and history."""
+
+    model: Any
+    config: AnyConfig
+    history: Optional[History]
+    manifest: dict[str, Any]
+
+
+def _config_kind(config: AnyConfig) -> str:
+    for kind, cls in _CONFIG_KINDS.items():
+        if type(config) is cls:
+            return kind
+    raise ConfigError(f"bundle config must be one of {list(_CONFIG_KINDS)}, got {type(config).__name__}")
+
+
+def _npy_bytes(arr: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, np.array(arr, order="C", copy=True), allow_pickle=False)
+    return buf.getvalue()
+
+
+def _member_name(entry: str) -> str:
+    return f"{WEIGHTS_DIR}{entry}.npy"
+
+
+def save_bundle(path: PathLike, weights: Mapping[str, np.ndarray], config: AnyConfig, *,
+                backend_name: str, framework_version: Optional[str] = None,
+                history: Optional[History] = None, extra: Optional[Mapping[str, Any]] = None) -> None:
+    """Write a bundle atomically: an interrupted save leaves any earlier file at ``path`` intact.
+
+    ``weights`` is the canonical mapping (validated against ``config``'s spec first);
+    ``extra`` is JSON-serialisable metadata (e.g. a legacy dictionary, timings).
+    """
+    kind = _config_kind(config)
+    model_config = config if isinstance(config, ModelConfig) else config.model
+    validate_weights(model_config, weights)
+    entries: dict[str, dict[str, Any]] = {}
+    payloads: dict[str, bytes] = {}
+    for name in weight_spec(model_config):
+        data = _npy_bytes(np.asarray(weights[name]))
+        member = _member_name(name)
+        payloads[member] = data
+        arr = np.asarray(weights[name])
+        entries[name] = {"member": member, "shape": list(arr.shape), "dtype": arr.dtype.name,
+                         "sha256": hashlib.sha256(data).hexdigest()}
+    log_scale = float(np.asarray(weights["log_intensity_scale"]))
+    manifest = {
+        "format": FORMAT_NAME,
+        "format_version": FORMAT_VERSION,
+        "library_version": ptycho.__version__,
+        "backend": backend_name,
+        "framework_version": framework_version,
+        "config_kind": kind,
+        "config": config_to_dict(config),
+        "intensity_scale": math.exp(log_scale),
+        "probe": {"entry": "probe", "shape": entries["probe"]["shape"]},
+        "entries": entries,
+        "history": history.to_dict() if history is not None else None,
+        "extra": dict(extra or {}),
+    }
+    try:
+        manifest_bytes = json.dumps(manifest, indent=2, sort_keys=True, allow_nan=False).encode()
+    except (TypeError, ValueError) as err:
+        raise BundleError(f"bundle manifest is not JSON-serialisable: {err}") from err
+    with atomic_write(path, "wb") as f:
+        with zipfile.ZipFile(f, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+            for member, data in [(MANIFEST, manifest_bytes), *payloads.items()]:
+                info = zipfile.ZipInfo(member, date_time=_ZIP_DATE)
+                info.compress_type = zipfile.ZIP_DEFLATED
+                info.external_attr = 0o644 << 16
+                zf.writestr(info, data)
+
+
+def _read_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, limit: int) -> bytes:
+    if info.file_size > limit:
+        raise BundleLimitError(f"bundle member {info.filename!r} declares {info.file_size} bytes, "
+                               f"more than the limit of {limit}")
+    with zf.open(info) as f:
+        data = f.read(limit + 1)
+    if len(data) > limit:
+        raise BundleLimitError(f"bundle member {info.filename!r} inflates past {limit} bytes")
+    return data
+
+
+def _check_member_names(infos: list[zipfile.ZipInfo]) -> None:
+    if len(infos) > MAX_MEMBERS:
+        raise BundleLimitError(f"bundle has {len(infos)} members, more than {MAX_MEMBERS}")
+    seen = set()
+    for info in infos:
+        name = info.filename
+        norm = posixpath.normpath(name)
+        if (name.startswith(("/", "\\")) or ".." in name.replace("\\", "/").split("/")
+                or ":" in name or norm != name):
+            raise NotABundleError(f"bundle member {name!r} has an absolute or escaping path")
+        if name in seen:
+            raise NotABundleError(f"bundle member {name!r} appears twice")
+        seen.add(name)
+
+
+def _parse_manifest(raw: bytes, path: str) -> dict[str, Any]:
+    try:
+        manifest = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise NotABundleError(f"{path}: manifest.json is not valid JSON ({err})") from err
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT_NAME:
+        fmt = manifest.get("format") if isinstance(manifest, dict) else None
+        raise NotABundleError(f"{path}: not a {FORMAT_NAME} (format field is {fmt!r})")
+    version = manifest.get("format_version")
+    if version != FORMAT_VERSION:
+        raise BundleVersionError(f"{path}: unknown bundle format version {version!r}; this "
+                                 f"library (ptycho {ptycho.__version__}) reads version {FORMAT_VERSION}")
+    for key in ("backend", "config_kind", "config", "entries"):
+        if key not in manifest:
+            raise NotABundleError(f"{path}: manifest lacks the {key!r} field")
+    if not isinstance(manifest["entries"], dict) or not isinstance(manifest["config"], dict):
+        raise NotABundleError(f"{path}: manifest 'entries' and 'config' must be objects")
+    return manifest
+
+
+def _declared_nbytes(name: str, meta: Any) -> int:
+    if not isinstance(meta, dict) or not {"member", "shape", "dtype", "sha256"} <= set(meta):
+        raise NotABundleError(f"manifest entry {name!r} must give member, shape, dtype and sha256")
+    shape, dtype = meta["shape"], meta["dtype"]
+    if (not isinstance(shape, list) or not all(isinstance(s, int) and not isinstance(s, bool)
+                                                 and s >= 0 for s in shape)):
+        raise NotABundleError(f"manifest entry {name!r} has an invalid shape {shape!r}")
+    if dtype not in ("float32", "complex64"):
+        raise NotABundleError(f"manifest entry {name!r} has dtype {dtype!r}; "
+                              "only float32 and complex64 are allowed")
+    nbytes = math.prod(shape) * np.dtype(dtype).itemsize
+    if nbytes > MAX_MEMBER_BYTES:
+        raise BundleLimitError(f"manifest entry {name!r} declares shape {shape} ({nbytes} bytes), "
+                               f"more than the limit of {MAX_MEMBER_BYTES}")
+    return nbytes
+
+
+def read_bundle(path: PathLike) -> BundleContents:
+    """Read and verify a bundle without building a model (no framework is imported).
+
+    Raises :class:`NotABundleError`, :class:`BundleVersionError`, :class:`ChecksumError`,
+    :class:`BundleLimitError`, :class:`ptycho.errors.ConfigError` (which field) or
+    :class:`ptycho.errors.WeightsError` (missing / extra / misshapen entry).
+    """
+    path = str(path)
+    try:
+        zf = zipfile.ZipFile(path, "r")
+    except FileNotFoundError:
+        raise
+    except IsADirectoryError as err:
+        raise NotABundleError(f"{path}: not a bundle (it is a folder)") from err
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as err:
+        raise NotABundleError(f"{path}: not a bundle (not a readable zip file: {err})") from err
+    with zf:
+        try:
+            infos = zf.infolist()
+            _check_member_names(infos)
+            by_name = {i.filename: i for i in infos}
+            if MANIFEST not in by_name:
+                raise NotABundleError(f"{path}: not a bundle (no {MANIFEST} inside)")
+            manifest = _parse_manifest(_read_member(zf, by_name[MANIFEST], MAX_MANIFEST_BYTES), path)
+            entries = manifest["entries"]
+            expected_members = {MANIFEST} | {
+                m.get("member") for m in entries.values() if isinstance(m, dict)}
+            unexpected = sorted(set(by_name) - expected_members)
+            if unexpected:
+                raise NotABundleError(f"{path}: unexpected members {unexpected}")
+            weights: dict[str, np.ndarray] = {}
+            for name, meta in entries.items():
+                nbytes = _declared_nbytes(name, meta)
+                member = meta["member"]
+                if member != _member_name(name):
+                    raise NotABundleError(f"manifest entry {name!r} points at {member!r}, "
+                                          f"expected {_member_name(name)!r}")
+                if member not in by_name:
+                    raise WeightsError(f"{path}: weight entry {name!r} is listed in the manifest "
+                                       f"but its member {member!r} is missing")
+                data = _read_member(zf, by_name[member], nbytes + 4096)
+                if hashlib.sha256(data).hexdigest() != meta["sha256"]:
+                    raise ChecksumError(f"{path}: checksum mismatch for weight entry {name!r} "
+                                        f"(member {member!r}); the file is corrupted or was altered")
+                try:
+                    arr = np.load(io.BytesIO(data), allow_pickle=False)
+                except (ValueError, OSError, EOFError) as err:
+                    raise NotABundleError(f"{path}: weight entry {name!r} is not a plain .npy "
+                                          f"array ({err})") from err
+                if list(arr.shape) != meta["shape"] or arr.dtype.name != meta["dtype"]:
+                    raise NotABundleError(
+                        f"{path}: weight entry {name!r} holds {arr.dtype.name}{list(arr.shape)}, "
+                        f"manifest says {meta['dtype']}{meta['shape']}")
+                weights[name] = arr
+        except (zipfile.BadZipFile, EOFError, zlib.error) as err:
+            raise NotABundleError(f"{path}: corrupted zip ({err})") from err
+    kind = manifest["config_kind"]
+    if kind not in _CONFIG_KINDS:
+        raise NotABundleError(f"{path}: unknown config_kind {kind!r}; expected one of {list(_CONFIG_KINDS)}")
+    try:
+        config = config_from_dict(_CONFIG_KINDS[kind], manifest["config"])
+    except ConfigError as err:
+        raise ConfigError(f"{path}: bundle config invalid: {err}") from err
+    model_config = config if isinstance(config, ModelConfig) else config.model
+    try:
+        validate_weights(model_config, weights)
+    except WeightsError as err:
+        raise WeightsError(f"{path}: {err}") from err
+    weights = {name: weights[name] for name in weight_spec(model_config)}   # canonical order
+    history = manifest.get("history")
+    try:
+        hist = History.from_dict(history) if history else None
+    except (TypeError, KeyError, AttributeError) as err:
+        raise NotABundleError(f"{path}: manifest history is malformed ({err})") from err
+    extra = manifest.get("extra") or {}
+    return BundleContents(manifest=manifest, config=config, weights=weights, history=hist,
+                          extra=extra if isinstance(extra, dict) else {})
+
+
+def load_bundle(path: PathLike, backend: Optional[str] = None) -> LoadedBundle:
+    """Read, verify, and build the bundle's model in ``backend`` (any backend, whichever wrote it).
+
+    ``backend`` follows :func:`backends.get_backend`'s precedence (argument > PTYCHO_BACKEND >
+    default). Everything is checked before the framework is touched.
+    """
+    from backends import get_backend
+
+    contents = read_bundle(path)
+    impl = get_backend(backend)
+    model = impl.build_model(contents.model_config, contents.weights)
+    return LoadedBundle(model=model, config=contents.config, history=contents.history,
+                        manifest=contents.manifest)
+
+
+def weight_payload_digest(path: PathLike) -> dict[str, str]:
+    """sha256 of every weight member, as stored (for byte-identity checks)."""
+    return {name: meta["sha256"] for name, meta in read_bundle(path).manifest["entries"].items()}
