@@ -1,0 +1,270 @@
+"""Tests of ptycho.stitching: exact reassembly, the bilinear splat, streaming, speed."""
+
+from __future__ import annotations
+
+import time
+import tracemalloc
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from ptycho.physics import central_mask, translate
+from ptycho.simulate import grf_object, object_patches
+from ptycho.stitching import Stitcher, extent_of, make_window, stitch_patches
+
+seeds = st.integers(0, 2**32 - 1)
+
+
+def _object(rng, shape=(40, 44)):
+    return (rng.standard_normal(shape) + 1j * rng.standard_normal(shape)).astype(np.complex64)
+
+
+def _crops(obj, pos, n):
+    """Exact integer crops: patch pixel (r, c) = obj[y - N//2 + r, x - N//2 + c]."""
+    return np.stack([obj[int(y) - n // 2:int(y) - n // 2 + n, int(x) - n // 2:int(x) - n // 2 + n]
+                     for x, y in pos])
+
+
+def _integer_positions(rng, shape, n, m):
+    h, w = shape
+    return np.stack([rng.integers(n // 2, w - n + n // 2 + 1, m),
+                     rng.integers(n // 2, h - n + n // 2 + 1, m)], axis=-1).astype(float)
+
+
+# -- windows -----------------------------------------------------------------------------------
+
+def test_default_window_is_the_models_central_support():
+    for n in (8, 16, 64):
+        np.testing.assert_array_equal(make_window(n), central_mask(n))
+        assert make_window(n).sum() == (n // 2) ** 2
+
+
+def test_integer_window_is_centred_on_the_centre_pixel():
+    w = make_window(9, 3)
+    assert w.sum() == 9 and w[4, 4] == 1 and w[3:6, 3:6].sum() == 9
+    assert make_window(8, "full").sum() == 64 and make_window(8, 8).sum() == 64
+
+
+@pytest.mark.parametrize("bad, match", [
+    (0, r"window side"), (9, r"window side"), ("middle", "window must be"),
+    (np.ones((4, 4)), r"shape \(8, 8\)"), (-np.ones((8, 8)), ">= 0"), (np.zeros((8, 8)), "zero"),
+])
+def test_window_errors(bad, match):
+    with pytest.raises(ValueError, match=match):
+        make_window(8, bad)
+
+
+# -- exactness ---------------------------------------------------------------------------------
+
+@given(seed=seeds, n=st.sampled_from([4, 5, 8, 9, 16]), window=st.sampled_from([None, "full", 3]),
+       subpixel=st.sampled_from(["bilinear", "round"]))
+def test_stitching_exact_crops_returns_the_object_over_the_covered_area(seed, n, window, subpixel):
+    rng = np.random.default_rng(seed)
+    obj = _object(rng)
+    pos = _integer_positions(rng, obj.shape, n, 25)
+    st_ = Stitcher(obj.shape, n, window=window, subpixel=subpixel)
+    st_.add(_crops(obj, pos, n), pos)
+    out = st_.result(fill_value=np.nan)
+    covered = st_.coverage > 0
+    assert covered.sum() > 0
+    np.testing.assert_allclose(out[covered], obj[covered], rtol=1e-6, atol=1e-6)
+    assert np.all(np.isnan(out[~covered]))
+
+
+def test_coverage_counts_the_windows_that_reach_a_pixel():
+    n = 8
+    pos = np.array([[4.0, 4.0], [6.0, 4.0], [6.0, 4.0]])
+    st_ = Stitcher((12, 16), n, window="full")
+    st_.add(np.ones((3, n, n)), pos)
+    cov = st_.coverage
+    assert cov[0, 0] == 1 and cov[0, 3] == 3 and cov[0, 9] == 2 and cov[0, 10] == 0
+    assert cov.sum() == 3 * n * n
+    assert st_.count == 3
+
+
+def test_round_mode_rounds_to_the_nearest_pixel():
+    rng = np.random.default_rng(1)
+    obj = _object(rng, (30, 30))
+    pos = _integer_positions(rng, obj.shape, 8, 10)
+    jitter = rng.uniform(-0.49, 0.49, pos.shape)
+    st_ = Stitcher(obj.shape, 8, window="full", subpixel="round")
+    st_.add(_crops(obj, pos, 8), pos + jitter)
+    covered = st_.coverage > 0
+    np.testing.assert_allclose(st_.result()[covered], obj[covered], atol=1e-6)
+
+
+@given(seed=seeds, n=st.sampled_from([4, 5, 8]), window=st.sampled_from([None, "full", 3]))
+def test_bilinear_splat_equals_translating_the_padded_patches(seed, n, window):
+    """Definition of the sub-pixel mode: sum_k T_k(pad(w p_k)) / sum_k T_k(pad(w))."""
+    rng = np.random.default_rng(seed)
+    shape = (20, 23)
+    m = 6
+    pos = np.stack([rng.uniform(n // 2, shape[1] - n + n // 2 - 1, m),
+                    rng.uniform(n // 2, shape[0] - n + n // 2 - 1, m)], axis=-1)
+    patches = _object(rng, (m, n, n))
+    wdw = make_window(n, window)
+    num = np.zeros(shape, complex)
+    den = np.zeros(shape)
+    for p, (x, y) in zip(patches, pos):
+        canvas = np.zeros(shape, complex)
+        canvas[:n, :n] = p * wdw
+        weight = np.zeros(shape)
+        weight[:n, :n] = wdw
+        shift = np.array([x - n // 2, y - n // 2])
+        num += translate(canvas, shift)
+        den += translate(weight, shift)
+    st_ = Stitcher(shape, n, window=window)
+    st_.add(patches, pos)
+    np.testing.assert_allclose(st_.coverage, den, atol=1e-6)   # float32 weights for complex64
+    expected = np.where(den > 1e-6, num / np.where(den > 1e-6, den, 1), 0)
+    np.testing.assert_allclose(st_.result(), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_bilinear_recovers_a_linear_object_from_one_sub_pixel_crop():
+    yy, xx = np.mgrid[0:30, 0:30]
+    obj = (0.3 * xx - 0.2 * yy + 1j * (0.1 * yy + 2)).astype(np.complex64)
+    pos = np.array([[14.3, 12.7]])
+    patch = object_patches(obj, pos, 16)
+    st_ = Stitcher(obj.shape, 16, window="full")
+    st_.add(patch, pos)
+    out = st_.result()
+    # interior of the splatted box: rows floor(12.7 - 8) + 1 ... + 15, likewise columns
+    np.testing.assert_allclose(out[5:20, 7:22], obj[5:20, 7:22], atol=1e-4)
+
+
+def test_sub_pixel_crops_of_a_smooth_object_stitch_back_closely():
+    rng = np.random.default_rng(0)
+    obj = grf_object((64, 64), rng, correlation_length=6.0)
+    pos = np.stack([rng.uniform(8, 56, 400), rng.uniform(8, 56, 400)], axis=-1)
+    st_ = Stitcher(obj.shape, 16)
+    st_.add(object_patches(obj, pos, 16), pos)
+    out = st_.result()
+    inner = (slice(12, 52), slice(12, 52))
+    err = np.abs(out[inner] - obj[inner]).max()
+    assert err < 0.03, err
+    assert np.abs(out[inner] - obj[inner]).mean() < 0.005
+
+
+# -- streaming, clipping, grouping --------------------------------------------------------------
+
+def test_streaming_in_batches_equals_adding_everything_at_once():
+    rng = np.random.default_rng(3)
+    obj = _object(rng, (50, 50))
+    pos = np.stack([rng.uniform(8, 42, 300), rng.uniform(8, 42, 300)], axis=-1)
+    patches = object_patches(obj, pos, 16)
+    whole = Stitcher(obj.shape, 16)
+    whole.add(patches, pos)
+    streamed = Stitcher(obj.shape, 16)
+    order = rng.permutation(300)
+    for chunk in np.array_split(order, 7):
+        streamed.add(patches[chunk], pos[chunk])
+    np.testing.assert_allclose(streamed.result(), whole.result(), atol=1e-5)
+    np.testing.assert_allclose(streamed.coverage, whole.coverage, atol=1e-10)
+
+
+def test_parts_outside_the_canvas_are_dropped():
+    obj = _object(np.random.default_rng(4), (20, 20))
+    n = 8
+    big = np.pad(obj, 12)
+    pos = np.array([[2.0, 3.0], [17.5, 18.25], [-6.0, 5.0]])     # partly / wholly outside
+    patches = object_patches(big, pos + 12, n)
+    st_ = Stitcher(obj.shape, n, window="full")
+    st_.add(patches, pos)
+    assert st_.coverage[0, 0] > 0 and st_.coverage.sum() < 3 * n * n
+    single = Stitcher(obj.shape, n, window="full")
+    single.add(patches[:1], pos[:1])
+    covered = single.coverage > 0
+    np.testing.assert_allclose(single.result()[covered], obj[covered], atol=1e-6)
+
+
+def test_stitch_patches_uses_global_plus_relative_offsets():
+    rng = np.random.default_rng(5)
+    obj = _object(rng, (40, 40))
+    n = 8
+    glob = np.array([[10.0, 12.0], [25.0, 20.0]])
+    rel = np.array([[[0, 0], [2, 0], [0, 3], [2, 3]], [[-1, -1], [1, -1], [-1, 1], [1, 1]]],
+                   dtype=float)
+    pos = (glob[:, None] + rel).reshape(-1, 2)
+    patches = _crops(obj, pos, n).reshape(2, 4, n, n)
+    out = stitch_patches(patches, glob, rel, window="full", fill_value=np.nan)
+    assert out.shape == extent_of(pos, n) == (int(pos[:, 1].max()) + 4, int(pos[:, 0].max()) + 4)
+    covered = ~np.isnan(out)
+    np.testing.assert_allclose(out[covered], obj[:out.shape[0], :out.shape[1]][covered], atol=1e-6)
+    out2 = stitch_patches(patches, glob, rel, shape=(40, 40))
+    assert out2.shape == (40, 40) and out2.dtype == np.complex64
+
+
+@pytest.mark.parametrize("call, match", [
+    (lambda: Stitcher((10, 10), 4, subpixel="cubic"), "subpixel"),
+    (lambda: Stitcher((0, 10), 4), "positive"),
+    (lambda: Stitcher((10, 10), 4, dtype=np.float64), "complex64 or complex128"),
+    (lambda: Stitcher((10, 10), 4).add(np.zeros((2, 5, 5)), np.zeros((2, 2))), r"\(P, 4, 4\)"),
+    (lambda: Stitcher((10, 10), 4).add(np.zeros((2, 4, 4)), np.zeros((3, 2))), r"\(2, 2\)"),
+    (lambda: Stitcher((10, 10), 4).add(np.zeros((1, 4, 4)), np.array([[np.nan, 1.0]])),
+     "non-finite"),
+    (lambda: stitch_patches(np.zeros((2, 4, 4)), np.zeros((2, 2)), np.zeros((2, 1, 2))),
+     r"\(B, C, N, N\)"),
+    (lambda: stitch_patches(np.zeros((2, 3, 4, 4)), np.zeros((2, 2)), np.zeros((2, 2, 2))),
+     "rel_offsets"),
+])
+def test_stitching_errors_name_the_problem(call, match):
+    with pytest.raises(ValueError, match=match):
+        call()
+
+
+def test_result_can_be_taken_midway_and_accumulation_continues():
+    obj = _object(np.random.default_rng(6), (30, 30))
+    pos = _integer_positions(np.random.default_rng(7), obj.shape, 8, 20)
+    st_ = Stitcher(obj.shape, 8)
+    st_.add(_crops(obj, pos[:10], 8), pos[:10])
+    first = st_.result()
+    st_.add(_crops(obj, pos[10:], 8), pos[10:])
+    assert (st_.coverage > 0).sum() > (first != 0).sum()
+    covered = st_.coverage > 0
+    np.testing.assert_allclose(st_.result()[covered], obj[covered], atol=1e-6)
+
+
+def test_complex64_accumulators_agree_with_complex128():
+    rng = np.random.default_rng(8)
+    obj = _object(rng, (40, 40))
+    pos = np.stack([rng.uniform(8, 32, 100), rng.uniform(8, 32, 100)], axis=-1)
+    patches = object_patches(obj, pos, 16)
+    a, b = Stitcher(obj.shape, 16), Stitcher(obj.shape, 16, dtype=np.complex64)
+    a.add(patches, pos)
+    b.add(patches, pos)
+    np.testing.assert_allclose(b.result(), a.result(), atol=1e-5)
+
+
+# -- speed and memory --------------------------------------------------------------------------
+
+def _stream(n_patterns: int, batch: np.ndarray, rng) -> tuple[float, int]:
+    """Seconds and peak traced bytes to stream ``n_patterns`` through a Stitcher."""
+    n = batch.shape[-1]
+    shape = (512, 512)
+    st_ = Stitcher(shape, n)
+    tracemalloc.start()
+    t0 = time.perf_counter()
+    for _ in range(n_patterns // len(batch)):
+        pos = np.stack([rng.uniform(n // 2, shape[1] - n // 2, len(batch)),
+                        rng.uniform(n // 2, shape[0] - n // 2, len(batch))], axis=-1)
+        st_.add(batch, pos)
+    st_.result()
+    elapsed = time.perf_counter() - t0
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert st_.count == n_patterns
+    return elapsed, peak
+
+
+def test_stitching_time_per_pattern_is_flat_and_memory_bounded():
+    rng = np.random.default_rng(0)
+    batch = _object(rng, (1000, 64, 64))
+    _stream(1000, batch, rng)                                  # warm-up
+    t_small, peak_small = min(_stream(1000, batch, rng) for _ in range(3))
+    t_big, peak_big = _stream(100_000, batch, rng)
+    per_small, per_big = t_small / 1000, t_big / 100_000
+    assert per_big < 3 * per_small + 5e-6, (per_small, per_big)
+    assert per_big < 60e-6, f"{per_big * 1e6:.1f} us per 64x64 pattern"
+    assert peak_big < 1.5 * peak_small + 2**20, (peak_small, peak_big)
