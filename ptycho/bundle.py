@@ -165,10 +165,10 @@ def save_bundle(path: PathLike, weights: Mapping[str, np.ndarray], config: AnyCo
     except (TypeError, ValueError) as err:
         raise BundleError(f"bundle manifest is not JSON-serialisable: {err}") from err
     with atomic_write(path, "wb") as f:
-        with zipfile.ZipFile(f, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        with zipfile.ZipFile(f, "w", compression=zipfile.ZIP_STORED) as zf:
             for member, data in [(MANIFEST, manifest_bytes), *payloads.items()]:
                 info = zipfile.ZipInfo(member, date_time=_ZIP_DATE)
-                info.compress_type = zipfile.ZIP_DEFLATED
+                info.compress_type = zipfile.ZIP_STORED
                 info.external_attr = 0o644 << 16
                 zf.writestr(info, data)
 

@@ -1,0 +1,89 @@
+"""PNG figures of reconstructions and training (matplotlib, Agg; written atomically).
+
+matplotlib is imported only when a figure is drawn.
+"""
+
+from __future__ import annotations
+
+import io
+from typing import Optional
+
+import numpy as np
+
+from ptycho.atomic import PathLike, atomic_write
+from ptycho.training import History
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def _save(fig, path: PathLike) -> None:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    _pyplot().close(fig)
+    with atomic_write(path, "wb") as f:
+        f.write(buf.getvalue())
+
+
+def _panel(ax, image, title, cmap):
+    im = ax.imshow(image, cmap=cmap)
+    ax.set_title(title)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.figure.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+
+
+def save_object_figure(path: PathLike, obj: np.ndarray, title: str = "reconstruction",
+                       mask: Optional[np.ndarray] = None) -> None:
+    """Amplitude and phase of a complex object side by side (``mask``: pixels to show)."""
+    plt = _pyplot()
+    amp, ph = np.abs(obj), np.angle(obj)
+    if mask is not None:
+        amp = np.where(mask, amp, np.nan)
+        ph = np.where(mask, ph, np.nan)
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4.5))
+    _panel(axes[0], amp, f"{title}: amplitude", "gray")
+    _panel(axes[1], ph, f"{title}: phase (rad)", "twilight")
+    _save(fig, path)
+
+
+def save_comparison_figure(path: PathLike, obj: np.ndarray, truth: np.ndarray,
+                           mask: Optional[np.ndarray] = None) -> None:
+    """Reconstruction (top) against ground truth (bottom), amplitude and phase."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(2, 2, figsize=(10, 9))
+    for row, (name, img) in enumerate((("reconstruction", obj), ("ground truth", truth))):
+        amp, ph = np.abs(img), np.angle(img)
+        if mask is not None:
+            amp = np.where(mask, amp, np.nan)
+            ph = np.where(mask, ph, np.nan)
+        _panel(axes[row, 0], amp, f"{name}: amplitude", "gray")
+        _panel(axes[row, 1], ph, f"{name}: phase (rad)", "twilight")
+    _save(fig, path)
+
+
+def save_loss_figure(path: PathLike, history: History) -> None:
+    """Training (and validation) loss per epoch, log scale when positive."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    epochs = [r.epoch for r in history.epochs]
+    for key in ("total", "nll", "mae"):
+        values = history.losses(key)
+        if any(values):
+            ax.plot(epochs, values, marker="o", label=f"train {key}")
+    val = history.losses("total", split="val")
+    if val:
+        ax.plot(epochs[:len(val)], val, marker="s", label="validation total")
+    all_values = [v for line in ax.get_lines() for v in line.get_ydata()]
+    if all_values and min(all_values) > 0:
+        ax.set_yscale("log")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("loss")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    _save(fig, path)

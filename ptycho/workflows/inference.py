@@ -1,0 +1,32 @@
+"""Loading a trained model for inference."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+from backends import get_backend
+from ptycho.atomic import PathLike
+from ptycho.bundle import read_bundle
+from ptycho.config.legacy import update_legacy_dict
+from ptycho.config.schema import TrainingConfig
+from ptycho.workflows.model import PtychoModel
+
+
+def load_inference_bundle(path: PathLike, backend: Optional[str] = None,
+                          legacy_dict: Optional[dict] = None) -> tuple[PtychoModel, TrainingConfig]:
+    """Load a bundle into ``backend`` (whichever backend wrote it); return ``(model, config)``.
+
+    The bundle is verified before anything else (see :func:`ptycho.bundle.read_bundle`).
+    With ``legacy_dict`` (a ``params.cfg``-style dictionary), that dictionary is updated from
+    the bundle's config through :func:`ptycho.config.legacy.update_legacy_dict` *before* the
+    model is built, the ordering older callers rely on.
+    """
+    contents = read_bundle(path)
+    config = contents.config
+    if not isinstance(config, TrainingConfig):   # a model- or inference-config bundle
+        config = TrainingConfig(model=contents.model_config)
+    if legacy_dict is not None:
+        update_legacy_dict(legacy_dict, config)
+    impl = get_backend(backend)
+    backend_model = impl.build_model(config.model, contents.weights)
+    return PtychoModel(backend_model, config, contents.history), config

@@ -1,0 +1,112 @@
+"""The reconstruct workflow: predict object patches in batches and stitch them into the object.
+
+Streams: patterns are read, scaled, predicted and stitched one chunk at a time, so a scan held
+in a memory-mapped NPZ is never loaded whole, and memory stays bounded by the object canvas,
+one chunk, and (only when ``keep_patches``) the patches themselves.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Callable, Optional, Sequence, Union
+
+import numpy as np
+
+from ptycho.data.contract import RawData
+from ptycho.data.grouping import GroupedData, group_scan
+from ptycho.data.scaling import intensity_scale, normalisation_factor
+from ptycho.stitching import Stitcher, extent_of
+from ptycho.workflows.model import PtychoModel
+
+#: Groups predicted and stitched per chunk when the caller does not say.
+DEFAULT_CHUNK_GROUPS = 1024
+
+DataLike = Union[RawData, GroupedData]
+
+
+@dataclass
+class Reconstruction:
+    """A stitched object and what it was made from.
+
+    obj: (H, W) complex64 stitched object (zero where no patch reached);
+    amplitude, phase: ``|obj|`` and ``angle(obj)`` (radians);
+    coverage: (H, W) stitching weight per pixel; patches: (B, C, N, N) complex64 network
+    output, or None when not kept; positions: (B, C, 2) (x, y) object pixels of each patch;
+    seconds: wall time; n_patterns: patches predicted (B * C).
+    """
+
+    obj: np.ndarray
+    coverage: np.ndarray
+    positions: np.ndarray
+    patches: Optional[np.ndarray]
+    seconds: float
+    n_patterns: int
+
+    @property
+    def amplitude(self) -> np.ndarray:
+        return np.abs(self.obj)
+
+    @property
+    def phase(self) -> np.ndarray:
+        return np.angle(self.obj)
+
+
+def _plan(model: PtychoModel, data: DataLike):
+    """(positions (B, C, 2), a reader of scaled diffraction chunks, number of groups)."""
+    cfg = model.config
+    if isinstance(data, GroupedData):
+        pos = data.global_offsets[:, None, :] + data.rel_offsets.astype(np.float64)
+
+        def read(sl: slice) -> np.ndarray:
+            return data.diffraction[sl]
+        return pos, read, len(data)
+    if not isinstance(data, RawData):
+        raise TypeError(f"expected RawData or GroupedData, got {type(data).__name__}")
+    if data.N != cfg.model.N:
+        raise ValueError(f"data has N={data.N}, the model expects N={cfg.model.N}")
+    groups = group_scan(data.xcoords, data.ycoords, cfg.model.gridsize, cfg.neighbor_count,
+                        n_groups=None, seed=cfg.seed)
+    scale = np.float32(normalisation_factor(data.diffraction) * intensity_scale(cfg.nphotons, data.N))
+    xy = np.stack([data.xcoords, data.ycoords], axis=1)
+    pos = xy[groups]
+
+    def read(sl: slice) -> np.ndarray:
+        idx = groups[sl]
+        # fancy indexing copies only these rows, also from a memory-mapped scan
+        chunk = np.asarray(data.diffraction[idx.reshape(-1)], dtype=np.float32)
+        return chunk.reshape(idx.shape + (data.N, data.N)) * scale
+    return pos, read, len(groups)
+
+
+def reconstruct(model: PtychoModel, data: DataLike, *, batch_size: Optional[int] = None,
+                precision: str = "float32", keep_patches: bool = True,
+                object_shape: Optional[Sequence[int]] = None, chunk_groups: int = DEFAULT_CHUNK_GROUPS,
+                progress: Optional[Callable[[int, int], None]] = None) -> Reconstruction:
+    """Reconstruct the object seen by ``data`` with a trained ``model``.
+
+    Raw data is grouped (one group per scan point for gridsize > 1) and scaled with the
+    model's ``nphotons`` like training data; each patch is stitched at its own scan position.
+    ``object_shape`` defaults to the data's ``object_guess`` shape, else the scan's extent.
+    ``progress(done, total)`` is called after each chunk (counts of groups).
+    """
+    start = time.perf_counter()
+    positions, read, n_groups = _plan(model, data)
+    n = model.model_config.N
+    guess = getattr(data, "object_guess", None)
+    if object_shape is None:
+        object_shape = guess.shape if guess is not None else extent_of(positions.reshape(-1, 2), n)
+    stitcher = Stitcher(object_shape, n)
+    kept = []
+    for lo in range(0, n_groups, chunk_groups):
+        sl = slice(lo, min(lo + chunk_groups, n_groups))
+        patches = model.predict(read(sl), batch_size=batch_size, precision=precision)
+        stitcher.add(patches.reshape((-1, n, n)), positions[sl].reshape(-1, 2))
+        if keep_patches:
+            kept.append(patches)
+        if progress is not None:
+            progress(sl.stop, n_groups)
+    return Reconstruction(obj=stitcher.result(), coverage=stitcher.coverage,
+                          positions=positions, patches=np.concatenate(kept) if kept else None,
+                          seconds=time.perf_counter() - start,
+                          n_patterns=int(n_groups * model.model_config.n_channels))
