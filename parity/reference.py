@@ -1,0 +1,510 @@
+"""A float64 numpy reference of the whole model: network, physics, losses, gradients, Adam.
+
+:mod:`ptycho.physics` is the oracle for the physics; this module extends it to the network of
+:mod:`ptycho.weights` (whose docstring is the specification) and adds exact reverse-mode
+gradients, so that every stage of the parity harness can say which backend drifted, not only
+that the two disagree. It is checked against float64 central finite differences in
+``tests/test_parity_reference.py``.
+
+Conventions: as :mod:`ptycho.physics` and ``docs/conventions.md``; the network runs NHWC
+internally; the gradient of a complex entry (the probe) is ``d/d real + 1j d/d imag``.
+
+Adjoints used by the backward pass (exact, including the zero fill):
+
+* the orthonormal FFT's adjoint is the orthonormal inverse FFT; fftshift's is ifftshift;
+* bilinear translation by ``d`` has translation by ``-d`` as adjoint (``T(d)[r, s]`` has the
+  weights ``1 - f`` at ``s = r - k`` and ``f`` at ``s = r - k - 1``; its transpose is the
+  same formula for ``-d``), and ``pad_to_canvas`` / ``crop_center`` are each other's adjoints;
+* hence the overlap constraint ``E diag(1 / coverage) S`` with ``E = S^T`` is self-adjoint.
+
+>>> from ptycho.config import ModelConfig
+>>> from ptycho.weights import init_weights
+>>> cfg = ModelConfig(N=16, base_filters=1, n_filters_scale=1, probe_big=False)
+>>> w = init_weights(cfg, 0, np.ones((16, 16)), 0.0)
+>>> network_patches(cfg, w, np.ones((2, 1, 16, 16))).shape
+(2, 1, 16, 16)
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Mapping, Optional
+
+import numpy as np
+from scipy.special import expit
+
+from ptycho.batch import Batch
+from ptycho.config.schema import N_LEVELS, ModelConfig, TrainingConfig
+from ptycho.physics.forward import far_field_amplitude
+from ptycho.physics.losses import LossSettings, total_loss
+from ptycho.physics.model import effective_probe
+from ptycho.physics.patches import (central_mask, object_support, overlap_constraint,
+                                    probe_disk_mask)
+from ptycho.weights import decoder_widths, has_border_heads, trainable_names
+
+BRANCHES = ("amp", "phase")
+
+
+# -- layers (NHWC, float64) --------------------------------------------------------------------
+def conv2d(x: np.ndarray, kernel: np.ndarray, bias: np.ndarray) -> np.ndarray:
+    """3x3 stride-1 cross-correlation with zero padding 1: (B, H, W, Ci) -> (B, H, W, Co)."""
+    b, h, w, _ = x.shape
+    kh, kw = kernel.shape[:2]
+    xp = np.pad(x, ((0, 0), (kh // 2, kh // 2), (kw // 2, kw // 2), (0, 0)))
+    out = np.zeros((b, h, w, kernel.shape[3]))
+    for i in range(kh):
+        for j in range(kw):
+            out += xp[:, i:i + h, j:j + w, :] @ kernel[i, j]
+    return out + bias
+
+
+def conv2d_backward(x: np.ndarray, kernel: np.ndarray, g: np.ndarray):
+    """Gradients (d input, d kernel, d bias) of :func:`conv2d` given ``g = d out``."""
+    b, h, w, ci = x.shape
+    kh, kw = kernel.shape[:2]
+    xp = np.pad(x, ((0, 0), (kh // 2, kh // 2), (kw // 2, kw // 2), (0, 0)))
+    gxp = np.zeros_like(xp)
+    gk = np.zeros_like(kernel)
+    g2 = g.reshape(-1, g.shape[-1])
+    for i in range(kh):
+        for j in range(kw):
+            gk[i, j] = xp[:, i:i + h, j:j + w, :].reshape(-1, ci).T @ g2
+            gxp[:, i:i + h, j:j + w, :] += g @ kernel[i, j].T
+    return gxp[:, kh // 2:kh // 2 + h, kw // 2:kw // 2 + w, :], gk, g2.sum(axis=0)
+
+
+def maxpool2(x: np.ndarray):
+    """2x2 stride-2 max-pool; returns (out, index of the max in each window for the backward)."""
+    b, h, w, c = x.shape
+    win = x.reshape(b, h // 2, 2, w // 2, 2, c).transpose(0, 1, 3, 5, 2, 4).reshape(
+        b, h // 2, w // 2, c, 4)
+    arg = np.argmax(win, axis=-1)
+    return np.take_along_axis(win, arg[..., None], axis=-1)[..., 0], arg
+
+
+def maxpool2_backward(arg: np.ndarray, g: np.ndarray) -> np.ndarray:
+    b, h2, w2, c = g.shape
+    win = np.zeros((b, h2, w2, c, 4))
+    np.put_along_axis(win, arg[..., None], g[..., None], axis=-1)
+    return win.reshape(b, h2, w2, c, 2, 2).transpose(0, 1, 4, 2, 5, 3).reshape(b, 2 * h2, 2 * w2, c)
+
+
+def upsample2(x: np.ndarray) -> np.ndarray:
+    """Nearest-neighbour x2 up-sampling."""
+    return np.repeat(np.repeat(x, 2, axis=1), 2, axis=2)
+
+
+def upsample2_backward(g: np.ndarray) -> np.ndarray:
+    b, h, w, c = g.shape
+    return g.reshape(b, h // 2, 2, w // 2, 2, c).sum(axis=(2, 4))
+
+
+def activation(name: str, x: np.ndarray) -> np.ndarray:
+    """The amplitude head's activation (``ModelConfig.amp_activation``)."""
+    if name == "sigmoid":
+        return expit(x)
+    if name == "swish":
+        return x * expit(x)
+    if name == "softplus":
+        return np.logaddexp(0.0, x)
+    if name == "relu":
+        return np.maximum(x, 0.0)
+    raise ValueError(f"unknown amp_activation {name!r}")
+
+
+def activation_grad(name: str, x: np.ndarray) -> np.ndarray:
+    """Derivative of :func:`activation` at ``x`` (relu: 0 at 0, as both frameworks)."""
+    s = expit(x)
+    if name == "sigmoid":
+        return s * (1 - s)
+    if name == "swish":
+        return s + x * s * (1 - s)
+    if name == "softplus":
+        return s
+    if name == "relu":
+        return (x > 0).astype(np.float64)
+    raise ValueError(f"unknown amp_activation {name!r}")
+
+
+# -- the network --------------------------------------------------------------------------------
+@dataclass
+class _Tape:
+    """What the backward pass of the network needs."""
+
+    convs: list = field(default_factory=list)     # (name, input, pre-activation or None)
+    pools: list = field(default_factory=list)
+    heads: dict = field(default_factory=dict)     # head name -> pre-activation (B, N, N, C)
+    feats: dict = field(default_factory=dict)     # branch -> decoder output features
+
+
+def _w(weights: Mapping[str, np.ndarray], name: str) -> np.ndarray:
+    return np.asarray(weights[name], dtype=np.float64)
+
+
+def _network(config: ModelConfig, weights, x_nchw: np.ndarray, tape: Optional[_Tape]):
+    """Normalised amplitudes (B, C, N, N) -> (amp, phase) (B, N, N, C) and the tape."""
+    def conv_relu(h, name):
+        pre = conv2d(h, _w(weights, name + ".kernel"), _w(weights, name + ".bias"))
+        if tape is not None:
+            tape.convs.append((name, h, pre))
+        return np.maximum(pre, 0.0)
+
+    h = np.transpose(np.asarray(x_nchw, dtype=np.float64), (0, 2, 3, 1))
+    for i in range(N_LEVELS):
+        h = conv_relu(conv_relu(h, f"enc{i}.conv1"), f"enc{i}.conv2")
+        h, arg = maxpool2(h)
+        if tape is not None:
+            tape.pools.append(arg)
+    heads = {}
+    for branch in BRANCHES:
+        g = h
+        for j in range(len(decoder_widths(config))):
+            g = upsample2(g)
+            g = conv_relu(conv_relu(g, f"{branch}.dec{j}.conv1"), f"{branch}.dec{j}.conv2")
+        if tape is not None:
+            tape.feats[branch] = g
+        names = [f"{branch}.head"] + ([f"{branch}.border_head"] if has_border_heads(config) else [])
+        for name in names:
+            heads[name] = conv2d(g, _w(weights, name + ".kernel"), _w(weights, name + ".bias"))
+    if tape is not None:
+        tape.heads = heads
+    act = config.amp_activation
+    amp = activation(act, heads["amp.head"])
+    phase = math.pi * np.tanh(heads["phase.head"])
+    n = config.N
+    if has_border_heads(config):
+        inside = central_mask(n)[None, :, :, None] > 0
+        amp = np.where(inside, amp, activation(act, heads["amp.border_head"]))
+        phase = np.where(inside, phase, math.pi * np.tanh(heads["phase.border_head"]))
+    elif config.pad_object:
+        amp = amp * object_support(n, True, False)[None, :, :, None]
+    return amp, phase
+
+
+def network_patches(config: ModelConfig, weights: Mapping[str, np.ndarray],
+                    x: np.ndarray) -> np.ndarray:
+    """Complex patches (B, C, N, N) complex128 from the network input ``x`` (normalised
+    amplitudes, i.e. ``diffraction / exp(log_intensity_scale)``)."""
+    amp, phase = _network(config, weights, x, None)
+    return np.transpose(amp * np.exp(1j * phase), (0, 3, 1, 2))
+
+
+def predict(config: ModelConfig, weights: Mapping[str, np.ndarray],
+            diffraction: np.ndarray) -> np.ndarray:
+    """The reference of ``BackendModel.predict``: patches from diffraction in photon units."""
+    scale = math.exp(float(np.asarray(weights["log_intensity_scale"], np.float64)))
+    return network_patches(config, weights, np.asarray(diffraction, np.float64) / scale)
+
+
+def _network_backward(config: ModelConfig, weights, tape: _Tape, amp: np.ndarray,
+                      phase: np.ndarray, g_obj: np.ndarray) -> tuple[dict, np.ndarray]:
+    """Gradients of the network's entries and of its input, from ``g_obj`` (B, N, N, C) complex."""
+    grads: dict[str, np.ndarray] = {}
+    e = np.exp(1j * phase)
+    g_amp = np.real(np.conj(g_obj) * e)
+    g_phase = np.real(np.conj(g_obj) * 1j * amp * e)
+    act, n = config.amp_activation, config.N
+    head_grads = {}
+    if has_border_heads(config):
+        inside = (central_mask(n)[None, :, :, None] > 0).astype(np.float64)
+        head_grads["amp.head"] = g_amp * inside * activation_grad(act, tape.heads["amp.head"])
+        head_grads["amp.border_head"] = (g_amp * (1 - inside)
+                                         * activation_grad(act, tape.heads["amp.border_head"]))
+        t, tb = np.tanh(tape.heads["phase.head"]), np.tanh(tape.heads["phase.border_head"])
+        head_grads["phase.head"] = g_phase * inside * math.pi * (1 - t ** 2)
+        head_grads["phase.border_head"] = g_phase * (1 - inside) * math.pi * (1 - tb ** 2)
+    else:
+        sup = object_support(n, True, False)[None, :, :, None] if config.pad_object else 1.0
+        head_grads["amp.head"] = g_amp * sup * activation_grad(act, tape.heads["amp.head"])
+        t = np.tanh(tape.heads["phase.head"])
+        head_grads["phase.head"] = g_phase * math.pi * (1 - t ** 2)
+    convs = {name: (inp, pre) for name, inp, pre in tape.convs}
+    g_enc = 0.0
+    for branch in BRANCHES:
+        feat = tape.feats[branch]
+        g = np.zeros_like(feat)
+        for name, gh in head_grads.items():
+            if name.startswith(branch + "."):
+                gx, grads[name + ".kernel"], grads[name + ".bias"] = conv2d_backward(
+                    feat, _w(weights, name + ".kernel"), gh)
+                g = g + gx
+        for j in reversed(range(len(decoder_widths(config)))):
+            for part in ("conv2", "conv1"):
+                name = f"{branch}.dec{j}.{part}"
+                inp, pre = convs[name]
+                g = g * (pre > 0)
+                g, grads[name + ".kernel"], grads[name + ".bias"] = conv2d_backward(
+                    inp, _w(weights, name + ".kernel"), g)
+            g = upsample2_backward(g)
+        g_enc = g_enc + g
+    g = g_enc
+    for i in reversed(range(N_LEVELS)):
+        g = maxpool2_backward(tape.pools[i], g)
+        for part in ("conv2", "conv1"):
+            name = f"enc{i}.{part}"
+            inp, pre = convs[name]
+            g = g * (pre > 0)
+            g, grads[name + ".kernel"], grads[name + ".bias"] = conv2d_backward(
+                inp, _w(weights, name + ".kernel"), g)
+    return grads, np.transpose(g, (0, 3, 1, 2))
+
+
+# -- the model: network + physics + losses -------------------------------------------------------
+def _constrain(config: ModelConfig, patches: np.ndarray, rel: np.ndarray, m: int) -> np.ndarray:
+    if config.gridsize > 1 and config.object_big:
+        support = object_support(config.N, config.pad_object, config.probe_big)
+        return overlap_constraint(patches, rel, m, support)
+    return patches
+
+
+def forward(config: ModelConfig, weights: Mapping[str, np.ndarray], batch: Batch) -> dict:
+    """The reference of ``BackendModel.forward``: object, object_constrained, pred_amplitude."""
+    patches = predict(config, weights, batch.diffraction)
+    rel = np.asarray(batch.rel_offsets, np.float64)
+    constrained = _constrain(config, patches, rel, batch.canvas_size)
+    scale = math.exp(float(np.asarray(weights["log_intensity_scale"], np.float64)))
+    probe = effective_probe(np.asarray(weights["probe"], np.complex128), config.probe_mask)
+    pred = far_field_amplitude(probe * constrained) * scale
+    return {"object": patches, "object_constrained": constrained, "pred_amplitude": pred}
+
+
+def losses(config: ModelConfig, weights: Mapping[str, np.ndarray], batch: Batch,
+           settings: LossSettings) -> dict[str, float]:
+    """The reference of ``BackendModel.losses`` (:func:`ptycho.physics.total_loss`)."""
+    out = forward(config, weights, batch)
+    return total_loss(out["pred_amplitude"], np.asarray(batch.diffraction, np.float64),
+                      out["object"], out["object_constrained"], settings)
+
+
+def loss_scales(config: ModelConfig, weights: Mapping[str, np.ndarray], batch: Batch,
+                settings: LossSettings) -> dict[str, float]:
+    """The magnitude each loss term's float32 error is relative to (tolerance scale 'given').
+
+    nll: mean of ``I + k`` (the photon counts whose difference it sums); mae: mean of
+    ``pred + obs``; realspace: mean of ``|p|^2 + |p'|^2``; total: the weighted sum.
+    """
+    out = forward(config, weights, batch)
+    pred, obs = out["pred_amplitude"], np.asarray(batch.diffraction, np.float64)
+    s = {"nll": float(np.mean(pred ** 2 + obs ** 2)), "mae": float(np.mean(pred + obs)),
+         "realspace": float(np.mean(np.abs(out["object"]) ** 2
+                                    + np.abs(out["object_constrained"]) ** 2))}
+    s["total"] = (settings.nll_weight * s["nll"] + settings.mae_weight * s["mae"]
+                  + settings.realspace_weight * s["realspace"])
+    return s
+
+
+def gradients(config: ModelConfig, weights: Mapping[str, np.ndarray], batch: Batch,
+              settings: LossSettings) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+    """Loss terms and exact float64 gradients of ``total`` for every trainable entry.
+
+    Returns ``(terms, grads)``; ``grads`` follows :func:`ptycho.weights.trainable_names`
+    (the probe's gradient is complex, ``d/d real + 1j d/d imag``).
+    """
+    n = config.N
+    lis = float(np.asarray(weights["log_intensity_scale"], np.float64))
+    scale = math.exp(lis)
+    obs = np.asarray(batch.diffraction, np.float64)
+    x = obs / scale
+    tape = _Tape()
+    amp, phase = _network(config, weights, x, tape)
+    obj_nhwc = amp * np.exp(1j * phase)
+    patches = np.transpose(obj_nhwc, (0, 3, 1, 2))
+    rel = np.asarray(batch.rel_offsets, np.float64)
+    m = int(batch.canvas_size)
+    constrained = _constrain(config, patches, rel, m)
+    probe_raw = np.asarray(weights["probe"], np.complex128)
+    probe = effective_probe(probe_raw, config.probe_mask)
+    psi = probe * constrained
+    f = np.fft.fftshift(np.fft.fft2(psi, axes=(-2, -1), norm="ortho"), axes=(-2, -1))
+    a0 = np.abs(f)
+    pred = a0 * scale
+    terms = total_loss(pred, obs, patches, constrained, settings)
+    # d total / d pred
+    cnt = pred.size
+    i_pred, k = pred ** 2, obs ** 2
+    g_pred = settings.nll_weight * (1.0 - k / (i_pred + settings.epsilon)) * 2 * pred / cnt
+    g_pred = g_pred + settings.mae_weight * np.sign(pred - obs) / cnt
+    g_lis = float(np.sum(g_pred * pred))                     # pred = a0 * exp(lis)
+    g_a0 = g_pred * scale
+    with np.errstate(invalid="ignore", divide="ignore"):
+        unit = np.where(a0 > 0, f / np.where(a0 > 0, a0, 1.0), 0.0)
+    g_f = g_a0 * unit
+    g_psi = np.fft.ifft2(np.fft.ifftshift(g_f, axes=(-2, -1)), axes=(-2, -1), norm="ortho")
+    g_constrained = np.conj(probe) * g_psi
+    g_probe = np.sum(np.conj(constrained) * g_psi, axis=(0, 1))
+    if config.probe_mask:
+        g_probe = g_probe * probe_disk_mask(n)
+    d = patches - constrained
+    g_patches = settings.realspace_weight * 2 * d / d.size
+    g_constrained = g_constrained - settings.realspace_weight * 2 * d / d.size
+    if config.gridsize > 1 and config.object_big:
+        g_patches = g_patches + _constrain(config, g_constrained, rel, m)   # self-adjoint
+    else:
+        g_patches = g_patches + g_constrained
+    grads, g_x = _network_backward(config, weights, tape, amp, phase,
+                                   np.transpose(g_patches, (0, 2, 3, 1)))
+    g_lis += float(np.sum(g_x * -x))                        # x = obs * exp(-lis)
+    grads["probe"] = g_probe
+    grads["log_intensity_scale"] = np.asarray(g_lis)
+    return terms, {name: grads[name] for name in trainable_names(config)}
+
+
+def perturb(weights: Mapping[str, np.ndarray], name: str, direction: np.ndarray,
+            h: float) -> dict[str, np.ndarray]:
+    """A float64 copy of ``weights`` with ``name`` moved by ``h * direction``."""
+    out = {k: np.asarray(v, np.complex128 if np.iscomplexobj(v) else np.float64)
+           for k, v in weights.items()}
+    out[name] = out[name] + h * direction
+    return out
+
+
+def directional_derivative(config: ModelConfig, weights: Mapping[str, np.ndarray], batch: Batch,
+                           settings: LossSettings, name: str, direction: np.ndarray,
+                           h: float = 1e-5) -> float:
+    """Central finite difference of the float64 total loss along ``direction`` of entry ``name``.
+
+    For a complex entry the result equals ``Re(sum(conj(g) * direction))`` with ``g`` the
+    gradient in the ``d/d real + 1j d/d imag`` convention.
+    """
+    plus = losses(config, perturb(weights, name, direction, h), batch, settings)["total"]
+    minus = losses(config, perturb(weights, name, direction, -h), batch, settings)["total"]
+    return (plus - minus) / (2 * h)
+
+
+# -- Adam (Keras 3 form, see docs/conventions.md) ------------------------------------------------
+@dataclass
+class AdamState:
+    """Adam moments in float64, per trainable entry; ``t`` counts completed steps."""
+
+    beta1: float
+    beta2: float
+    epsilon: float
+    m: dict[str, np.ndarray] = field(default_factory=dict)
+    v: dict[str, np.ndarray] = field(default_factory=dict)
+    t: int = 0
+
+    @classmethod
+    def from_config(cls, training: TrainingConfig) -> "AdamState":
+        return cls(training.adam_beta1, training.adam_beta2, training.adam_epsilon)
+
+
+def _split(x: np.ndarray) -> np.ndarray:
+    """Complex -> (2, ...) real parts (the probe is optimised as two real tensors)."""
+    x = np.asarray(x)
+    return np.stack([x.real, x.imag]).astype(np.float64) if np.iscomplexobj(x) else x.astype(np.float64)
+
+
+def _join(x: np.ndarray, complex_: bool) -> np.ndarray:
+    return x[0] + 1j * x[1] if complex_ else x
+
+
+def adam_step(state: AdamState, weights: Mapping[str, np.ndarray], grads: Mapping[str, np.ndarray],
+              learning_rate: float) -> dict[str, np.ndarray]:
+    """One Adam step in float64 on every entry of ``grads``; returns the new weights (float64).
+
+    ``m = b1 m + (1-b1) g``, ``v = b2 v + (1-b2) g^2``, ``alpha = lr sqrt(1-b2^t) / (1-b1^t)``,
+    ``w -= alpha m / (sqrt(v) + eps)``; the probe's real and imaginary parts are separate
+    parameters. Entries not in ``grads`` are returned unchanged.
+    """
+    state.t += 1
+    t, b1, b2 = state.t, state.beta1, state.beta2
+    alpha = learning_rate * math.sqrt(1 - b2 ** t) / (1 - b1 ** t)
+    out = {k: np.asarray(v, np.complex128 if np.iscomplexobj(v) else np.float64)
+           for k, v in weights.items()}
+    for name, g in grads.items():
+        complex_ = np.iscomplexobj(weights[name])
+        g2 = _split(g)
+        m = state.m.get(name, np.zeros_like(g2))
+        v = state.v.get(name, np.zeros_like(g2))
+        m = b1 * m + (1 - b1) * g2
+        v = b2 * v + (1 - b2) * g2 ** 2
+        state.m[name], state.v[name] = m, v
+        out[name] = _join(_split(weights[name]) - alpha * m / (np.sqrt(v) + state.epsilon), complex_)
+    return out
+
+
+def as_float32(weights: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Cast a float64 weight mapping back to the canonical float32 / complex64."""
+    return {k: np.asarray(v).astype(np.complex64 if np.iscomplexobj(v) else np.float32)
+            for k, v in weights.items()}
+
+
+class ReferenceModel:
+    """The float64 reference as a model the core's driver can train (:func:`ptycho.training.fit`).
+
+    Holds float64 (complex128) weights and an :class:`AdamState`; implements the parts of
+    :class:`backends.protocol.BackendModel` that training and reconstruction use. With
+    ``store_dtype="float32"`` the weights are rounded to float32 after every step and the
+    gradients before it, as a float32 backend would store them (see :mod:`parity.fake`).
+    """
+
+    backend_name = "reference"
+
+    def __init__(self, config: ModelConfig, weights: Mapping[str, np.ndarray],
+                 store_dtype: str = "float64"):
+        from ptycho.weights import validate_weights
+
+        validate_weights(config, as_float32(weights))
+        self.config = config
+        self.store_dtype = store_dtype
+        self._w = self._store(weights)
+        self._adam: Optional[AdamState] = None
+        self._settings: Optional[LossSettings] = None
+        self._lr: Optional[float] = None
+
+    def _store(self, weights: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if self.store_dtype == "float32":
+            return as_float32(weights)
+        return {k: np.array(v, dtype=np.complex128 if np.iscomplexobj(v) else np.float64)
+                for k, v in weights.items()}
+
+    def get_weights(self) -> dict[str, np.ndarray]:
+        return {k: v.copy() for k, v in self._w.items()}
+
+    def set_weights(self, weights: Mapping[str, np.ndarray]) -> None:
+        from ptycho.weights import validate_weights
+
+        validate_weights(self.config, as_float32(weights))
+        self._w = self._store(weights)
+
+    def predict(self, diffraction: np.ndarray, batch_size: int = 64,
+                precision: str = "float32") -> np.ndarray:
+        d = np.asarray(diffraction)
+        parts = [predict(self.config, self._w, d[i:i + batch_size])
+                 for i in range(0, len(d), batch_size)]
+        return np.concatenate(parts) if parts else np.zeros(d.shape, np.complex128)
+
+    def forward(self, batch: Batch) -> dict[str, np.ndarray]:
+        return forward(self.config, self._w, batch)
+
+    def losses(self, batch: Batch, settings: LossSettings) -> dict[str, float]:
+        return losses(self.config, self._w, batch, settings)
+
+    def gradients(self, batch: Batch, settings: LossSettings) -> dict[str, np.ndarray]:
+        return gradients(self.config, self._w, batch, settings)[1]
+
+    def configure_training(self, training: TrainingConfig) -> None:
+        self._adam = AdamState.from_config(training)
+        self._settings = LossSettings.from_config(training)
+
+    def set_learning_rate(self, learning_rate: float) -> None:
+        if self._adam is None:
+            raise RuntimeError("set_learning_rate before configure_training")
+        self._lr = float(learning_rate)
+
+    def train_step(self, batch: Batch) -> dict[str, float]:
+        if self._adam is None or self._lr is None:
+            raise RuntimeError("train_step before configure_training / set_learning_rate")
+        terms, grads = gradients(self.config, self._w, batch, self._settings)
+        if self.store_dtype == "float32":
+            grads = as_float32(grads)
+        self._w = self._store(adam_step(self._adam, self._w, grads, self._lr))
+        return terms
+
+
+__all__ = [
+    "AdamState", "ReferenceModel", "activation", "adam_step", "as_float32", "conv2d",
+    "directional_derivative", "forward", "gradients", "loss_scales", "losses",
+    "network_patches", "perturb", "predict",
+]

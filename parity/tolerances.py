@@ -1,0 +1,223 @@
+"""The one tolerance table of the parity harness: per stage and op class, with a reason each.
+
+An element passes when ``|a - b| <= atol + rtol * scale``, where ``scale`` is set by the
+entry's :attr:`Tolerance.scale`:
+
+* ``"elementwise"``: ``|b|`` (or ``max(|a|, |b|)`` between two backends) at that element;
+* ``"max"``: the largest ``|b|`` (or ``max(|a|, |b|)``) of the whole array, for quantities
+  whose float32 error is set by the largest term that enters them (FFTs, sums, matmuls,
+  gradients) and not by the element itself.
+* ``"given"``: a scale the stage supplies with the comparison (documented where used, e.g.
+  the Poisson NLL is compared relative to the mean photon count of the pixels it sums).
+
+Errors that grow with the number of optimiser steps ``k`` or with the problem size say how
+(see :attr:`Tolerance.grows` and :func:`tolerance`). The float32 unit round-off is
+``2**-24 = 6.0e-8``; every entry below starts from a small multiple of it and says why.
+
+>>> tolerance("network.forward").rtol
+1e-05
+>>> tolerance("optimizer.weights", steps=4).rtol == 4 * TOLERANCES["optimizer.weights"].rtol
+True
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+from typing import Optional
+
+#: float32 unit round-off (half an ulp at 1.0).
+F32_EPS = 2.0 ** -24
+
+SCALES = ("elementwise", "max", "given")
+GROWTH = ("none", "steps", "sqrt_size")
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    """``|a - b| <= atol + rtol * scale`` with ``scale`` per :data:`SCALES`; ``reason`` says why.
+
+    ``grows``: ``"none"``; ``"steps"`` (rtol and atol multiply by the number of optimiser
+    steps k: independent float32 errors of each step add up, and Adam turns a relative
+    gradient error into a comparable relative update error each step); ``"sqrt_size"``
+    (multiply by ``sqrt(size / reference_size)``: a reduction over ``size`` terms accumulates
+    round-off like a random walk). ``reserved`` marks an entry whose numbers are not set yet.
+    """
+
+    rtol: float
+    atol: float
+    scale: str
+    reason: str
+    grows: str = "none"
+    reference_size: int = 1
+    reserved: bool = False
+
+    def __post_init__(self) -> None:
+        if self.scale not in SCALES:
+            raise ValueError(f"Tolerance.scale must be one of {SCALES}, got {self.scale!r}")
+        if self.grows not in GROWTH:
+            raise ValueError(f"Tolerance.grows must be one of {GROWTH}, got {self.grows!r}")
+        if not (self.rtol >= 0 and self.atol >= 0):
+            raise ValueError("Tolerance rtol and atol must be >= 0")
+
+    def scaled(self, factor: float) -> "Tolerance":
+        """The same entry with rtol and atol multiplied by ``factor``."""
+        return replace(self, rtol=self.rtol * factor, atol=self.atol * factor)
+
+    def describe(self) -> str:
+        """Short form for the report's table, e.g. ``r1e-05 max``."""
+        parts = []
+        if self.rtol:
+            parts.append(f"r{self.rtol:.0e}")
+        if self.atol:
+            parts.append(f"a{self.atol:.0e}")
+        if not parts:
+            parts.append("exact")
+        if self.rtol:
+            parts.append({"elementwise": "el", "max": "max", "given": "scl"}[self.scale])
+        return " ".join(parts)
+
+    def to_dict(self) -> dict:
+        return {"rtol": self.rtol, "atol": self.atol, "scale": self.scale,
+                "grows": self.grows, "reason": self.reason, "reserved": self.reserved}
+
+
+_T = Tolerance
+
+#: Keys are ``"<stage>.<op class>"``. Tolerances are for float32 computation on CPU (TF32 off).
+TOLERANCES: dict[str, Tolerance] = {
+    # 1. physics forward
+    "physics.illuminate": _T(
+        1e-6, 0.0, "elementwise",
+        "one complex64 multiply: ~4 ulp of float32 per element (2 products + 1 sum per part)"),
+    "physics.far_field": _T(
+        2e-6, 0.0, "max",
+        "float32 FFT: error ~ eps*log2(N^2) of the largest |coefficient|, not of each pixel "
+        "(small pixels carry the big ones' round-off); grows with log N, 2e-6 covers N <= 512"),
+    # 2. translation, extraction, reassembly
+    "translate.translate": _T(
+        1e-6, 0.0, "max",
+        "bilinear: 4 float32 products and 3 sums per pixel, weights in [0, 1]; relative to the "
+        "image maximum because a pixel is a blend of up to 4 neighbours"),
+    "translate.reassemble": _T(
+        1e-5, 0.0, "max",
+        "sum of C translated patches divided by the coverage (floored at 1e-3): the division "
+        "amplifies the numerator's round-off by up to 1/coverage at faintly covered edges"),
+    "translate.extract": _T(
+        1e-6, 0.0, "max",
+        "extraction is a pure bilinear translation of the canvas (same error as translate)"),
+    "translate.overlap": _T(
+        1e-5, 0.0, "max",
+        "reassemble then extract: the reassembly's coverage division dominates"),
+    # 3. network forward
+    "network.weights": _T(
+        0.0, 0.0, "elementwise",
+        "a model must export exactly the float32 values it imported (no cast, no re-layout loss)"),
+    "network.forward": _T(
+        1e-5, 0.0, "max",
+        "3-level float32 CNN: each conv sums 9*C_in products; different summation orders "
+        "(oneDNN vs ATen) give ~1e-6 of the output's maximum, 1e-5 leaves a margin of 10"),
+    "network.amplitude": _T(
+        2e-5, 0.0, "max",
+        "network error (1e-5) carried through the overlap constraint and a float32 FFT"),
+    # 4. losses
+    "loss.terms": _T(
+        1e-5, 1e-12, "given",
+        "mean of N^2*B*C float32 per-pixel terms; error relative to the mean magnitude of the "
+        "terms summed (mean photon count for the NLL, mean amplitude for the MAE, mean "
+        "|patch|^2 for the real-space term), because the loss itself can cancel to ~0"),
+    "loss.ops": _T(
+        1e-5, 1e-12, "given",
+        "the backends' loss functions on fixed inputs, relative to the mean magnitude of the "
+        "summed terms (as loss.terms), counts spanning several decades"),
+    # 5. gradients
+    "gradients.entry": _T(
+        1e-4, 0.0, "max",
+        "backpropagation through the CNN, the FFT and the coverage division in float32; "
+        "relative to the largest gradient of that weight entry (entries with tiny gradients "
+        "are dominated by the round-off of the large ones)"),
+    "gradients.directional": _T(
+        1e-4, 0.0, "given",
+        "directional derivative <g, v> against a float64 central finite difference of the "
+        "numpy reference, relative to |g| |v| (the Cauchy-Schwarz bound); FD error ~1e-9"),
+    # 6. k optimiser steps
+    "optimizer.update": _T(
+        1e-4, 0.0, "given",
+        "each Adam step's update, backend vs float64 Adam applied to that backend's own weights "
+        "and gradients; relative to the learning rate (an Adam step moves a weight by ~lr at "
+        "most) plus 2 ulp of the weight (storing w - update in float32 rounds at |w| eps); does "
+        "not grow with k because the reference restarts from the backend's state each step"),
+    "optimizer.frozen": _T(
+        0.0, 0.0, "elementwise",
+        "entries that are not trainable (probe, log intensity scale when frozen) never change"),
+    "optimizer.losses": _T(
+        1e-4, 1e-12, "elementwise",
+        "loss before each step after j earlier steps: the weights differ by ~1e-3 lr-relative "
+        "(see optimizer.weights), which moves the loss far less; grows with the step count",
+        grows="steps"),
+    "optimizer.weights": _T(
+        2.5e-4, 0.0, "max",
+        "weights after k Adam steps: Adam divides by sqrt(v) ~ |g|, so a 1e-4 relative gradient "
+        "error becomes ~1e-4 of lr per step; relative to the entry's max |w|, grows linearly "
+        "with k (1e-3 at k = 4)", grows="steps"),
+    # 7. bundles
+    "bundle.roundtrip": _T(
+        0.0, 0.0, "elementwise",
+        "save then load in one backend must give back the identical float32/complex64 values"),
+    "bundle.weights": _T(
+        0.0, 0.0, "elementwise",
+        "a bundle written by A and loaded into B exports exactly the weights A wrote"),
+    "bundle.predict": _T(
+        1e-5, 0.0, "max",
+        "B predicting with A's bundled weights vs A: the network forward tolerance"),
+    # 8. end to end
+    "e2e.losses": _T(
+        1e-3, 1e-12, "elementwise",
+        "per-epoch mean losses after a few epochs of training from the same weights on the "
+        "same batches: step errors (optimizer.*) compound over the epochs"),
+    "e2e.patches": _T(
+        5e-3, 0.0, "max",
+        "reconstructed patches after a few epochs, relative to the largest |patch|; trained "
+        "weights differ by ~1e-3 relative"),
+    "e2e.object": _T(
+        5e-3, 0.0, "max",
+        "stitched object: an average of e2e.patches, so no larger error"),
+    "e2e.metrics": _T(
+        0.0, 1e-2, "elementwise",
+        "image metrics (errors, PSNR in dB / 100, FRC) of the two reconstructions agree to "
+        "1e-2 absolute"),
+    # reserved
+    "inference.bf16_vs_fp32": _T(
+        0.0, 0.0, "max",
+        "bfloat16 inference against float32: to be set by the bf16 inference work "
+        "(expect ~1e-2 of the patch maximum: bf16 keeps 8 bits of mantissa)",
+        reserved=True),
+}
+
+
+def tolerance(key: str, *, steps: int = 1, size: Optional[int] = None) -> Tolerance:
+    """The table entry ``key``, grown for ``steps`` optimiser steps or a reduction of ``size``.
+
+    Raises ``KeyError`` naming the valid keys for an unknown ``key`` and ``ValueError`` for
+    a reserved entry (its numbers are not set yet).
+    """
+    try:
+        tol = TOLERANCES[key]
+    except KeyError:
+        raise KeyError(f"no tolerance {key!r}; known: {sorted(TOLERANCES)}") from None
+    if tol.reserved:
+        raise ValueError(f"tolerance {key!r} is reserved and not set yet: {tol.reason}")
+    if tol.grows == "steps":
+        return tol.scaled(max(int(steps), 1))
+    if tol.grows == "sqrt_size" and size is not None:
+        return tol.scaled(max(1.0, math.sqrt(size / tol.reference_size)))
+    return tol
+
+
+def table_text() -> str:
+    """The table as text: key, rtol, atol, scale, growth, reason (for docs and ``--tolerances``)."""
+    rows = [f"{'key':24s} {'rtol':>8s} {'atol':>8s} {'scale':11s} {'grows':6s} reason"]
+    for key, t in TOLERANCES.items():
+        rows.append(f"{key:24s} {t.rtol:8.1e} {t.atol:8.1e} {t.scale:11s} {t.grows:6s} "
+                    f"{'[reserved] ' if t.reserved else ''}{t.reason}")
+    return "\n".join(rows)
