@@ -1,0 +1,197 @@
+"""The PINN's differentiable physics on torch tensors (float32 / complex64).
+
+Mirrors :mod:`ptycho.physics` (the float64 numpy reference) function for function, on
+tensors laid out ``(B, C, H, W)`` (or any ``(..., H, W)``). The TensorFlow backend's
+``backends/tensorflow/physics.py`` has the same functions under the same names.
+
+Translation is the separable form of the reference's 4-tap bilinear formula: translating an
+image by ``(dx, dy)`` is ``T(dy) @ img @ T(dx)^T`` with one small interpolation matrix per
+image and axis, ``T(d)[r, s] = (1 - f) [s == r - k] + f [s == r - k - 1]`` where
+``k = floor(d)``, ``f = d - k``. Rows outside the image simply have no matrix entry, which is
+exactly the reference's zero fill, and the interpolation weights are computed in float64 from
+the offsets (data, never trained) before they are cast to float32. Patch placement and
+extraction then reduce to slices of those matrices (no padded intermediate canvas).
+
+>>> import torch
+>>> img = torch.zeros(5, 5); img[2, 2] = 1.0
+>>> out = translate(img, torch.tensor([1.0, -2.0]))   # one column right, two rows up
+>>> [int(i) for i in torch.nonzero(out == 1.0)[0]]
+[0, 3]
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from ptycho.physics.losses import LossSettings
+from ptycho.physics.patches import COVERAGE_FLOOR
+
+__all__ = [
+    "illuminate", "far_field_amplitude", "translation_matrices", "translate",
+    "reassemble_patches", "extract_patches", "overlap_constraint", "poisson_nll", "mae",
+    "realspace_consistency", "total_loss", "canvas_pad",
+]
+
+
+def illuminate(probe: torch.Tensor, obj: torch.Tensor) -> torch.Tensor:
+    """Exit wave ``probe * obj``; ``probe`` (N, N) broadcasts over the leading axes of ``obj``."""
+    return probe * obj
+
+
+def far_field_amplitude(psi: torch.Tensor) -> torch.Tensor:
+    """``|fftshift(fft2(psi))| / N`` over the last two axes (orthonormal FFT, DC at ``N // 2``).
+
+    >>> a = far_field_amplitude(torch.ones(4, 4, dtype=torch.complex64))
+    >>> float(a[2, 2]), float(a.sum() - a[2, 2])
+    (4.0, 0.0)
+    """
+    f = torch.fft.fft2(psi, dim=(-2, -1), norm="ortho")
+    return torch.abs(torch.fft.fftshift(f, dim=(-2, -1)))
+
+
+def translation_matrices(shifts: torch.Tensor, out_size: int, in_size: int,
+                         out_start: int = 0, in_start: int = 0,
+                         dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Interpolation matrices of a 1-D bilinear shift with zero fill, one per shift.
+
+    For a signal of length L and a shift ``d``, ``T(d)[r, s] = (1 - f) [s == r - k] +
+    f [s == r - k - 1]`` with ``k = floor(d)``, ``f = d - k``, so ``(T @ x)[r] = x[r - d]``
+    interpolated linearly and zero outside. This returns the block
+    ``T[out_start : out_start + out_size, in_start : in_start + in_size]`` for each shift:
+    ``shifts`` (...) -> (..., out_size, in_size). Weights are formed in float64 and then cast
+    to ``dtype``; no gradient flows to ``shifts``.
+    """
+    d = shifts.detach().to(torch.float64)
+    k = torch.floor(d)
+    f = (d - k)[..., None, None]
+    r = torch.arange(out_start, out_start + out_size, dtype=torch.float64, device=d.device)
+    s = torch.arange(in_start, in_start + in_size, dtype=torch.float64, device=d.device)
+    lag = (r[:, None] - s[None, :]) - k[..., None, None]      # r - s - k, exact small integers
+    mat = torch.where(lag == 0, 1.0 - f, torch.zeros((), dtype=torch.float64, device=d.device))
+    mat = mat + torch.where(lag == 1, f, torch.zeros((), dtype=torch.float64, device=d.device))
+    return mat.to(dtype)
+
+
+def _real_dtype(x: torch.Tensor) -> torch.dtype:
+    return x.real.dtype if x.is_complex() else x.dtype
+
+
+def _apply_separable(images: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+    """``rows @ images @ cols^T`` batched over leading axes; real matrices, real or complex images."""
+    if images.is_complex():
+        rows = rows.to(images.dtype)
+        cols = cols.to(images.dtype)
+    return rows @ images @ cols.transpose(-1, -2)
+
+
+def translate(images: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+    """Translate each image of ``images`` (..., H, W) by its ``offsets`` (..., 2) = (dx, dy).
+
+    ``out[r, c] = img[r - dy, c - dx]``, bilinear, zero fill (see the module docstring).
+    ``offsets`` broadcasts against the leading axes of ``images``; real or complex images.
+    """
+    if offsets.shape[-1:] != (2,):
+        raise ValueError(f"offsets must end in an axis of length 2 (dx, dy), got shape "
+                         f"{tuple(offsets.shape)}")
+    h, w = images.shape[-2:]
+    lead = images.shape[:-2]
+    off = torch.broadcast_to(offsets, tuple(lead) + (2,))
+    dt = _real_dtype(images)
+    ty = translation_matrices(off[..., 1], h, h, dtype=dt)
+    tx = translation_matrices(off[..., 0], w, w, dtype=dt)
+    return _apply_separable(images, ty, tx)
+
+
+def canvas_pad(n: int, m: int) -> int:
+    """Where an N-patch starts on an M-canvas (pixel N//2 on M//2); checks M >= N, same parity."""
+    if m < n or (m - n) % 2:
+        raise ValueError(f"canvas side {m} must be >= patch side {n} with the same parity")
+    return m // 2 - n // 2
+
+
+def reassemble_patches(patches: torch.Tensor, rel_offsets: torch.Tensor, m: int,
+                       support: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Each group's patches on its own canvas, averaged by coverage: (B, C, N, N) -> (B, M, M).
+
+    ``canvas = sum_c T(pad(p_c)) / max(sum_c T(pad(support)), COVERAGE_FLOOR)`` with
+    ``rel_offsets`` (B, C, 2) = (x, y); ``support`` (N, N) defaults to ones. A batch of B
+    groups keeps B canvases.
+    """
+    n = patches.shape[-1]
+    p = canvas_pad(n, m)
+    dt = _real_dtype(patches)
+    ty = translation_matrices(rel_offsets[..., 1], m, n, in_start=p, dtype=dt)   # (B, C, M, N)
+    tx = translation_matrices(rel_offsets[..., 0], m, n, in_start=p, dtype=dt)
+    num = _apply_separable(patches, ty, tx).sum(dim=1)
+    if support is None:
+        support = torch.ones((n, n), dtype=dt, device=patches.device)
+    cov = (ty @ support.to(dt) @ tx.transpose(-1, -2)).sum(dim=1)
+    return num / torch.clamp(cov, min=COVERAGE_FLOOR)
+
+
+def extract_patches(canvas: torch.Tensor, rel_offsets: torch.Tensor, n: int) -> torch.Tensor:
+    """Cut the (B, C, N, N) patches centred at ``rel_offsets`` (B, C, 2) out of canvases (B, M, M)."""
+    m = canvas.shape[-1]
+    p = canvas_pad(n, m)
+    dt = _real_dtype(canvas)
+    ty = translation_matrices(-rel_offsets[..., 1], n, m, out_start=p, dtype=dt)  # (B, C, N, M)
+    tx = translation_matrices(-rel_offsets[..., 0], n, m, out_start=p, dtype=dt)
+    return _apply_separable(canvas[:, None], ty, tx)
+
+
+def overlap_constraint(patches: torch.Tensor, rel_offsets: torch.Tensor, m: int,
+                       support: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Make a group's patches agree where they overlap: reassemble per group, then re-extract."""
+    n = patches.shape[-1]
+    return extract_patches(reassemble_patches(patches, rel_offsets, m, support), rel_offsets, n)
+
+
+def poisson_nll(pred_amplitude: torch.Tensor, observed_amplitude: torch.Tensor,
+                eps: float) -> torch.Tensor:
+    """Mean Poisson NLL of counts ``k = obs**2`` given intensity ``I = pred**2``, minus the saturated model's.
+
+    Per pixel ``I - k log(I + eps) - (k - k log(k + eps)) = (I - k) - k log((I + eps) / (k + eps))``.
+    The log-ratio is evaluated as ``log1p((I - k) / (k + eps))`` where ``I > k / 2`` (no
+    float32 cancellation of two large logarithms near the optimum) and as
+    ``log(I + eps) - log(k + eps)`` elsewhere (where ``log1p`` would round to ``log(0)``);
+    the unused branch gets a harmless argument so that no NaN reaches the gradient.
+    Gradients are those of the NLL, ``d/dI = 1 - k / (I + eps)``.
+    """
+    i = pred_amplitude * pred_amplitude
+    k = observed_amplitude * observed_amplitude
+    d = i - k
+    r = d / (k + eps)
+    near = r > -0.5
+    log_ratio = torch.where(near, torch.log1p(torch.where(near, r, torch.zeros_like(r))),
+                            torch.log(i + eps) - torch.log(k + eps))
+    return torch.mean(d - k * log_ratio)
+
+
+def mae(pred_amplitude: torch.Tensor, observed_amplitude: torch.Tensor) -> torch.Tensor:
+    """Mean absolute error of amplitudes (sqrt counts)."""
+    return torch.mean(torch.abs(pred_amplitude - observed_amplitude))
+
+
+def realspace_consistency(patches: torch.Tensor, constrained: torch.Tensor) -> torch.Tensor:
+    """Mean ``|p - p'|^2`` between the network's patches and their overlap-constrained version."""
+    d = patches - constrained
+    if d.is_complex():
+        return torch.mean(d.real * d.real + d.imag * d.imag)
+    return torch.mean(d * d)
+
+
+def total_loss(pred_amplitude: torch.Tensor, observed_amplitude: torch.Tensor,
+               patches: torch.Tensor, constrained: torch.Tensor,
+               settings: LossSettings) -> dict[str, torch.Tensor]:
+    """Every loss term and their weighted sum (0-d tensors): ``nll``, ``mae``, ``realspace``, ``total``."""
+    terms = {
+        "nll": poisson_nll(pred_amplitude, observed_amplitude, settings.epsilon),
+        "mae": mae(pred_amplitude, observed_amplitude),
+        "realspace": realspace_consistency(patches, constrained),
+    }
+    terms["total"] = (settings.nll_weight * terms["nll"] + settings.mae_weight * terms["mae"]
+                      + settings.realspace_weight * terms["realspace"])
+    return terms
+
