@@ -1,0 +1,120 @@
+"""Entry point of the ``ptycho`` command (console script ``ptycho.cli.main:main``).
+
+Subcommands are modules listed in :data:`COMMANDS`; each provides
+
+* ``add_parser(subparsers) -> argparse.ArgumentParser``: adds its subparser (name, help,
+  options) with ``subparsers.add_parser(...)`` and returns it;
+* ``run(args: argparse.Namespace) -> int``: does the work and returns the exit status.
+
+Registering a new command is one line in :data:`COMMANDS`. Modules must be cheap to import
+(import numpy, frameworks and friends inside ``run``), because ``ptycho --help`` imports all.
+
+Exit status: what ``run`` returns (0 success); 2 for a usage error or a bad input (a missing
+file, an invalid value), reported as one line on stderr, ``ptycho <command>: error: ...``;
+130 when interrupted.
+
+>>> main(["--version"])  # doctest: +ELLIPSIS
+ptycho ...
+0
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from typing import NoReturn, Optional, Sequence
+
+#: Subcommand modules, in the order ``ptycho --help`` lists them. Add one line per command.
+COMMANDS: tuple[str, ...] = (
+    "ptycho.cli.simulate",
+    "ptycho.cli.parity",
+)
+
+#: Exit status of a usage error or bad input.
+EXIT_USAGE = 2
+
+
+class UsageError(Exception):
+    """A command-line or input error: reported as one line, exit status 2."""
+
+    def __init__(self, prog: str, message: str) -> None:
+        super().__init__(message)
+        self.prog = prog
+
+
+class _Parser(argparse.ArgumentParser):
+    """ArgumentParser that reports errors as one line (no usage dump) via :class:`UsageError`."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(self.prog, f"{message} (see '{self.prog} --help')")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``ptycho`` parser with every subcommand of :data:`COMMANDS` registered."""
+    from ptycho import __version__
+
+    parser = _Parser(
+        prog="ptycho",
+        description="Ptychographic reconstruction with a physics-informed neural network "
+                    "(TensorFlow or PyTorch backend).",
+        epilog="Run 'ptycho <command> --help' for the options of a command.")
+    parser.add_argument("--version", action="version", version=f"ptycho {__version__}")
+    subparsers = parser.add_subparsers(title="commands", dest="command", metavar="<command>")
+    for name in COMMANDS:
+        module = importlib.import_module(name)
+        sub = module.add_parser(subparsers)
+        if not isinstance(sub, argparse.ArgumentParser):
+            raise TypeError(f"{name}.add_parser must return its ArgumentParser, got "
+                            f"{type(sub).__name__}")
+        sub.set_defaults(_ptycho_run=module.run)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Run the ``ptycho`` command with ``argv`` (default ``sys.argv[1:]``); return the exit code."""
+    parser = build_parser()
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    prog = "ptycho"
+    try:
+        try:
+            args = parser.parse_args(args_list)
+        except SystemExit as exc:          # --help / --version exit 0 through argparse
+            return int(exc.code or 0) if not isinstance(exc.code, str) else EXIT_USAGE
+        run = getattr(args, "_ptycho_run", None)
+        if run is None:
+            raise UsageError(prog, "a command is required: one of "
+                             f"{_command_names(parser)} (see 'ptycho --help')")
+        prog = f"ptycho {args.command}"
+        return int(run(args))
+    except UsageError as exc:
+        _report(exc.prog, str(exc))
+        return EXIT_USAGE
+    except (ValueError, OSError) as exc:   # library errors (ptycho.errors) are ValueErrors
+        _report(prog, _one_line(exc))
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        _report(prog, "interrupted")
+        return 130
+
+
+def _command_names(parser: argparse.ArgumentParser) -> str:
+    for action in parser._actions:  # noqa: SLF001 (argparse offers no public accessor)
+        if isinstance(action, argparse._SubParsersAction):  # noqa: SLF001
+            return ", ".join(action.choices)
+    return ""
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    if isinstance(exc, OSError) and exc.filename is not None and exc.strerror:
+        text = f"{exc.strerror}: {exc.filename!r}"
+    return text or type(exc).__name__
+
+
+def _report(prog: str, message: str) -> None:
+    print(f"{prog}: error: {message}", file=sys.stderr)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())
