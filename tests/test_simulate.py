@@ -347,6 +347,15 @@ def test_grid_over_a_given_object_spans_it():
     assert raw.ycoords.max() - raw.ycoords.min() >= 70 - 16 - 3
 
 
+def test_jittered_grid_over_a_given_object_leaves_room_for_the_jitter():
+    obj = grf_object((60, 70), np.random.default_rng(1))
+    raw, _ = simulate_dataset(25, 16, object=obj, scan="jitter", jitter=2.5, nphotons=1e3, seed=0)
+    pos = np.stack([raw.xcoords, raw.ycoords], -1)
+    check_inside(pos, obj.shape, 16)
+    assert np.any(pos != np.round(pos))
+    assert pos[:, 0].max() - pos[:, 0].min() > 70 - 16 - 2 * 2.5 - 8
+
+
 @pytest.mark.parametrize("kwargs, match", [
     (dict(scan="grid"), "n_patterns is required"),
     (dict(n_patterns=4, scan="spiral"), "unknown scan kind"),

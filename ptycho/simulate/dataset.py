@@ -134,7 +134,7 @@ def _make_object(obj: ArrayOrName, shape: tuple[int, int], rng: np.random.Genera
         if kind == "grf":
             return grf_object(shape, rng, amplitude_range=amplitude_range, phase_range=phase_range)
         raise ValueError(f"unknown object kind {kind!r}; expected one of {list(OBJECT_KINDS)} "
-                         "or a 2-D array")
+                         "or a 2-D array (read an image file with ptycho.simulate.load_image)")
     return image_object(obj, amplitude_range, phase_range)
 
 
@@ -213,9 +213,11 @@ def simulate_dataset(n_patterns: int | None = None, N: int = 64, *,  # noqa: N80
             raise ValueError("n_patterns is required when scan is a kind "
                              f"({scan!r}) rather than an array of positions")
         if given_obj is not None and step is None and scan != "random":
-            step = _auto_step(given_obj.shape, n, int(n_patterns))
             if scan == "jitter":
-                jitter = 0.0 if jitter is None else jitter
+                jitter = 0.0 if jitter is None else float(jitter)
+            margin = 2 * (jitter or 0.0) if scan == "jitter" else 0.0
+            step = _auto_step((given_obj.shape[0] - margin, given_obj.shape[1] - margin), n,
+                              int(n_patterns))
         pos, shape = make_scan(scan, n_patterns, n, np.random.default_rng(scan_seed), step=step,
                                jitter=jitter, object_shape=object_shape)
     else:

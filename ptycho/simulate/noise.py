@@ -27,7 +27,11 @@ SeedLike = Union[int, np.random.SeedSequence, None]
 
 
 def default_workers() -> int:
-    """Threads used by default: the CPU count, at most 8 (numpy releases the GIL here)."""
+    """Threads used by default: the CPU count, at most 8 (numpy releases the GIL here).
+
+    >>> 1 <= default_workers() <= 8
+    True
+    """
     return max(1, min(8, os.cpu_count() or 1))
 
 
@@ -36,6 +40,13 @@ def run_chunks(n_items: int, fn: Callable[[slice, int], None], workers: int | No
 
     With more than one worker the calls run in a thread pool (each ``fn`` must write to its
     own slice only). Exceptions propagate.
+
+    >>> out = np.zeros(600)
+    >>> def fill(sl, k):
+    ...     out[sl] = k
+    >>> run_chunks(600, fill, workers=2)
+    >>> out[[0, 255, 256, 599]].tolist()
+    [0.0, 0.0, 1.0, 2.0]
     """
     workers = default_workers() if workers is None else int(workers)
     if workers < 1:

@@ -224,6 +224,12 @@ def load_image(path: PathLike) -> np.ndarray:
 
     Image files are read with matplotlib and converted to luminance; returned as float64
     (or complex for a complex ``.npy``).
+
+    >>> import os, tempfile
+    >>> path = os.path.join(tempfile.mkdtemp(), "obj.npy")
+    >>> np.save(path, np.eye(3))
+    >>> load_image(path).shape
+    (3, 3)
     """
     name = os.fspath(path)
     if not os.path.isfile(name):
