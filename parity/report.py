@@ -167,54 +167,24 @@ class ParityReport:
 
     # -- rendering ----------------------------------------------------------------------------
     def to_text(self, verbose: bool = False) -> str:
-        """The table: stage, quantity, max abs, max rel, tolerance, ratio, verdict, drift."""
+        """The table: stage, quantity [worst leaf], max abs, max rel, tolerance, error as a
+        multiple of the tolerance, verdict, relative error of A / B against the reference, and
+        which side drifted. Failing checks get a line naming the worst element."""
         a, b = self.backend_a, self.backend_b
         lines = [f"parity: A = {a} ({self.versions.get(a, '?')}), B = {b} "
                  f"({self.versions.get(b, '?')}), reference = {self.reference}; seed {self.seed}"]
-        head = (f"{'stage':14s} {'quantity':34s} {'max abs':>9s} {'max rel':>9s} "
-                f"{'tolerance':>13s} {'x tol':>7s} {'verdict':7s} {'ref rel A / B':>19s}  drifted")
+        head = (f"{'stage':12s} {'quantity [worst leaf]':52s} {'max abs':>9s} {'max rel':>9s} "
+                f"{'tolerance':>15s} {'x tol':>7s} {'verdict':7s} {'ref rel A / B':>17s}  drifted")
         lines += [head, "-" * len(head)]
         for s in self.stages:
             label = f"{s.number} {s.name}"
             if s.error is not None:
-                lines.append(f"{label:14s} {'(stage raised)':34s} {'':>9s} {'':>9s} {'':>13s} "
-                             f"{'':>7s} {'ERROR':7s}")
-                lines.append(f"{'':14s}   {s.error.strip().splitlines()[-1][:110]}")
+                lines.append(f"{label:12s} {'(the stage raised)':52s} {'':>9s} {'':>9s} "
+                             f"{'':>15s} {'':>7s} ERROR")
+                lines.append(f"{'':12s}   ! {s.error.strip().splitlines()[-1][:150]}")
+                label = ""
             for c in s.checks:
-                d = c.headline()
-                qty = c.quantity
-                if d is not None and len(c.ab or c.a_ref or c.b_ref or []) > 1:
-                    qty = f"{qty} [{d.name.split('.', 1)[-1] if '.' in d.name else d.name}]"
-                if d is not None and d.problem:
-                    nums = f"{'-':>9s} {'-':>9s}"
-                    ratio = f"{'inf':>7s}"
-                elif d is not None:
-                    nums = f"{d.max_abs:9.2e} {d.max_rel:9.2e}"
-                    ratio = f"{d.ratio:7.3f}" if d.ratio < 1e4 else f"{d.ratio:7.1e}"
-                else:
-                    nums, ratio = f"{'-':>9s} {'-':>9s}", f"{'-':>7s}"
-                if not c.ab and d is not None:
-                    nums = "(ref) " + nums[6:] if nums.startswith("   ") else nums
-                ref = ""
-                if c.has_reference:
-                    ra = merge(c.a_ref).max_rel if c.a_ref is not None else None
-                    rb = merge(c.b_ref).max_rel if c.b_ref is not None else None
-                    ref = (f"{ra:.1e}" if ra is not None else "-") + " / " + (
-                        f"{rb:.1e}" if rb is not None else "-")
-                verdict = "pass" if c.ok else "FAIL"
-                drift = c.drifted(a, b) or "-"
-                lines.append(f"{label:14s} {qty[:34]:34s} {nums} {c.tolerance.describe():>13s} "
-                             f"{ratio} {verdict:7s} {ref:>19s}  {drift}")
-                if not c.ok:
-                    for diff in (c.ab + (c.a_ref or []) + (c.b_ref or [])):
-                        if not diff.ok:
-                            side = ("A~B" if diff in c.ab else
-                                    f"{a}~ref" if c.a_ref and diff in c.a_ref else f"{b}~ref")
-                            lines.append(f"{'':14s}   ! {side}: {diff.summary()}")
-                            break
-                if verbose:
-                    for diff in c.ab:
-                        lines.append(f"{'':14s}     {diff.summary()}")
+                lines += self._rows(c, label, a, b, verbose)
                 label = ""
         lines.append("-" * len(head))
         times = ", ".join(f"{s.number} {s.name} {s.seconds:.2f}s" for s in self.stages)
@@ -225,11 +195,44 @@ class ParityReport:
                          f"{sum(len(s.checks) for s in self.stages)} checks)")
         else:
             what = (f"raised {ff.error.strip().splitlines()[-1][:160]}" if ff.error else
-                    ", ".join(f"{c.quantity} (drifted: {c.drifted(a, b) or 'n/a'})"
+                    "; ".join(f"{c.quantity} (drifted: {c.drifted(a, b) or 'no reference'})"
                               for c in ff.failing))
             lines.append(f"result: FAIL; first failing stage: {ff.number} {ff.name} "
                          f"({ff.title}): {what}")
         return "\n".join(lines)
+
+    @staticmethod
+    def _leaf(c: Check, d: Diff) -> str:
+        return d.name[len(c.quantity) + 1:] if d.name.startswith(c.quantity + ".") else ""
+
+    def _rows(self, c: Check, label: str, a: str, b: str, verbose: bool) -> list[str]:
+        d = c.headline()
+        leaf = self._leaf(c, d) if d is not None else ""
+        qty = f"{c.quantity} [{leaf}]" if leaf else c.quantity
+        if len(qty) > 52:
+            qty = qty[:51] + "~"
+        if d is None or d.problem:
+            nums, ratio = f"{'-':>9s} {'-':>9s}", f"{'inf' if d is not None else '-':>7s}"
+        else:
+            nums = f"{d.max_abs:9.2e} {d.max_rel:9.2e}"
+            ratio = f"{d.ratio:7.3f}" if d.ratio < 1e3 else f"{d.ratio:7.1e}"
+        ref = ""
+        if c.has_reference:
+            parts = [f"{merge(x).max_rel:.1e}" if x is not None else "-" for x in (c.a_ref, c.b_ref)]
+            ref = " / ".join(parts)
+        rows = [f"{label:12s} {qty:52s} {nums} {c.tolerance.describe():>15s} {ratio} "
+                f"{'pass' if c.ok else 'FAIL':7s} {ref:>17s}  {c.drifted(a, b) or '-'}"]
+        if not c.ok:
+            sides = [("A~B", c.ab), (f"{a}~ref", c.a_ref or []), (f"{b}~ref", c.b_ref or [])]
+            for side, diffs in sides:
+                bad = [x for x in diffs if not x.ok]
+                if bad:
+                    rows.append(f"{'':12s}   ! {side}: {merge(bad).worst.summary()}"
+                                + (f" (+{len(bad) - 1} more leaves)" if len(bad) > 1 else ""))
+        if verbose:
+            for x in c.ab or (c.a_ref or []) + (c.b_ref or []):
+                rows.append(f"{'':12s}     {x.summary()}")
+        return rows
 
     def to_dict(self) -> dict[str, Any]:
         ff = self.first_failure

@@ -112,6 +112,8 @@ def run(config: Union[None, TrainingConfig, ModelConfig] = None,
     (True, ['physics', 'translate'])
     """
     start = time.perf_counter()
+    if int(steps) < 1 or int(e2e_epochs) < 1:
+        raise ValueError(f"steps and e2e_epochs must be >= 1, got {steps} and {e2e_epochs}")
     training = as_training_config(config)
     names = select_stages(stages)
     if len(backends) != 2:
