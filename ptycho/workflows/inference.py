@@ -17,7 +17,7 @@ def load_inference_bundle(path: PathLike, backend: Optional[str] = None,
     """Load a bundle into ``backend`` (whichever backend wrote it); return ``(model, config)``.
 
     The bundle is verified before anything else (see :func:`ptycho.bundle.read_bundle`).
-    With ``legacy_dict`` (a ``params.cfg``-style dictionary), that dictionary is updated from
+    With ``legacy_dict`` (a dictionary in the older flattened-key API), it is updated from
     the bundle's config through :func:`ptycho.config.legacy.update_legacy_dict` *before* the
     model is built, the ordering older callers rely on.
     """
