@@ -14,7 +14,7 @@ from ptycho.data.contract import RawData
 from ptycho.data.grouping import GroupedData, group_data_for_training
 from ptycho.errors import ConfigError
 from ptycho.tracking import make_tracker
-from ptycho.training import EpochRecord, History, ProgressFn, fit
+from ptycho.training import EpochRecord, History, NonFiniteLossError, ProgressFn, fit
 from ptycho.weights import init_weights
 from ptycho.workflows.model import PtychoModel
 
@@ -56,12 +56,16 @@ def train(config: TrainingConfig, train_data: DataLike, test_data: Optional[Data
     The backend is ``backend`` if given, else ``config.backend``, else ``PTYCHO_BACKEND``, else
     the default. Initial weights come from ``config.seed`` (same in every backend). With
     ``config.output_dir`` the bundle ``model.zip`` is rewritten after every completed epoch,
-    so a failed or interrupted run leaves the last good model on disk.
+    so a failed or interrupted run leaves the last good model on disk. A non-finite loss
+    raises :class:`ptycho.training.NonFiniteLossError` (epoch, step; ``err.model`` holds the
+    weights of the last completed epoch, ``err.history`` the completed epochs); Ctrl-C ends
+    the run with ``history.interrupted`` set and the last completed epoch saved.
 
-    >>> # doctest: +SKIP
-    >>> result = train(TrainingConfig(nepochs=5), raw_train)
-    >>> result.history.losses()[-1] < result.history.losses()[0]
-    True
+    Example (needs a backend)::
+
+        result = train(TrainingConfig(nepochs=5), raw_train, backend="torch")
+        result.history.losses()      # total loss per epoch
+        result.model.save("model.zip")
     """
     t0 = time.perf_counter()
     impl = get_backend(backend or config.backend)
@@ -98,6 +102,10 @@ def train(config: TrainingConfig, train_data: DataLike, test_data: Optional[Data
         if bundle_path:
             model.save(bundle_path)     # the final history (early stopping, best epoch)
             tracker.log_artifact(bundle_path)
+    except NonFiniteLossError as err:
+        err.model = model              # holds the weights of the last completed epoch
+        tracker.close("FAILED")
+        raise
     except BaseException:
         tracker.close("FAILED")
         raise
