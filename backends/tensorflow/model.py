@@ -14,6 +14,16 @@ convs + relu per decoder level; heads to C channels; the amplitude head's activa
 the config, the phase head ``pi * tanh``. ``pad_object`` zeroes the object outside the
 central N/2 square; with ``probe_big`` the border heads' output replaces the main heads'
 there instead.
+
+>>> import numpy as np
+>>> from ptycho.config import ModelConfig
+>>> from ptycho.weights import init_weights
+>>> cfg = ModelConfig(N=16, base_filters=2, n_filters_scale=1)
+>>> model = TFModel(cfg, init_weights(cfg, 0, np.ones((16, 16), np.complex64), 1.0))
+>>> model.predict(np.ones((3, 1, 16, 16), np.float32), batch_size=2).shape
+(3, 1, 16, 16)
+>>> list(model.get_weights())[:2]          # canonical order
+['enc0.conv1.kernel', 'enc0.conv1.bias']
 """
 
 from __future__ import annotations

@@ -30,6 +30,12 @@ class Adam:
 
     ``learning_rate`` and ``iterations`` are variables, so changing the learning rate between
     steps does not retrace a compiled step.
+
+    >>> w = tf.Variable([1.0, -1.0])
+    >>> opt = Adam([w], beta1=0.9, beta2=0.999, epsilon=1e-7, learning_rate=0.1)
+    >>> opt.apply([tf.constant([2.0, -3.0])])      # first step: lr * sign(g)
+    >>> [round(float(x), 4) for x in w.numpy()], int(opt.iterations.numpy())
+    ([0.9, -0.9], 1)
     """
 
     def __init__(self, variables: Sequence[tf.Variable], beta1: float, beta2: float,
