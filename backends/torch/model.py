@@ -174,24 +174,16 @@ class PINN(nn.Module):
     # -- the physics after the network ------------------------------------------------------
     def probe(self) -> torch.Tensor:
         """The effective probe (N, N) complex64 (disk-masked when ``probe_mask``)."""
-        p = torch.complex(self.probe_real, self.probe_imag)
-        return p * self.probe_disk if self.config.probe_mask else p
-
-    def constrain(self, patches: torch.Tensor, rel_offsets: Optional[torch.Tensor],
-                  canvas_size: Optional[int]) -> torch.Tensor:
-        """The overlap constraint when gridsize > 1 and object_big; else ``patches`` itself."""
-        if self.config.gridsize > 1 and self.config.object_big:
-            if rel_offsets is None or canvas_size is None:
-                raise ValueError("gridsize > 1 with object_big needs rel_offsets and canvas_size")
-            return physics.overlap_constraint(patches, rel_offsets, int(canvas_size), self.support)
-        return patches
+        return physics.effective_probe(torch.complex(self.probe_real, self.probe_imag),
+                                       self.probe_disk if self.config.probe_mask else None)
 
     def forward(self, diffraction: torch.Tensor, rel_offsets: Optional[torch.Tensor] = None,
                 canvas_size: Optional[int] = None):
-        scale = torch.exp(self.log_intensity_scale)
-        patches = self.network(diffraction / scale)
-        constrained = self.constrain(patches, rel_offsets, canvas_size)
-        pred = physics.far_field_amplitude(physics.illuminate(self.probe(), constrained)) * scale
+        patches = self.network(diffraction / torch.exp(self.log_intensity_scale))
+        constrain = self.config.gridsize > 1 and self.config.object_big
+        constrained, pred = physics.physics_forward(
+            patches, self.probe(), self.log_intensity_scale, constrain, rel_offsets, canvas_size,
+            self.support)
         return patches, constrained, pred
 
 
@@ -299,6 +291,8 @@ class TorchModel:
     def batch_tensors(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, int]:
         """(diffraction float32, rel_offsets float32, canvas_size) on the model's device."""
         self._check_groups(batch.diffraction, "Batch.diffraction")
+        if self.config.gridsize > 1 and self.config.object_big:
+            physics.canvas_pad(self.config.N, int(batch.canvas_size))   # M >= N, same parity
         d = torch.as_tensor(np.ascontiguousarray(batch.diffraction, np.float32), device=self.device)
         r = torch.as_tensor(np.ascontiguousarray(batch.rel_offsets, np.float32), device=self.device)
         return d, r, int(batch.canvas_size)

@@ -31,7 +31,7 @@ from ptycho.physics.patches import COVERAGE_FLOOR
 __all__ = [
     "illuminate", "far_field_amplitude", "translation_matrices", "translate",
     "reassemble_patches", "extract_patches", "overlap_constraint", "poisson_nll", "mae",
-    "realspace_consistency", "total_loss", "canvas_pad",
+    "realspace_consistency", "total_loss", "canvas_pad", "effective_probe", "physics_forward",
 ]
 
 
@@ -195,3 +195,27 @@ def total_loss(pred_amplitude: torch.Tensor, observed_amplitude: torch.Tensor,
                       + settings.realspace_weight * terms["realspace"])
     return terms
 
+
+
+def effective_probe(probe: torch.Tensor, disk_mask: Optional[torch.Tensor]) -> torch.Tensor:
+    """The probe the physics uses: times the disk mask (float32 (N, N)) when one is given."""
+    return probe if disk_mask is None else probe * disk_mask
+
+
+def physics_forward(patches: torch.Tensor, probe_eff: torch.Tensor,
+                    log_intensity_scale: torch.Tensor, constrain: bool,
+                    rel_offsets: Optional[torch.Tensor] = None, canvas_size: Optional[int] = None,
+                    support: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Patches ``(B, C, N, N)`` -> (constrained patches, predicted amplitude in photon units).
+
+    Mirrors :func:`ptycho.physics.physics_forward`; ``constrain`` is
+    ``gridsize > 1 and object_big`` and ``probe_eff`` is :func:`effective_probe`'s result.
+    """
+    if constrain:
+        if rel_offsets is None or canvas_size is None:
+            raise ValueError("gridsize > 1 with object_big needs rel_offsets and canvas_size")
+        constrained = overlap_constraint(patches, rel_offsets, int(canvas_size), support)
+    else:
+        constrained = patches
+    amplitude = far_field_amplitude(illuminate(probe_eff, constrained))
+    return constrained, amplitude * torch.exp(log_intensity_scale)

@@ -1,0 +1,100 @@
+"""The PyTorch PINN learns: simulated scan -> core driver -> stitched reconstruction.
+
+Uses the core end to end (``ptycho.simulate``, ``ptycho.data.group_data``, ``ptycho.training.fit``,
+``ptycho.stitching``, ``ptycho.metrics``); only the model is the torch backend's.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from ptycho.config import ModelConfig, TrainingConfig
+from ptycho.data.grouping import group_data
+from ptycho.data.scaling import initial_log_intensity_scale
+from ptycho.metrics import compare_objects
+from ptycho.physics.losses import LossSettings
+from ptycho.simulate import simulate_dataset
+from ptycho.simulate.objects import grf_object
+from ptycho.stitching import stitch_patches
+from ptycho.training import evaluate, fit
+from ptycho.weights import init_weights
+
+pytestmark = [pytest.mark.torch, pytest.mark.slow]
+
+#: Training must at least halve the Poisson NLL (the issue's bar; observed: / 100 or more).
+NLL_RATIO_MAX = 0.5
+#: Stitched SSIM (amplitude and phase each) must rise by this much over the untrained model
+#: (observed +0.19 .. +0.45 over seeds 0-2).
+SSIM_GAIN_MIN = 0.15
+
+N = 32
+NPHOTONS = 1e6
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """One intra-op thread (see test_torch_model.py): reproducible speed on a shared CPU."""
+    import torch
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def scan():
+    """256 patterns on a grid over a smooth 96 x 96 object (correlation length 8 px)."""
+    obj = grf_object((96, 96), np.random.default_rng(1), correlation_length=8.0)
+    raw, truth = simulate_dataset(256, N, nphotons=NPHOTONS, seed=1, scan="grid", object=obj,
+                                  probe="disk")
+    return raw, truth
+
+
+def _region(raw):
+    """The scanned area (rows and columns between the extreme scan positions)."""
+    x, y = raw.xcoords, raw.ycoords
+    return (int(math.ceil(y.min())), int(y.max()) + 1, int(math.ceil(x.min())), int(x.max()) + 1)
+
+
+def _ssim(model, data, truth, region):
+    patches = model.predict(data.diffraction, batch_size=64)
+    rec = stitch_patches(patches, data.global_offsets, data.rel_offsets, shape=truth.shape,
+                         window=np.abs(data.probe) ** 2)
+    m = compare_objects(rec, truth, region=region)
+    return m["amplitude"]["ssim"], m["phase"]["ssim"]
+
+
+@pytest.mark.parametrize("gridsize, realspace_weight", [(1, 0.0), (2, 1000.0)])
+def test_training_learns_the_object(scan, gridsize, realspace_weight):
+    from backends.torch import get_backend
+
+    raw, truth = scan
+    cfg = ModelConfig(N=N, gridsize=gridsize, base_filters=8, n_filters_scale=1)
+    training = TrainingConfig(model=cfg, nepochs=20, batch_size=16, learning_rate=1e-3,
+                              realspace_weight=realspace_weight, nphotons=NPHOTONS,
+                              neighbor_count=4, seed=0)
+    data = group_data(raw, cfg, NPHOTONS, neighbor_count=4, seed=0)
+    weights = init_weights(cfg, 0, data.probe, initial_log_intensity_scale(NPHOTONS, N))
+    model = get_backend().build_model(cfg, weights)
+    settings = LossSettings.from_config(training)
+    region = _region(raw)
+
+    before = evaluate(model, data, settings, 64)
+    ssim_before = _ssim(model, data, truth, region)
+    history = fit(model, data, training)
+    after = evaluate(model, data, settings, 64)
+    ssim_after = _ssim(model, data, truth, region)
+
+    print(f"\ngridsize {gridsize}: {len(data)} groups, nll {before['nll']:.2f} -> "
+          f"{after['nll']:.2f}; SSIM amplitude {ssim_before[0]:.3f} -> {ssim_after[0]:.3f}, "
+          f"phase {ssim_before[1]:.3f} -> {ssim_after[1]:.3f}; "
+          f"{sum(r.seconds for r in history.epochs):.1f} s training")
+    assert len(history.epochs) == 20 and all(math.isfinite(r.loss["total"])
+                                             for r in history.epochs)
+    assert after["nll"] <= NLL_RATIO_MAX * before["nll"]
+    assert history.epochs[-1].loss["nll"] < history.epochs[0].loss["nll"]
+    assert ssim_after[0] >= ssim_before[0] + SSIM_GAIN_MIN, ("amplitude", ssim_before, ssim_after)
+    assert ssim_after[1] >= ssim_before[1] + SSIM_GAIN_MIN, ("phase", ssim_before, ssim_after)
