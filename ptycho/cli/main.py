@@ -28,6 +28,10 @@ from typing import NoReturn, Optional, Sequence
 #: Subcommand modules, in the order ``ptycho --help`` lists them. Add one line per command.
 COMMANDS: tuple[str, ...] = (
     "ptycho.cli.simulate",
+    "ptycho.cli.train",
+    "ptycho.cli.reconstruct",
+    "ptycho.cli.bundle",
+    "ptycho.cli.backends",
     "ptycho.cli.parity",
 )
 

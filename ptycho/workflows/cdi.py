@@ -25,11 +25,38 @@ def save_reconstruction(path: str, recon: Reconstruction) -> None:
                     positions=recon.positions)
 
 
+#: Smallest covered box (pixels per side) that metrics are computed on (the SSIM window).
+MIN_METRIC_REGION = 11
+
+
+def covered_region(coverage: np.ndarray) -> Optional[tuple[int, int, int, int]]:
+    """``(row0, row1, col0, col1)``: the bounding box of the pixels some patch reached.
+
+    None when nothing is covered.
+
+    >>> cov = np.zeros((6, 8)); cov[1:4, 2:7] = 1.0
+    >>> covered_region(cov)
+    (1, 4, 2, 7)
+    """
+    rows = np.flatnonzero((coverage > 0).any(axis=1))
+    cols = np.flatnonzero((coverage > 0).any(axis=0))
+    if rows.size == 0 or cols.size == 0:
+        return None
+    return int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
+
+
 def evaluate_against_truth(recon: Reconstruction, truth: Optional[np.ndarray]) -> Optional[dict]:
-    """Metrics of the covered region against ``truth`` (None when there is no ground truth)."""
+    """Metrics of the covered region against ``truth``.
+
+    None when there is no ground truth, its shape differs from the reconstruction's, or the
+    covered box is smaller than :data:`MIN_METRIC_REGION` pixels on a side.
+    """
     if truth is None or truth.shape != recon.obj.shape:
         return None
-    return compare_objects(recon.obj, truth, region=recon.coverage > 0)
+    box = covered_region(recon.coverage)
+    if box is None or min(box[1] - box[0], box[3] - box[2]) < MIN_METRIC_REGION:
+        return None
+    return compare_objects(recon.obj, truth, region=box)
 
 
 def write_outputs(output_dir: str, recon: Reconstruction, history=None,

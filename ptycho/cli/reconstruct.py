@@ -1,0 +1,170 @@
+"""``ptycho reconstruct``: reconstruct a scan with a trained model bundle, in any backend.
+
+Writes into ``--output-dir`` (and nowhere else), each file atomically: ``reconstruction.npz``
+(``obj`` complex64, ``amplitude``, ``phase`` in radians, ``coverage``, ``positions`` (x, y)),
+``reconstruction.png``, ``comparison.png`` when the data holds the ground truth
+(``objectGuess``), and ``summary.json``. The scan is read memory-mapped and streamed through
+the model in chunks, so memory is bounded by the object and one chunk.
+
+The bundle may come from either backend; it is verified before the framework is imported.
+Diffraction is scaled with the ``nphotons`` the model was trained with.
+
+Examples::
+
+    ptycho reconstruct --model run1/model.zip --data scan.npz --output-dir recon1
+    ptycho reconstruct --model run1 --data scan.npz --output-dir recon2 --backend torch \\
+        --batch-size 256 --precision bfloat16
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+
+from ptycho.cli.options import add_backend_option, add_quiet_option, positive_int, seed_int
+
+NAME = "reconstruct"
+HELP = "reconstruct a scan (NPZ) with a trained model bundle; write the object and figures"
+
+DESCRIPTION = HELP + """.
+
+Writes into --output-dir: reconstruction.npz (obj, amplitude, phase, coverage, positions),
+reconstruction.png, comparison.png when the data holds objectGuess, and summary.json.
+--model may name the bundle or the folder holding model.zip; a bundle written by either
+backend loads into either. Precedence, later winning: defaults, --config (an inference
+config), flags."""
+
+EXAMPLES = """examples:
+  ptycho reconstruct --model run1/model.zip --data scan.npz --output-dir recon1
+  ptycho reconstruct --model run1 --data scan.npz --output-dir recon2 --backend torch \\
+      --batch-size 256 --precision bfloat16"""
+
+#: Groups streamed per chunk, in units of the prediction batch (one progress update each).
+CHUNK_BATCHES = 4
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    """Add the ``reconstruct`` subcommand to ``subparsers``; return its parser."""
+    p = subparsers.add_parser(NAME, help=HELP, description=DESCRIPTION, epilog=EXAMPLES,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", metavar="BUNDLE",
+                   help="model bundle (model.zip) or the folder holding it; default: the "
+                        "config's model_path")
+    p.add_argument("--data", metavar="FILE.npz",
+                   help="scan to reconstruct (NPZ data contract); default: the config's "
+                        "test_data_file")
+    p.add_argument("--output-dir", metavar="DIR",
+                   help="folder for every output (created); default: the config's output_dir")
+    p.add_argument("--config", metavar="FILE",
+                   help="inference config, JSON or YAML (model_path, test_data_file, "
+                        "output_dir, batch_size, precision, backend); the network and nphotons "
+                        "always come from the bundle")
+    add_backend_option(p)
+    p.add_argument("--batch-size", type=positive_int, default=None,
+                   help="patterns groups per prediction batch (default 64)")
+    p.add_argument("--precision", choices=("float32", "bfloat16"), default=None,
+                   help="compute precision of the network (default float32)")
+    p.add_argument("--seed", type=seed_int, default=None,
+                   help="seed of the neighbour grouping for gridsize > 1 (default: the model's)")
+    add_quiet_option(p)
+    return p
+
+
+def _bundle_path(path: str) -> str:
+    from ptycho.workflows.train import BUNDLE_NAME
+
+    if os.path.isdir(path):
+        inside = os.path.join(path, BUNDLE_NAME)
+        if not os.path.isfile(inside):
+            raise ValueError(f"--model {path!r} is a folder without {BUNDLE_NAME}")
+        return inside
+    if not os.path.exists(path):
+        raise ValueError(f"--model {path!r}: no such file")
+    return path
+
+
+def build_config(args: argparse.Namespace):
+    """The InferenceConfig of this run: defaults < --config < flags."""
+    from ptycho.cli.options import apply_overrides, load_model_config_file
+    from ptycho.config import InferenceConfig
+
+    base = load_model_config_file(args.config, InferenceConfig)
+    overrides = {key: value for key, value in (
+        ("model_path", args.model), ("test_data_file", args.data), ("output_dir", args.output_dir),
+        ("batch_size", args.batch_size), ("precision", args.precision), ("backend", args.backend),
+        ("seed", args.seed)) if value is not None}
+    return apply_overrides(base, overrides)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Reconstruct as ``args`` say; print a summary; return 0."""
+    from ptycho.cli.options import check_input_file, check_output_dir, input_errors
+    from ptycho.data.contract import load_npz
+
+    t0 = time.perf_counter()
+    prog = f"ptycho {NAME}"
+    config = build_config(args)
+    for value, flag in ((config.model_path, "--model"), (config.test_data_file, "--data"),
+                        (config.output_dir, "--output-dir")):
+        if value is None:
+            raise ValueError(f"{flag} is required")
+    bundle = _bundle_path(config.model_path)
+    check_input_file(config.test_data_file, "--data")
+    raw = load_npz(config.test_data_file, mmap_mode="r")
+    check_output_dir(config.output_dir)
+    with input_errors(prog):
+        return _reconstruct_and_report(prog, config, bundle, raw, args, t0)
+
+
+def _reconstruct_and_report(prog, config, bundle, raw, args, t0) -> int:
+    import dataclasses
+
+    from backends.registry import framework_version, resolve_backend_name
+    from ptycho.bundle import read_bundle
+    from ptycho.cli import summary as S
+    from ptycho.cli.options import file_sets_key, prepare_framework_environment
+    from ptycho.cli.progress import ChunkProgress, bars_enabled
+    from ptycho.workflows.cdi import evaluate_against_truth, write_outputs
+    from ptycho.workflows.inference import load_inference_bundle
+    from ptycho.workflows.reconstruct import reconstruct
+
+    # Verify the bundle (and compare N) before the framework is imported.
+    contents = read_bundle(bundle)
+    n_model = contents.model_config.N
+    if raw.N != n_model:
+        raise ValueError(f"the data has N={raw.N} but the model in {bundle} expects N={n_model}")
+    backend, why = resolve_backend_name(config.backend)
+    prepare_framework_environment()
+    t_load = time.perf_counter()
+    model, train_config = load_inference_bundle(bundle, backend=backend)
+    if args.seed is not None or (args.config is not None and file_sets_key(args.config, "seed")):
+        model.config = dataclasses.replace(train_config, seed=config.seed)
+    load_s = time.perf_counter() - t_load
+    bars = bars_enabled(args.quiet)
+    chunk = ChunkProgress("reconstruct", enabled=bars)
+    recon = reconstruct(model, raw, batch_size=config.batch_size, precision=config.precision,
+                        keep_patches=False, progress=chunk,
+                        chunk_groups=CHUNK_BATCHES * config.batch_size)
+    chunk.close()
+    truth = raw.object_guess
+    metrics = evaluate_against_truth(recon, truth)
+    paths = write_outputs(config.output_dir, recon, None, truth)
+    recon_info = S.reconstruction_summary(recon)
+    wall = time.perf_counter() - t0
+    summary = {"command": "reconstruct", "backend": backend, "backend_reason": why,
+               "framework_version": framework_version(backend), "bundle": bundle,
+               "bundle_backend": contents.backend, "data": config.test_data_file,
+               "precision": config.precision, "batch_size": config.batch_size,
+               "timings": {"load_model_s": load_s, "reconstruct_s": recon.seconds, "wall_s": wall},
+               "reconstruction": recon_info, "metrics": metrics}
+    paths["summary"] = os.path.join(config.output_dir, S.SUMMARY_NAME)
+    summary["paths"] = paths
+    S.write_summary(config.output_dir, summary)
+    version = summary["framework_version"] or "(version unknown)"
+    lines = [f"{prog}: done in {wall:.1f} s on {backend} {version} ({config.precision}); "
+             f"model written by {contents.backend}, loaded in {load_s:.1f} s"]
+    lines += S.recon_lines(recon_info, metrics, truth is not None)
+    lines.append(S.outputs_line(config.output_dir, paths))
+    S.print_lines(lines)
+    return 0

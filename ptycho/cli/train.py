@@ -1,0 +1,247 @@
+"""``ptycho train``: train a PINN on a scan; write the bundle, the loss curve, and a reconstruction.
+
+Writes into ``--output-dir`` (and nowhere else), each file atomically:
+
+* ``model.zip``: the bundle (rewritten after every epoch, so an interrupted run keeps the
+  last completed epoch; see :mod:`ptycho.bundle`, ``ptycho bundle inspect``);
+* ``loss.png``: training (and validation) loss per epoch;
+* with ``--test-data``: ``reconstruction.npz`` and ``reconstruction.png`` of the test scan,
+  and ``comparison.png`` when the test file holds the ground truth (``objectGuess``);
+* ``summary.json``: timings, losses, metrics and the resolved config;
+* ``mlruns/`` with ``--tracking mlflow`` when ``MLFLOW_TRACKING_URI`` is not set.
+
+The config is built in this order, later winning: the library defaults, ``--config FILE``
+(JSON or YAML, ``kind: training``), the typed flags (``--nepochs``, ``--N``, ...), then
+``--set KEY=VALUE`` for any other field (``--set model.probe_trainable=true``). ``model.N``
+defaults to the training data's pattern size when neither the file nor a flag sets it.
+
+Examples::
+
+    ptycho train --train-data train.npz --test-data test.npz --output-dir run1
+    ptycho train --train-data train.npz --output-dir run2 --config small.yaml --backend torch \\
+        --nepochs 20 --batch-size 32 --seed 3 --set lr_schedule=cosine
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+from ptycho.cli.options import (add_backend_option, add_quiet_option, parse_assignment,
+                                positive_int, seed_int)
+
+NAME = "train"
+HELP = "train a PINN on a scan (NPZ); write the model bundle, loss curve and a reconstruction"
+
+DESCRIPTION = HELP + """.
+
+Writes into --output-dir: model.zip (the bundle, rewritten after every epoch), loss.png,
+summary.json, and with --test-data reconstruction.npz, reconstruction.png and (when the test
+file holds objectGuess) comparison.png. Config precedence, later winning: defaults, --config,
+typed flags, --set KEY=VALUE. model.N defaults to the training data's pattern size."""
+
+EXAMPLES = """examples:
+  ptycho train --train-data train.npz --test-data test.npz --output-dir run1
+  ptycho train --train-data train.npz --output-dir run2 --config small.yaml --backend torch \\
+      --nepochs 20 --batch-size 32 --seed 3 --set lr_schedule=cosine"""
+
+#: Typed flags: (flag, config key (dotted), argparse type, help). ``--set`` covers the rest.
+_FLAGS = (
+    ("--nepochs", "nepochs", positive_int, "training epochs"),
+    ("--batch-size", "batch_size", positive_int, "groups per optimiser step"),
+    ("--learning-rate", "learning_rate", float, "Adam learning rate"),
+    ("--lr-schedule", "lr_schedule", str, "learning-rate schedule"),
+    ("--nphotons", "nphotons", float, "mean photon count per pattern (sets the intensity scale)"),
+    ("--n-groups", "n_groups", positive_int, "groups drawn from the scan (default: one per point)"),
+    ("--neighbor-count", "neighbor_count", positive_int, "K nearest neighbours a group is drawn from"),
+    ("--nll-weight", "nll_weight", float, "weight of the Poisson NLL"),
+    ("--mae-weight", "mae_weight", float, "weight of the amplitude MAE"),
+    ("--realspace-weight", "realspace_weight", float, "weight of the real-space overlap term"),
+    ("--early-stopping-patience", "early_stopping_patience", positive_int,
+     "stop after this many epochs without improvement"),
+    ("--N", "model.N", positive_int, "pattern side in pixels (default: the data's)"),
+    ("--gridsize", "model.gridsize", positive_int, "patterns per group along each axis"),
+    ("--base-filters", "model.base_filters", positive_int, "width of the first encoder level"),
+    ("--n-filters-scale", "model.n_filters_scale", positive_int, "multiplies every width"),
+    ("--amp-activation", "model.amp_activation", str, "activation of the amplitude head"),
+)
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    """Add the ``train`` subcommand to ``subparsers``; return its parser."""
+    p = subparsers.add_parser(NAME, help=HELP, description=DESCRIPTION, epilog=EXAMPLES,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--train-data", metavar="FILE.npz",
+                   help="training scan (NPZ data contract); default: the config's train_data_file")
+    p.add_argument("--test-data", metavar="FILE.npz",
+                   help="scan to validate on each epoch and to reconstruct at the end")
+    p.add_argument("--output-dir", metavar="DIR",
+                   help="folder for every output (created); default: the config's output_dir")
+    p.add_argument("--config", metavar="FILE", help="training config, JSON or YAML")
+    add_backend_option(p)
+    p.add_argument("--seed", type=seed_int, default=None,
+                   help="seed of the initial weights, grouping and batch order (default: config's)")
+    p.add_argument("--tracking", choices=("mlflow", "none"), default=None,
+                   help="experiment tracking (default: the config's, which is off)")
+    from ptycho.config.schema import AMP_ACTIVATIONS, LR_SCHEDULES
+
+    choices = {"lr_schedule": LR_SCHEDULES, "model.amp_activation": AMP_ACTIVATIONS}
+    for flag, key, typ, text in _FLAGS:
+        p.add_argument(flag, dest=key.replace(".", "__"), type=typ, default=None, help=text,
+                       metavar=key.rsplit(".", 1)[-1].upper() if key not in choices else None,
+                       choices=choices.get(key))
+    p.add_argument("--set", dest="assignments", type=parse_assignment, action="append",
+                   default=[], metavar="KEY=VALUE",
+                   help="set any config field, e.g. --set model.probe_trainable=true (repeatable)")
+    add_quiet_option(p)
+    return p
+
+
+def build_config(args: argparse.Namespace, data_n: int):
+    """The TrainingConfig of this run: defaults < --config < flags < --set; N from the data."""
+    from ptycho.cli.options import apply_overrides, file_sets_key, load_model_config_file
+    from ptycho.config import TrainingConfig
+
+    base = load_model_config_file(args.config, TrainingConfig)
+    overrides: dict = {}
+    n_from_user = (getattr(args, "model__N") is not None
+                   or any(k == "model.N" for k, _ in args.assignments)
+                   or (args.config is not None and file_sets_key(args.config, "model", "N")))
+    if not n_from_user:
+        overrides["model.N"] = data_n
+    for _, key, _, _ in _FLAGS:
+        value = getattr(args, key.replace(".", "__"))
+        if value is not None:
+            overrides[key] = value
+    if args.seed is not None:
+        overrides["seed"] = args.seed
+    if args.backend is not None:
+        overrides["backend"] = args.backend
+    if args.tracking is not None:
+        overrides["tracking"] = None if args.tracking == "none" else args.tracking
+    for key, value in args.assignments:
+        overrides[key] = value
+    config = apply_overrides(base, overrides)
+    files = {"train_data_file": args.train_data or config.train_data_file,
+             "test_data_file": args.test_data or config.test_data_file,
+             "output_dir": args.output_dir or config.output_dir}
+    return apply_overrides(config, files)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Train as ``args`` say; print a summary; return the exit status (1 if training failed)."""
+    from ptycho.cli.options import check_input_file, check_output_dir, input_errors
+    from ptycho.data.contract import load_npz
+
+    prog = f"ptycho {NAME}"
+    t0 = time.perf_counter()
+    train_file = args.train_data
+    if train_file is None and args.config is None:
+        raise ValueError("--train-data is required (or a config with train_data_file)")
+    if train_file is not None:
+        check_input_file(train_file, "--train-data")
+    if args.test_data is not None:
+        check_input_file(args.test_data, "--test-data")
+    # The config decides N; the data's N is its default, so read the training file's header.
+    if train_file is None:
+        from ptycho.config import TrainingConfig, load_config
+        train_file = load_config(args.config, TrainingConfig).train_data_file
+        if train_file is None:
+            raise ValueError("--train-data is required (the config has no train_data_file)")
+        check_input_file(train_file, "train_data_file")
+    raw_train = load_npz(train_file)
+    config = build_config(args, raw_train.N)
+    if config.output_dir is None:
+        raise ValueError("--output-dir is required (or a config with output_dir)")
+    if raw_train.N != config.model.N:
+        raise ValueError(f"the training data has N={raw_train.N} but the config has "
+                         f"model.N={config.model.N}; pass --N {raw_train.N} or fix the config")
+    raw_test = None
+    if config.test_data_file is not None:
+        check_input_file(config.test_data_file, "--test-data")
+        raw_test = load_npz(config.test_data_file)
+        if raw_test.N != config.model.N:
+            raise ValueError(f"the test data has N={raw_test.N} but the model has "
+                             f"N={config.model.N}")
+    check_output_dir(config.output_dir)
+    with input_errors(prog):
+        return _train_and_report(prog, config, raw_train, raw_test, args.quiet, t0)
+
+
+def _train_and_report(prog, config, raw_train, raw_test, quiet: bool, t0: float) -> int:
+    from backends.registry import framework_version, resolve_backend_name
+    from ptycho.cli import summary as S
+    from ptycho.cli.options import prepare_framework_environment
+    from ptycho.cli.progress import ChunkProgress, TrainingProgress, bars_enabled
+    from ptycho.config import config_to_dict
+    from ptycho.errors import TrainingError
+    from ptycho.figures import save_loss_figure
+    from ptycho.workflows.cdi import FIGURE_NAMES, evaluate_against_truth, write_outputs
+    from ptycho.workflows.reconstruct import reconstruct
+    from ptycho.workflows.train import BUNDLE_NAME, train
+
+    backend, why = resolve_backend_name(config.backend)
+    prepare_framework_environment()
+    bars = bars_enabled(quiet)
+    if bars:
+        print(f"training on {backend} ({why}): {raw_train.n_patterns} patterns, "
+              f"N={config.model.N}, gridsize {config.model.gridsize}, {config.nepochs} epochs",
+              flush=True)
+    progress = TrainingProgress(config.nepochs, enabled=bars)
+    try:
+        result = train(config, raw_train, raw_test, backend=backend, progress=progress)
+    except TrainingError as err:
+        progress.close()
+        bundle = os.path.join(config.output_dir, BUNDLE_NAME)
+        kept = (f"; the last completed epoch is saved in {bundle}" if os.path.exists(bundle)
+                else "")
+        print(f"{prog}: error: {' '.join(str(err).split())}{kept}", file=sys.stderr, flush=True)
+        return 1
+    progress.close()
+    model, history = result.model, result.history
+    paths = {"bundle": result.bundle_path}
+    recon_info, metrics, truth = None, None, None
+    if raw_test is not None:
+        chunk = ChunkProgress("reconstruct", enabled=bars)
+        recon = reconstruct(model, raw_test, keep_patches=False, progress=chunk,
+                            chunk_groups=max(4 * config.batch_size, 64))
+        chunk.close()
+        truth = raw_test.object_guess
+        metrics = evaluate_against_truth(recon, truth)
+        paths.update(write_outputs(config.output_dir, recon, history, truth))
+        recon_info = S.reconstruction_summary(recon)
+    elif history.epochs:
+        paths["loss_figure"] = os.path.join(config.output_dir, FIGURE_NAMES["loss"])
+        save_loss_figure(paths["loss_figure"], history)
+
+    timings = dict(result.timings)
+    timings["wall_s"] = time.perf_counter() - t0
+    hist = S.history_summary(history)
+    summary = {"command": "train", "backend": backend, "backend_reason": why,
+               "framework_version": framework_version(backend),
+               "n_train_patterns": raw_train.n_patterns,
+               "n_test_patterns": raw_test.n_patterns if raw_test is not None else None,
+               "timings": timings, "history": hist, "reconstruction": recon_info,
+               "metrics": metrics, "config": config_to_dict(config)}
+    paths["summary"] = os.path.join(config.output_dir, S.SUMMARY_NAME)
+    summary["paths"] = paths
+    S.write_summary(config.output_dir, summary)
+
+    ended = ("interrupted (Ctrl-C); the last completed epoch was kept" if history.interrupted
+             else "stopped early" if history.stopped_early else "done")
+    lines = [f"{prog}: {ended} in {timings['wall_s']:.1f} s on {backend} "
+             f"{summary['framework_version'] or ''}".rstrip(),
+             f"  training: {hist['epochs']} epochs in {timings['train_s']:.1f} s, "
+             f"{timings['patterns_per_s']:.0f} patterns/s ({raw_train.n_patterns} patterns, "
+             f"{len(result.train_data)} groups of {config.model.n_channels})"]
+    if hist["final_loss"]:
+        lines.append(f"  final loss (epoch {hist['epochs']}): {S.loss_line(hist['final_loss'])}")
+    if hist["final_val_loss"]:
+        lines.append(f"  final validation loss: {S.loss_line(hist['final_val_loss'])}")
+    if recon_info is not None:
+        lines += S.recon_lines(recon_info, metrics, truth is not None)
+    lines.append(S.outputs_line(config.output_dir, paths))
+    S.print_lines(lines)
+    return 130 if history.interrupted else 0
