@@ -16,6 +16,8 @@ import numpy as np
 from ptycho.data.contract import RawData
 from ptycho.data.grouping import GroupedData, group_scan
 from ptycho.data.scaling import intensity_scale, normalisation_factor
+from ptycho.physics.model import effective_probe
+from ptycho.physics.patches import canvas_size, central_mask, object_support, overlap_constraint
 from ptycho.stitching import Stitcher, extent_of
 from ptycho.workflows.model import PtychoModel
 
@@ -58,9 +60,9 @@ def _plan(model: PtychoModel, data: DataLike):
     if isinstance(data, GroupedData):
         pos = data.global_offsets[:, None, :] + data.rel_offsets.astype(np.float64)
 
-        def read(sl: slice) -> np.ndarray:
+        def read_grouped(sl: slice) -> np.ndarray:
             return data.diffraction[sl]
-        return pos, read, len(data)
+        return pos, read_grouped, len(data)
     if not isinstance(data, RawData):
         raise TypeError(f"expected RawData or GroupedData, got {type(data).__name__}")
     if data.N != cfg.model.N:
@@ -79,6 +81,26 @@ def _plan(model: PtychoModel, data: DataLike):
     return pos, read, len(groups)
 
 
+def stitch_window(model: PtychoModel) -> np.ndarray:
+    """Stitching weight (N, N): the probe's intensity ``|P_eff|^2 / max``, on the object support.
+
+    Pixels the probe barely lights carry little information about the object, so each patch
+    counts where it was illuminated; with ``pad_object`` only the central N/2 square counts.
+    """
+    cfg = model.model_config
+    intensity = np.abs(effective_probe(model.get_weights()["probe"], cfg.probe_mask)) ** 2
+    window = intensity / intensity.max()
+    return window * central_mask(cfg.N) if cfg.pad_object else window
+
+
+def _constrain(model: PtychoModel, patches: np.ndarray, positions: np.ndarray, canvas: int):
+    """The overlap constraint the loss saw during training (gridsize > 1 with object_big)."""
+    cfg = model.model_config
+    rel = positions - positions.mean(axis=1, keepdims=True)
+    support = object_support(cfg.N, cfg.pad_object, cfg.probe_big)
+    return overlap_constraint(patches, rel, canvas, support).astype(np.complex64)
+
+
 def reconstruct(model: PtychoModel, data: DataLike, *, batch_size: Optional[int] = None,
                 precision: str = "float32", keep_patches: bool = True,
                 object_shape: Optional[Sequence[int]] = None, chunk_groups: int = DEFAULT_CHUNK_GROUPS,
@@ -86,7 +108,10 @@ def reconstruct(model: PtychoModel, data: DataLike, *, batch_size: Optional[int]
     """Reconstruct the object seen by ``data`` with a trained ``model``.
 
     Raw data is grouped (one group per scan point for gridsize > 1) and scaled with the
-    model's ``nphotons`` like training data; each patch is stitched at its own scan position.
+    model's ``nphotons`` like training data. For gridsize > 1 with ``object_big`` the patches
+    go through the overlap constraint, as in training (the loss never sees the raw network
+    output there). Each patch is stitched at its own scan position, weighted by
+    :func:`stitch_window`.
     ``object_shape`` defaults to the data's ``object_guess`` shape, else the scan's extent.
     ``progress(done, total)`` is called after each chunk (counts of groups).
     """
@@ -96,11 +121,15 @@ def reconstruct(model: PtychoModel, data: DataLike, *, batch_size: Optional[int]
     guess = getattr(data, "object_guess", None)
     if object_shape is None:
         object_shape = guess.shape if guess is not None else extent_of(positions.reshape(-1, 2), n)
-    stitcher = Stitcher(object_shape, n)
+    stitcher = Stitcher(object_shape, n, window=stitch_window(model))
+    constrain = model.model_config.gridsize > 1 and model.model_config.object_big
+    canvas = canvas_size(n, positions - positions.mean(axis=1, keepdims=True)) if constrain else n
     kept = []
     for lo in range(0, n_groups, chunk_groups):
         sl = slice(lo, min(lo + chunk_groups, n_groups))
         patches = model.predict(read(sl), batch_size=batch_size, precision=precision)
+        if constrain:
+            patches = _constrain(model, patches, positions[sl], canvas)
         stitcher.add(patches.reshape((-1, n, n)), positions[sl].reshape(-1, 2))
         if keep_patches:
             kept.append(patches)
