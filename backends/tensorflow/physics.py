@@ -182,18 +182,25 @@ def overlap_constraint(patches: tf.Tensor, rel_offsets: tf.Tensor, m,
 
 def poisson_nll(pred_amplitude: tf.Tensor, observed_amplitude: tf.Tensor,
                 eps: float | tf.Tensor) -> tf.Tensor:
-    """Poisson NLL relative to the saturated model, mean over every element (scalar float32).
+    """Mean Poisson NLL of counts ``k = obs**2`` given intensity ``I = pred**2``, minus the saturated model's.
 
-    Same value as the reference ``mean(I - k log(I + eps) - (k - k log(k + eps)))`` with
-    ``I = pred**2``, ``k = observed**2``, written as
-    ``(I - k) - k * log((I + eps) / (k + eps))`` so that float32 never subtracts two large,
-    nearly equal numbers (equal in exact arithmetic, gradients too). The ratio stays accurate
-    where ``I = 0`` meets a large ``k`` (a ``log1p`` form would round ``-k/(k+eps)`` to -1).
+    Per pixel ``I - k log(I + eps) - (k - k log(k + eps)) = (I - k) - k log((I + eps) / (k + eps))``
+    (scalar float32). The log-ratio is evaluated as ``log1p((I - k) / (k + eps))`` where
+    ``I > k / 2`` (no float32 cancellation of two large logarithms near the optimum) and as
+    ``log(I + eps) - log(k + eps)`` elsewhere (where ``log1p`` would round to ``log(0)`` when
+    ``I << k``); the unused branch gets a harmless argument so that no NaN reaches the
+    gradient. Gradients are those of the NLL, ``d/dI = 1 - k / (I + eps)``. The same
+    expression as the torch backend's.
     """
     i = tf.square(tf.cast(pred_amplitude, tf.float32))
     k = tf.square(tf.cast(observed_amplitude, tf.float32))
     eps = tf.cast(eps, tf.float32)
-    return tf.reduce_mean((i - k) - k * tf.math.log((i + eps) / (k + eps)))
+    d = i - k
+    r = d / (k + eps)
+    near = r > -0.5
+    log_ratio = tf.where(near, tf.math.log1p(tf.where(near, r, tf.zeros_like(r))),
+                         tf.math.log(i + eps) - tf.math.log(k + eps))
+    return tf.reduce_mean(d - k * log_ratio)
 
 
 def mae(pred_amplitude: tf.Tensor, observed_amplitude: tf.Tensor) -> tf.Tensor:

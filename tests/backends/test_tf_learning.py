@@ -1,90 +1,91 @@
-"""The TensorFlow PINN learns: on a small simulated scan, training through the core's driver
-(ptycho.training.fit) lowers the Poisson NLL by more than half and the stitched
-reconstruction beats the untrained one on SSIM against the ground truth.
+"""The TensorFlow PINN learns: simulated scan -> core driver -> stitched reconstruction.
 
-Setup (N = 32, 256 patterns, a Gaussian-random-field object with correlation length 4 px, a
-defocused probe, whose curved phase removes the twin-image ambiguity of a flat disk, and
-widths 8/16/32): gridsize 1 with 256 groups, batch 16, 20 epochs (320 steps); gridsize 2
-with 96 groups, batch 4, 30 epochs (720 steps). Gridsize 2 gets more, smaller steps: its
-network has to carry four patterns through the same bottleneck. Measured on the 2-core
-development CPU (see the report): NLL 160 -> 0.8 (g=1) and 160 -> 3.1 (g=2); SSIM
-amplitude/phase 0.33/0.36 -> 0.40/0.50 (g=1) and 0.31/0.33 -> 0.36/0.40 (g=2).
+Uses the core end to end (``ptycho.simulate``, ``ptycho.data.group_data``,
+``ptycho.training.fit``, ``ptycho.stitching``, ``ptycho.metrics``); only the model is the
+TensorFlow backend's. The scan, configs and bars are those of the torch backend's
+``test_torch_learning.py`` (same model, same data: the two read side by side).
 """
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 import pytest
 
 pytestmark = [pytest.mark.tensorflow, pytest.mark.slow]
 
-#: Training must at least halve the Poisson NLL (the issue's criterion).
+#: Training must at least halve the Poisson NLL (the issue's bar; observed: / 100 or more).
 NLL_RATIO_MAX = 0.5
-#: Mean SSIM gain over amplitude and phase that counts as a clear margin (measured 0.056 at
-#: gridsize 2, 0.11 at gridsize 1); each of the two must improve as well.
-SSIM_MARGIN = 0.04
+#: Stitched SSIM (amplitude and phase each) must rise by this much over the untrained model
+#: (the torch backend's bar; observed for TF in the report).
+SSIM_GAIN_MIN = 0.15
 
 N = 32
-NPHOTONS = 1e5
+NPHOTONS = 1e6
 
 
-def _scan():
-    from ptycho.simulate import grf_object, simulate_dataset
-    obj = grf_object((152, 152), np.random.default_rng(0), correlation_length=4.0)
-    return simulate_dataset(256, N, object=obj, probe="defocus", nphotons=NPHOTONS, seed=0)
+@pytest.fixture(scope="module")
+def scan():
+    """256 patterns on a grid over a smooth 96 x 96 object (correlation length 8 px)."""
+    from ptycho.simulate import simulate_dataset
+    from ptycho.simulate.objects import grf_object
+    obj = grf_object((96, 96), np.random.default_rng(1), correlation_length=8.0)
+    raw, truth = simulate_dataset(256, N, nphotons=NPHOTONS, seed=1, scan="grid", object=obj,
+                                  probe="disk")
+    return raw, truth
 
 
 def _region(raw):
-    """The scanned interior: where the stitched central N/2 windows cover the object."""
+    """The scanned area (rows and columns between the extreme scan positions)."""
     x, y = raw.xcoords, raw.ycoords
-    q = N // 4
-    return (int(np.ceil(y.min())) - q + 1, int(np.floor(y.max())) + q - 1,
-            int(np.ceil(x.min())) - q + 1, int(np.floor(x.max())) + q - 1)
+    return (int(math.ceil(y.min())), int(y.max()) + 1, int(math.ceil(x.min())), int(x.max()) + 1)
 
 
-@pytest.mark.parametrize("gridsize, n_groups, batch_size, nepochs, lr", [
-    (1, None, 16, 20, 2e-3),
-    (2, 96, 4, 30, 1e-3),
-])
-def test_training_lowers_nll_and_improves_the_reconstruction(gridsize, n_groups, batch_size,
-                                                              nepochs, lr):
-    from backends.registry import get_backend
-    from ptycho.config.schema import ModelConfig, TrainingConfig
-    from ptycho.data.grouping import group_data_for_training
-    from ptycho.data.scaling import initial_log_intensity_scale
+def _ssim(model, data, truth, region):
     from ptycho.metrics import compare_objects
-    from ptycho.physics.losses import LossSettings
     from ptycho.stitching import stitch_patches
+    patches = model.predict(data.diffraction, batch_size=64)
+    rec = stitch_patches(patches, data.global_offsets, data.rel_offsets, shape=truth.shape,
+                         window=np.abs(data.probe) ** 2)
+    m = compare_objects(rec, truth, region=region)
+    return m["amplitude"]["ssim"], m["phase"]["ssim"]
+
+
+@pytest.mark.parametrize("gridsize, realspace_weight", [(1, 0.0), (2, 1000.0)])
+def test_training_learns_the_object(scan, gridsize, realspace_weight):
+    from backends.registry import get_backend
+    from ptycho.config import ModelConfig, TrainingConfig
+    from ptycho.data.grouping import group_data
+    from ptycho.data.scaling import initial_log_intensity_scale
+    from ptycho.physics.losses import LossSettings
     from ptycho.training import evaluate, fit
     from ptycho.weights import init_weights
 
-    raw, truth = _scan()
-    cfg = ModelConfig(N=N, gridsize=gridsize, base_filters=8, n_filters_scale=1,
-                      probe_big=False)
-    tcfg = TrainingConfig(model=cfg, batch_size=batch_size, nepochs=nepochs, learning_rate=lr,
-                          nphotons=NPHOTONS, n_groups=n_groups, neighbor_count=4, seed=0)
-    data = group_data_for_training(raw, tcfg)
+    raw, truth = scan
+    cfg = ModelConfig(N=N, gridsize=gridsize, base_filters=8, n_filters_scale=1)
+    training = TrainingConfig(model=cfg, nepochs=20, batch_size=16, learning_rate=1e-3,
+                              realspace_weight=realspace_weight, nphotons=NPHOTONS,
+                              neighbor_count=4, seed=0)
+    data = group_data(raw, cfg, NPHOTONS, neighbor_count=4, seed=0)
     weights = init_weights(cfg, 0, data.probe, initial_log_intensity_scale(NPHOTONS, N))
     model = get_backend("tensorflow").build_model(cfg, weights)
-    settings = LossSettings.from_config(tcfg)
+    settings = LossSettings.from_config(training)
     region = _region(raw)
 
-    def ssim():
-        patches = model.predict(data.diffraction, batch_size=64)
-        obj = stitch_patches(patches, data.global_offsets, data.rel_offsets, shape=truth.shape)
-        scores = compare_objects(obj, truth, region=region)
-        return scores["amplitude"]["ssim"], scores["phase"]["ssim"]
+    before = evaluate(model, data, settings, 64)
+    ssim_before = _ssim(model, data, truth, region)
+    history = fit(model, data, training)
+    after = evaluate(model, data, settings, 64)
+    ssim_after = _ssim(model, data, truth, region)
 
-    nll0 = evaluate(model, data, settings, 64)["nll"]
-    ssim0 = ssim()
-    history = fit(model, data, tcfg)
-    nll1 = evaluate(model, data, settings, 64)["nll"]
-    ssim1 = ssim()
-    report = (f"gridsize {gridsize}: NLL {nll0:.3f} -> {nll1:.3f} (ratio {nll1 / nll0:.4f}); "
-              f"SSIM amplitude {ssim0[0]:.3f} -> {ssim1[0]:.3f}, phase {ssim0[1]:.3f} -> "
-              f"{ssim1[1]:.3f}; {len(history.epochs)} epochs")
-    print(report)
-    assert len(history.epochs) == nepochs, report
-    assert nll1 <= NLL_RATIO_MAX * nll0, report
-    gains = (ssim1[0] - ssim0[0], ssim1[1] - ssim0[1])
-    assert min(gains) > 0 and sum(gains) / 2 >= SSIM_MARGIN, report
+    print(f"\ngridsize {gridsize}: {len(data)} groups, nll {before['nll']:.2f} -> "
+          f"{after['nll']:.2f}; SSIM amplitude {ssim_before[0]:.3f} -> {ssim_after[0]:.3f}, "
+          f"phase {ssim_before[1]:.3f} -> {ssim_after[1]:.3f}; "
+          f"{sum(r.seconds for r in history.epochs):.1f} s training")
+    assert len(history.epochs) == 20 and all(math.isfinite(r.loss["total"])
+                                             for r in history.epochs)
+    assert after["nll"] <= NLL_RATIO_MAX * before["nll"]
+    assert history.epochs[-1].loss["nll"] < history.epochs[0].loss["nll"]
+    assert ssim_after[0] >= ssim_before[0] + SSIM_GAIN_MIN, ("amplitude", ssim_before, ssim_after)
+    assert ssim_after[1] >= ssim_before[1] + SSIM_GAIN_MIN, ("phase", ssim_before, ssim_after)

@@ -27,6 +27,9 @@ FFT_RTOL = 1e-5
 #: losses, abs error relative to the mean magnitude of their per-pixel terms (mean(I + k) for
 #: the NLL, mean(|pred| + |obs|) for the MAE): float32 rounding of I, k and of the tree-sum mean.
 LOSS_RTOL = 1e-6
+#: NLL gradient, elementwise relative (floor 1e-6 of the largest): a few float32 roundings
+#: through the division by I + eps.
+NLL_GRAD_RTOL = 1e-5
 
 
 @pytest.fixture(scope="module")
@@ -245,6 +248,24 @@ def test_poisson_nll_matches_reference(tfb, seed, shape, photons, zero_pred, eps
 def test_poisson_nll_is_zero_at_a_perfect_prediction(tfb):
     obs = np.sqrt(np.random.default_rng(0).poisson(50.0, size=(4, 8, 8))).astype(np.float32)
     assert tfb.poisson_nll(obs, obs, 1e-6) == 0.0
+
+
+def test_poisson_nll_gradient_is_finite_and_analytic_where_the_prediction_vanishes(tfb):
+    import tensorflow as tf
+
+    from backends.tensorflow import physics
+    pred = tf.constant([0.0, 1e-4, 0.5, 7.0, 50.0], tf.float32)
+    obs = tf.constant([50.0, 50.0, 0.0, 7.0, 49.0], tf.float32)
+    eps = 1e-6
+    with tf.GradientTape() as tape:
+        tape.watch(pred)
+        loss = physics.poisson_nll(pred, obs, eps)
+    g = tape.gradient(loss, pred).numpy().astype(np.float64)
+    p, k = pred.numpy().astype(np.float64), obs.numpy().astype(np.float64) ** 2
+    expected = 2 * p * (1 - k / (p ** 2 + eps)) / p.size      # d/dpred of the mean
+    assert np.all(np.isfinite(g))
+    np.testing.assert_allclose(g, expected, rtol=NLL_GRAD_RTOL,
+                               atol=1e-6 * np.abs(expected).max())
 
 
 @given(seed=st.integers(0, 2 ** 31), shape=st.sampled_from([(7,), (2, 5, 5), (3, 4, 16, 16)]))
