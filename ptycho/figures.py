@@ -82,6 +82,7 @@ def save_loss_figure(path: PathLike, history: History) -> None:
     all_values = [v for line in ax.get_lines() for v in line.get_ydata()]
     if all_values and min(all_values) > 0:
         ax.set_yscale("log")
+    ax.xaxis.get_major_locator().set_params(integer=True)   # epochs are whole numbers
     ax.set_xlabel("epoch")
     ax.set_ylabel("loss")
     ax.legend()

@@ -42,7 +42,7 @@ model:
   gridsize: 1
   base_filters: 8
   n_filters_scale: 1
-nepochs: 20
+nepochs: 30
 batch_size: 16
 learning_rate: 0.001
 nphotons: 1e9

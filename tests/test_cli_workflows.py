@@ -8,6 +8,7 @@ config sources, errors and exit codes), not image quality.
 
 from __future__ import annotations
 
+import importlib.util
 import io
 import json
 import os
@@ -32,8 +33,24 @@ BACKENDS = [pytest.param("tensorflow", marks=pytest.mark.tensorflow),
             pytest.param("torch", marks=pytest.mark.torch)]
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """One intra-op thread for torch: xdist already runs one worker per core, and two threads
+    on a shared core are many times slower than one (OpenMP workers wait for each other)."""
+    if importlib.util.find_spec("torch") is None:
+        yield
+        return
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def env_for_subprocess(**extra) -> dict:
-    env = {**os.environ, "PYTHONPATH": str(REPO), "TF_CPP_MIN_LOG_LEVEL": "2"}
+    env = {**os.environ, "PYTHONPATH": str(REPO), "TF_CPP_MIN_LOG_LEVEL": "2",
+           "OMP_NUM_THREADS": "1"}
     env.update(extra)
     return env
 
@@ -366,3 +383,17 @@ def test_progress_bar_throttles_but_always_draws_the_end():
     drawn = out.getvalue().count("\r")
     assert 2 <= drawn <= 3                  # the first, the last, and the close
     assert "|##########| 1000/1000" in out.getvalue()
+
+
+def test_demo_script_parses_and_its_config_is_valid():
+    """scripts/demo.sh (``make demo``) is valid bash and embeds a valid training config."""
+    from ptycho.config import TrainingConfig, from_yaml
+
+    script = REPO / "scripts" / "demo.sh"
+    assert subprocess.run(["bash", "-n", str(script)], capture_output=True).returncode == 0
+    text = script.read_text()
+    yaml_text = text.split("<<'YAML'\n", 1)[1].split("\nYAML\n", 1)[0]
+    cfg = from_yaml(yaml_text)
+    assert isinstance(cfg, TrainingConfig) and cfg.model.N == 32
+    for command in ("simulate", "train", "reconstruct"):
+        assert f'"${{ptycho[@]}}" {command}' in text

@@ -8,6 +8,7 @@ Each backend trains once per module (and per xdist worker); the tests read that 
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import signal
 import subprocess
@@ -31,6 +32,21 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 BACKENDS = [pytest.param("tensorflow", marks=pytest.mark.tensorflow),
             pytest.param("torch", marks=pytest.mark.torch)]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """One intra-op thread for torch: xdist already runs one worker per core, and two threads
+    on a shared core are many times slower than one (OpenMP workers wait for each other)."""
+    if importlib.util.find_spec("torch") is None:
+        yield
+        return
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 def tiny_config(output_dir=None, **kw) -> TrainingConfig:
@@ -222,7 +238,7 @@ def test_sigkill_while_training_leaves_a_loadable_bundle(tmp_path, datasets):
         print("start", flush=True)
         train(cfg, load_npz({str(data)!r}), backend="torch")
     """)
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     child = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE,
                              stderr=subprocess.PIPE, text=True, env=env)
     try:

@@ -80,7 +80,10 @@ class ProgressBar:
         self.n = 0
         self.postfix = ""
         self._start = time.perf_counter()
+        self._first: Optional[tuple[int, float]] = None    # (count, time) of the first update
+        self._updated = self._start
         self._last_draw = -math.inf
+        self._drawn_n = -1
         self._closed = False
 
     def update(self, n: int, postfix: str = "") -> None:
@@ -90,8 +93,21 @@ class ProgressBar:
         if not self.enabled or self._closed:
             return
         now = time.perf_counter()
+        self._updated = now
+        if self._first is None:
+            self._first = (self.n, now)
         if self.n >= self.total or now - self._last_draw >= self.min_interval_s:
             self._draw(now)
+
+    def _rate(self, now: float) -> Optional[float]:
+        """Counts per second between the first update and now (None before a second one).
+
+        The first update is the reference because the work before it (a first step that
+        compiles a graph, or reading data) is not known to the bar.
+        """
+        if self._first is None or self.n <= self._first[0] or now <= self._first[1]:
+            return None
+        return (self.n - self._first[0]) / (now - self._first[1])
 
     def _bar_width(self) -> int:
         if self.width is not None:
@@ -101,25 +117,33 @@ class ProgressBar:
 
     def _draw(self, now: float) -> None:
         self._last_draw = now
+        self._drawn_n = self.n
         elapsed = now - self._start
         frac = min(self.n / self.total, 1.0) if self.total else 1.0
         width = self._bar_width()
         filled = int(round(frac * width))
-        rate = self.n / elapsed if elapsed > 0 else 0.0
-        eta = (self.total - self.n) / rate if rate > 0 else math.inf
+        rate = self._rate(now)
+        if self.n >= self.total:
+            eta, speed = 0.0, f"{rate:.1f} {self.unit}/s" if rate else ""
+        elif rate:
+            eta, speed = (self.total - self.n) / rate, f"{rate:.1f} {self.unit}/s"
+        else:
+            eta, speed = math.inf, f"? {self.unit}/s"
         text = (f"{self.desc} |{'#' * filled}{'-' * (width - filled)}| {self.n}/{self.total} "
-                f"{_duration(elapsed)}<{_duration(eta)} {rate:.1f} {self.unit}/s")
-        if self.postfix:
-            text += f" {self.postfix}"
+                f"{_duration(elapsed)}<{_duration(eta)}")
+        for extra in (speed, self.postfix):
+            if extra:
+                text += f" {extra}"
         self.stream.write("\r" + text + "\x1b[K")   # erase what a longer earlier line left
         self.stream.flush()
 
     def close(self) -> None:
-        """Draw the final state and end the line (once)."""
+        """Draw the last state if it was not drawn (as of its update) and end the line (once)."""
         if self._closed:
             return
         if self.enabled:
-            self._draw(time.perf_counter())
+            if self._drawn_n != self.n:
+                self._draw(self._updated)
             self.stream.write("\n")
             self.stream.flush()
         self._closed = True
