@@ -209,7 +209,7 @@ def test_train_and_reconstruct_as_subprocesses(data, tmp_path):
                           env=env, timeout=300)
     assert done.returncode == 0, done.stderr
     assert "on torch" in done.stdout and "\r" not in done.stdout + done.stderr
-    assert "Traceback" not in done.stderr
+    assert "Traceback" not in done.stderr and "note:" not in done.stderr   # nphotons matches
     # without --test-data: the bundle, the loss curve and the summary, no reconstruction
     assert sorted(os.listdir(run_dir)) == ["loss.png", "model.zip", "summary.json"]
     done = subprocess.run([sys.executable, "-m", "ptycho", "reconstruct", "--model",

@@ -185,6 +185,9 @@ def _train_and_report(prog, config, raw_train, raw_test, quiet: bool, t0: float)
     backend, why = resolve_backend_name(config.backend)
     prepare_framework_environment()
     bars = bars_enabled(quiet)
+    note = nphotons_note(raw_train.diffraction, config.nphotons)
+    if note:
+        print(f"{prog}: note: {note}", file=sys.stderr, flush=True)
     if bars:
         print(f"training on {backend} ({why}): {raw_train.n_patterns} patterns, "
               f"N={config.model.N}, gridsize {config.model.gridsize}, {config.nepochs} epochs",
@@ -233,7 +236,7 @@ def _train_and_report(prog, config, raw_train, raw_test, quiet: bool, t0: float)
              else "stopped early" if history.stopped_early else "done")
     lines = [f"{prog}: {ended} in {timings['wall_s']:.1f} s on {backend} "
              f"{summary['framework_version'] or ''}".rstrip(),
-             f"  training: {hist['epochs']} epochs in {timings['train_s']:.1f} s, "
+             f"  training: {hist['epochs']} epoch{'' if hist['epochs'] == 1 else 's'} in {timings['train_s']:.1f} s, "
              f"{timings['patterns_per_s']:.0f} patterns/s ({raw_train.n_patterns} patterns, "
              f"{len(result.train_data)} groups of {config.model.n_channels})"]
     if hist["final_loss"]:
@@ -243,5 +246,34 @@ def _train_and_report(prog, config, raw_train, raw_test, quiet: bool, t0: float)
     if recon_info is not None:
         lines += S.recon_lines(recon_info, metrics, truth is not None)
     lines.append(S.outputs_line(config.output_dir, paths))
+    if config.tracking == "mlflow":
+        lines.append("  tracking: MLflow at " + (os.environ.get("MLFLOW_TRACKING_URI")
+                                                 or os.path.join(config.output_dir, "mlruns")))
     S.print_lines(lines)
     return 130 if history.interrupted else 0
+
+
+#: Ratio between nphotons and the data's mean total counts beyond which the run notes it.
+NPHOTONS_NOTE_RATIO = 10.0
+
+
+def nphotons_note(diffraction, nphotons: float) -> str:
+    """A hint when ``nphotons`` is far from the data's mean total counts (``mean sum A^2``).
+
+    Raw data hold amplitudes sqrt(counts), so their mean total counts per pattern is what
+    ``nphotons`` should usually be; preprocessed data may differ, hence a note, not an error.
+
+    >>> import numpy as np
+    >>> nphotons_note(np.full((2, 4, 4), 250.0, np.float32), 1e9)[:40]
+    'nphotons = 1e+09 but the training data h'
+    >>> nphotons_note(np.full((2, 4, 4), 250.0, np.float32), 1e6)
+    ''
+    """
+    import numpy as np
+
+    sample = diffraction[:min(len(diffraction), 1024)]
+    counts = float(np.mean(np.sum(np.square(sample, dtype=np.float64), axis=(1, 2))))
+    if counts > 0 and max(nphotons / counts, counts / nphotons) > NPHOTONS_NOTE_RATIO:
+        return (f"nphotons = {nphotons:.3g} but the training data hold {counts:.3g} counts per "
+                f"pattern on average; if they are raw counts, pass --nphotons {counts:.3g}")
+    return ""
