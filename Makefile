@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	# torch is pinned to the 2.13.0 CPU wheel; tensorflow-cpu 2.21 brings Keras 3.
-	$(PY) -m pip install --quiet -e ".[torch,tensorflow,test]"
+	$(PY) -m pip install --quiet -e ".[torch,tensorflow,test,tracking]"
 	rm -f $(VENV)/.installed-*
 	touch $(STAMP)
 
