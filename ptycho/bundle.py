@@ -6,10 +6,12 @@ Layout of a bundle (format ``ptycho-pinn-bundle``, version :data:`FORMAT_VERSION
                              intensity scale, and per weight entry: member, shape, dtype, sha256
     weights/<entry>.npy      one plain .npy array per canonical weight entry
 
-Nothing in a bundle is code: the manifest is JSON and every array is read with
-``numpy.load(..., allow_pickle=False)``. Reading checks, in this order and before any model is
+Nothing in a bundle is code: the manifest is JSON and every array is a plain .npy read by
+:func:`_read_npy` (the header is parsed and checked against the manifest, then the bytes are
+copied into a numeric array; nothing is ever unpickled). Reading checks, in this order and before any model is
 built: that the file is a zip holding exactly the expected members (no absolute or ``..`` paths),
-the format name and version, member and declared tensor sizes against :data:`MAX_MEMBER_BYTES`,
+the format name and version, member and declared tensor sizes against :data:`MAX_MEMBER_BYTES`
+(and their total against :data:`MAX_TOTAL_BYTES`) before reading any weight member,
 every sha256, then the config and the canonical weight spec. Writing is atomic.
 
 >>> import tempfile, os
@@ -31,6 +33,8 @@ import io
 import json
 import math
 import posixpath
+import struct
+import tokenize
 import zipfile
 import zlib
 from dataclasses import dataclass, field
@@ -42,7 +46,7 @@ import ptycho
 from ptycho.atomic import PathLike, atomic_write
 from ptycho.config.io import config_from_dict, config_to_dict
 from ptycho.config.schema import InferenceConfig, ModelConfig, TrainingConfig
-from ptycho.errors import BundleError, ConfigError, WeightsError
+from ptycho.errors import BundleError, ConfigError, PtychoError, WeightsError
 from ptycho.training import History
 from ptycho.weights import validate_weights, weight_spec
 
@@ -54,8 +58,21 @@ WEIGHTS_DIR = "weights/"
 MAX_MANIFEST_BYTES = 16 << 20
 #: Largest single weight member (bytes); far above any network this library builds.
 MAX_MEMBER_BYTES = 1 << 30
+#: Largest total of all declared weight tensors (bytes), checked before any member is read.
+MAX_TOTAL_BYTES = 4 << 30
 #: Largest number of members in a bundle.
 MAX_MEMBERS = 4096
+#: What a corrupt or hostile zip can make zipfile, zlib and numpy's .npy parser raise.
+#: (numpy tokenizes a .npy header: a mangled one can raise tokenize.TokenError or SyntaxError).
+_READ_ERRORS = (zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError, struct.error,
+                NotImplementedError, RuntimeError, OverflowError, SyntaxError,
+                tokenize.TokenError)
+
+
+def _reason(err: BaseException, limit: int = 300) -> str:
+    """An exception's message, cut short (zipfile quotes whole headers in some of them)."""
+    text = str(err) or type(err).__name__
+    return text if len(text) <= limit else text[:limit] + " ..."
 _ZIP_DATE = (2020, 1, 1, 0, 0, 0)   # fixed, so that equal contents give equal bytes
 _CONFIG_KINDS = {"training": TrainingConfig, "inference": InferenceConfig, "model": ModelConfig}
 
@@ -178,10 +195,37 @@ def _read_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, limit: int) -> byte
         raise BundleLimitError(f"bundle member {info.filename!r} declares {info.file_size} bytes, "
                                f"more than the limit of {limit}")
     with zf.open(info) as f:
-        data = f.read(limit + 1)
+        # never ask the decompressor for more than the member declares (zlib produces what
+        # is asked for before zipfile cuts it to the declared size)
+        data = f.read(min(info.file_size, limit) + 1)
     if len(data) > limit:
         raise BundleLimitError(f"bundle member {info.filename!r} inflates past {limit} bytes")
     return data
+
+
+def _read_npy(data: bytes, shape: list, dtype: str) -> np.ndarray:
+    """A plain .npy array from ``data``, whose header must declare ``shape`` and ``dtype``.
+
+    The header is compared with the manifest before the data is allocated, so a header that
+    declares a huge array is refused without allocating it; pickled (object) arrays and
+    anything that is not a .npy file (a nested zip, say) are refused too.
+    """
+    f = io.BytesIO(data)
+    version = np.lib.format.read_magic(f)
+    if version == (1, 0):
+        got_shape, fortran, got_dtype = np.lib.format.read_array_header_1_0(f)
+    elif version == (2, 0):
+        got_shape, fortran, got_dtype = np.lib.format.read_array_header_2_0(f)
+    else:
+        raise ValueError(f"unsupported .npy format version {version}")
+    if list(got_shape) != shape or got_dtype != np.dtype(dtype) or fortran:
+        raise ValueError(f"the .npy header declares {got_dtype}{list(got_shape)}"
+                         f"{' (Fortran order)' if fortran else ''}")
+    body = memoryview(data)[f.tell():]
+    nbytes = math.prod(shape) * np.dtype(dtype).itemsize
+    if len(body) != nbytes:
+        raise ValueError(f"it holds {len(body)} bytes of data, {nbytes} expected")
+    return np.frombuffer(body, dtype=dtype).reshape(shape).copy()
 
 
 def _check_member_names(infos: list[zipfile.ZipInfo]) -> None:
@@ -202,8 +246,10 @@ def _check_member_names(infos: list[zipfile.ZipInfo]) -> None:
 def _parse_manifest(raw: bytes, path: str) -> dict[str, Any]:
     try:
         manifest = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise NotABundleError(f"{path}: manifest.json is not valid JSON ({err})") from err
+    except RecursionError:
+        raise NotABundleError(f"{path}: manifest.json is nested too deeply to be a manifest") from None
+    except ValueError as err:   # JSONDecodeError, UnicodeDecodeError, over-long integers
+        raise NotABundleError(f"{path}: manifest.json is not valid JSON ({_reason(err)})") from err
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT_NAME:
         fmt = manifest.get("format") if isinstance(manifest, dict) else None
         raise NotABundleError(f"{path}: not a {FORMAT_NAME} (format field is {fmt!r})")
@@ -216,17 +262,23 @@ def _parse_manifest(raw: bytes, path: str) -> dict[str, Any]:
             raise NotABundleError(f"{path}: manifest lacks the {key!r} field")
     if not isinstance(manifest["entries"], dict) or not isinstance(manifest["config"], dict):
         raise NotABundleError(f"{path}: manifest 'entries' and 'config' must be objects")
+    for key in ("backend", "config_kind"):
+        if not isinstance(manifest[key], str):
+            raise NotABundleError(f"{path}: manifest {key!r} must be a string, got "
+                                  f"{type(manifest[key]).__name__}")
     return manifest
 
 
 def _declared_nbytes(name: str, meta: Any) -> int:
     if not isinstance(meta, dict) or not {"member", "shape", "dtype", "sha256"} <= set(meta):
         raise NotABundleError(f"manifest entry {name!r} must give member, shape, dtype and sha256")
+    if not isinstance(meta["member"], str) or not isinstance(meta["sha256"], str):
+        raise NotABundleError(f"manifest entry {name!r}: member and sha256 must be strings")
     shape, dtype = meta["shape"], meta["dtype"]
     if (not isinstance(shape, list) or not all(isinstance(s, int) and not isinstance(s, bool)
                                                  and s >= 0 for s in shape)):
         raise NotABundleError(f"manifest entry {name!r} has an invalid shape {shape!r}")
-    if dtype not in ("float32", "complex64"):
+    if not isinstance(dtype, str) or dtype not in ("float32", "complex64"):
         raise NotABundleError(f"manifest entry {name!r} has dtype {dtype!r}; "
                               "only float32 and complex64 are allowed")
     nbytes = math.prod(shape) * np.dtype(dtype).itemsize
@@ -241,7 +293,8 @@ def read_bundle(path: PathLike) -> BundleContents:
 
     Raises :class:`NotABundleError`, :class:`BundleVersionError`, :class:`ChecksumError`,
     :class:`BundleLimitError`, :class:`ptycho.errors.ConfigError` (which field) or
-    :class:`ptycho.errors.WeightsError` (missing / extra / misshapen entry).
+    :class:`ptycho.errors.WeightsError` (missing / extra / misshapen entry); nothing else for
+    any content of the file (a missing ``path`` is :class:`FileNotFoundError`).
     """
     path = str(path)
     try:
@@ -250,8 +303,8 @@ def read_bundle(path: PathLike) -> BundleContents:
         raise
     except IsADirectoryError as err:
         raise NotABundleError(f"{path}: not a bundle (it is a folder)") from err
-    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as err:
-        raise NotABundleError(f"{path}: not a bundle (not a readable zip file: {err})") from err
+    except _READ_ERRORS as err:
+        raise NotABundleError(f"{path}: not a bundle (not a readable zip file: {_reason(err)})") from err
     with zf:
         try:
             infos = zf.infolist()
@@ -261,14 +314,17 @@ def read_bundle(path: PathLike) -> BundleContents:
                 raise NotABundleError(f"{path}: not a bundle (no {MANIFEST} inside)")
             manifest = _parse_manifest(_read_member(zf, by_name[MANIFEST], MAX_MANIFEST_BYTES), path)
             entries = manifest["entries"]
-            expected_members = {MANIFEST} | {
-                m.get("member") for m in entries.values() if isinstance(m, dict)}
+            declared = {name: _declared_nbytes(name, meta) for name, meta in entries.items()}
+            total = sum(declared.values())
+            if total > MAX_TOTAL_BYTES:
+                raise BundleLimitError(f"{path}: the manifest declares {total} bytes of weights, "
+                                       f"more than the limit of {MAX_TOTAL_BYTES}")
+            expected_members = {MANIFEST} | {meta["member"] for meta in entries.values()}
             unexpected = sorted(set(by_name) - expected_members)
             if unexpected:
                 raise NotABundleError(f"{path}: unexpected members {unexpected}")
             weights: dict[str, np.ndarray] = {}
             for name, meta in entries.items():
-                nbytes = _declared_nbytes(name, meta)
                 member = meta["member"]
                 if member != _member_name(name):
                     raise NotABundleError(f"manifest entry {name!r} points at {member!r}, "
@@ -276,22 +332,24 @@ def read_bundle(path: PathLike) -> BundleContents:
                 if member not in by_name:
                     raise WeightsError(f"{path}: weight entry {name!r} is listed in the manifest "
                                        f"but its member {member!r} is missing")
-                data = _read_member(zf, by_name[member], nbytes + 4096)
+                data = _read_member(zf, by_name[member], declared[name] + 4096)
                 if hashlib.sha256(data).hexdigest() != meta["sha256"]:
                     raise ChecksumError(f"{path}: checksum mismatch for weight entry {name!r} "
                                         f"(member {member!r}); the file is corrupted or was altered")
                 try:
-                    arr = np.load(io.BytesIO(data), allow_pickle=False)
-                except (ValueError, OSError, EOFError) as err:
+                    weights[name] = _read_npy(data, meta["shape"], meta["dtype"])
+                except (ValueError, SyntaxError, tokenize.TokenError) as err:
                     raise NotABundleError(f"{path}: weight entry {name!r} is not a plain .npy "
-                                          f"array ({err})") from err
-                if list(arr.shape) != meta["shape"] or arr.dtype.name != meta["dtype"]:
-                    raise NotABundleError(
-                        f"{path}: weight entry {name!r} holds {arr.dtype.name}{list(arr.shape)}, "
-                        f"manifest says {meta['dtype']}{meta['shape']}")
-                weights[name] = arr
-        except (zipfile.BadZipFile, EOFError, zlib.error) as err:
-            raise NotABundleError(f"{path}: corrupted zip ({err})") from err
+                                          f"array of {meta['dtype']}{meta['shape']} "
+                                          f"({_reason(err)})") from err
+        except PtychoError:
+            raise
+        except RuntimeError as err:    # zipfile: an encrypted member
+            raise NotABundleError(f"{path}: unreadable member ({_reason(err)}); bundles are "
+                                  "never encrypted") from err
+        except _READ_ERRORS as err:
+            raise NotABundleError(f"{path}: corrupted zip ({type(err).__name__}: "
+                                  f"{_reason(err)})") from err
     kind = manifest["config_kind"]
     if kind not in _CONFIG_KINDS:
         raise NotABundleError(f"{path}: unknown config_kind {kind!r}; expected one of {list(_CONFIG_KINDS)}")
@@ -309,7 +367,7 @@ def read_bundle(path: PathLike) -> BundleContents:
     try:
         hist = History.from_dict(history) if history else None
     except (TypeError, KeyError, AttributeError) as err:
-        raise NotABundleError(f"{path}: manifest history is malformed ({err})") from err
+        raise NotABundleError(f"{path}: manifest history is malformed ({_reason(err)})") from err
     extra = manifest.get("extra") or {}
     return BundleContents(manifest=manifest, config=config, weights=weights, history=hist,
                           extra=extra if isinstance(extra, dict) else {})

@@ -12,7 +12,10 @@ failures (non-finite loss, Ctrl-C). A backend only provides ``configure_training
 
 from __future__ import annotations
 
+import contextlib
 import math
+import signal
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Mapping, Optional, Protocol
@@ -36,10 +39,17 @@ class GroupedLike(Protocol):
 
 
 class NonFiniteLossError(TrainingError):
-    """The loss became NaN or Inf; the model holds the weights of the last completed epoch."""
+    """The loss became NaN or Inf; the model holds the weights of the last completed epoch.
+
+    ``epoch`` and ``step`` (0-based) say where; ``terms`` are the loss terms of that step;
+    ``history`` (set by :func:`fit`) holds the completed epochs, and ``model`` (set by
+    :func:`ptycho.workflows.train`) the model with the kept weights.
+    """
 
     def __init__(self, epoch: int, step: int, terms: Mapping[str, float]):
         self.epoch, self.step, self.terms = epoch, step, dict(terms)
+        self.history: Optional["History"] = None
+        self.model: Any = None
         bad = {k: v for k, v in terms.items() if not math.isfinite(v)}
         super().__init__(
             f"non-finite loss at epoch {epoch}, step {step}: {bad}; training stopped and the "
@@ -134,8 +144,11 @@ def fit(model, data: GroupedLike, config: TrainingConfig, validation: Optional[G
     ``progress(epoch, step, n_steps, terms)`` is called after every step and
     ``on_epoch_end(record, model)`` after every completed epoch (e.g. to save a bundle).
     A non-finite loss raises :class:`NonFiniteLossError` after restoring the weights of the
-    last completed epoch. Ctrl-C (KeyboardInterrupt) likewise restores them and returns the
-    history with ``interrupted=True``.
+    last completed epoch (the error carries the history so far). Ctrl-C (KeyboardInterrupt)
+    likewise restores them and returns the history with ``interrupted=True``. A Ctrl-C that
+    arrives while ``on_epoch_end`` runs (in the main thread) is held until it returns, so
+    the epoch just completed is saved whole; training then stops as interrupted. A second
+    Ctrl-C during that time interrupts at once.
     """
     if len(data) == 0:
         raise TrainingError("cannot train on an empty dataset (0 groups)")
@@ -145,31 +158,68 @@ def fit(model, data: GroupedLike, config: TrainingConfig, validation: Optional[G
     best = math.inf
     waited = 0
     monitor = "val" if validation is not None else "train"
-    for epoch in range(config.nepochs):
-        good_weights = model.get_weights()
-        try:
-            record = _run_epoch(model, data, config, epoch, progress)
-        except KeyboardInterrupt:
+    # ``good_weights``: the weights of the last completed epoch while an epoch is running
+    # (None when the model holds them already); restored on Ctrl-C or a non-finite loss,
+    # wherever in the loop the interrupt lands.
+    good_weights = None
+    try:
+        for epoch in range(config.nepochs):
+            good_weights = model.get_weights()
+            try:
+                record = _run_epoch(model, data, config, epoch, progress)
+                if validation is not None:
+                    record.val_loss = evaluate(model, validation, settings, config.batch_size)
+            except NonFiniteLossError as err:
+                model.set_weights(good_weights)
+                err.history = history
+                raise
+            with _interrupt_deferred() as pending:
+                history.epochs.append(record)
+                good_weights = None
+                if on_epoch_end is not None:
+                    on_epoch_end(record, model)
+            if pending:
+                history.interrupted = True
+                return history
+            current = (record.val_loss if monitor == "val" else record.loss)["total"]
+            if current < best - config.early_stopping_min_delta:
+                best, waited, history.best_epoch = current, 0, epoch
+            else:
+                waited += 1
+                if (config.early_stopping_patience is not None
+                        and waited >= config.early_stopping_patience):
+                    history.stopped_early = True
+                    break
+    except KeyboardInterrupt:
+        if good_weights is not None:
             model.set_weights(good_weights)
-            history.interrupted = True
-            return history
-        except NonFiniteLossError:
-            model.set_weights(good_weights)
-            raise
-        if validation is not None:
-            record.val_loss = evaluate(model, validation, settings, config.batch_size)
-        history.epochs.append(record)
-        if on_epoch_end is not None:
-            on_epoch_end(record, model)
-        current = (record.val_loss if monitor == "val" else record.loss)["total"]
-        if current < best - config.early_stopping_min_delta:
-            best, waited, history.best_epoch = current, 0, epoch
-        else:
-            waited += 1
-            if config.early_stopping_patience is not None and waited >= config.early_stopping_patience:
-                history.stopped_early = True
-                break
+        history.interrupted = True
     return history
+
+
+@contextlib.contextmanager
+def _interrupt_deferred():
+    """Hold a Ctrl-C (SIGINT) until the block ends; yields a list that is non-empty if one came.
+
+    Only in the main thread and only when SIGINT has Python's default handler (elsewhere the
+    block runs unchanged). A second SIGINT inside the block raises KeyboardInterrupt at once.
+    """
+    pending: list[int] = []
+    if (threading.current_thread() is not threading.main_thread()
+            or signal.getsignal(signal.SIGINT) is not signal.default_int_handler):
+        yield pending
+        return
+
+    def hold(signum, frame):
+        if pending:
+            raise KeyboardInterrupt
+        pending.append(signum)
+
+    signal.signal(signal.SIGINT, hold)
+    try:
+        yield pending
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def _run_epoch(model, data: GroupedLike, config: TrainingConfig, epoch: int,

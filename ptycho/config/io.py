@@ -28,6 +28,7 @@ import dataclasses
 import json
 import os
 import re
+import reprlib
 import typing
 from typing import Any, Mapping, Optional, Union
 
@@ -114,20 +115,32 @@ def _from_plain(tp: Any, value: Any, path: str) -> Any:
                          enumerate(zip(args, value)))
         return tuple(value)
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
+        try:
+            return float(value)
+        except OverflowError:
+            raise ConfigError(f"{path}: expected a number in the float range, got an integer "
+                              f"of {len(str(abs(value)))} digits") from None
     return value
+
+
+#: Shortens values quoted in error messages (a config file may hold a huge value).
+_short = reprlib.Repr()
+_short.maxstring = _short.maxother = 80
+_short.maxlist = _short.maxdict = 8
+_short.maxlevel = 3
+_MAX_MESSAGE = 1000
 
 
 def _build(cls: type, d: Any, path: str) -> Any:
     if not isinstance(d, Mapping):
         raise ConfigError(f"{path or cls.__name__}: expected a mapping of {cls.__name__} fields, "
-                          f"got {type(d).__name__} {d!r}")
+                          f"got {type(d).__name__} {_short.repr(d)}")
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
     kind = d.get("kind") if path == "" else None
-    if kind is not None and KINDS.get(kind) is not cls:
-        raise ConfigError(f"'kind' is {kind!r} but a {cls.__name__} (kind {kind_of(cls)!r}) "
-                          f"was requested")
+    if kind is not None and (not isinstance(kind, str) or KINDS.get(kind) is not cls):
+        raise ConfigError(f"'kind' is {_short.repr(kind)} but a {cls.__name__} (kind "
+                          f"{kind_of(cls)!r}) was requested")
     unknown = sorted(str(k) for k in d if k not in names and not (path == "" and k == "kind"))
     if unknown:
         where = f" in {path!r}" if path else ""
@@ -137,7 +150,14 @@ def _build(cls: type, d: Any, path: str) -> Any:
         if name in d:
             sub = f"{path}.{name}" if path else name
             kwargs[name] = _from_plain(hints[name], d[name], sub)
-    return cls(**kwargs)
+    try:
+        return cls(**kwargs)
+    except ConfigError as exc:
+        msg = str(exc)
+        if len(msg) <= _MAX_MESSAGE:
+            raise
+        # the validation quotes the bad value; a file may hold a huge one
+        raise ConfigError(msg[:_MAX_MESSAGE] + " ...") from None
 
 
 def config_from_dict(cls: type, d: Mapping[str, Any]) -> ConfigT:
@@ -161,8 +181,9 @@ def _resolve_cls(d: Any, cls: Optional[type], source: str) -> type:
         raise ConfigError(f"{source}: expected a mapping at the top level, got "
                           f"{type(d).__name__}")
     kind = d.get("kind")
-    if kind is not None and kind not in KINDS:
-        raise ConfigError(f"{source}: 'kind' must be one of {list(KINDS)}, got {kind!r}")
+    if kind is not None and (not isinstance(kind, str) or kind not in KINDS):
+        raise ConfigError(f"{source}: 'kind' must be one of {list(KINDS)}, got "
+                          f"{_short.repr(kind)}")
     if cls is not None:
         return _check_cls(cls)  # a disagreeing kind is reported by _build
     if kind is None:
@@ -191,14 +212,78 @@ def from_json(text: str, cls: Optional[type] = None) -> ConfigT:
     32
     """
     try:
-        d = json.loads(text)
-    except json.JSONDecodeError as exc:
+        d = json.loads(text, object_pairs_hook=_unique_keys)
+    except RecursionError:
+        raise ConfigError("invalid JSON config: nested too deeply") from None
+    except ConfigError as exc:
+        raise ConfigError(f"invalid JSON config: {exc}") from None
+    except (ValueError, TypeError) as exc:  # JSONDecodeError, over-long integers, non-str text
         raise ConfigError(f"invalid JSON config: {exc}") from None
     return config_from_dict(_resolve_cls(d, cls, "JSON config"), d)
 
 
+def _unique_keys(pairs: list) -> dict:
+    """``json.loads`` hook: a key given twice is an error, not a silent overwrite."""
+    out: dict = {}
+    for key, value in pairs:
+        if key in out:
+            raise ConfigError(f"duplicate key {key!r}")
+        out[key] = value
+    return out
+
+
+#: Most values a YAML config may expand to; aliases (``*a``) can otherwise make a small
+#: document expand to an exponential number of values (a "billion laughs" bomb).
+MAX_YAML_VALUES = 100_000
+
+
 class _Loader(yaml.SafeLoader):
-    """``yaml.SafeLoader`` that also resolves ``1e9`` / ``1E-7`` (no dot) as floats."""
+    """``yaml.SafeLoader`` that also resolves ``1e9`` / ``1E-7`` (no dot) as floats, and
+    refuses duplicate keys (YAML says keys are unique; PyYAML would keep the last)."""
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            seen = set()
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue        # "<<: *base" merges; the mapping's own keys override
+                key = self.construct_object(key_node, deep=deep)
+                try:
+                    duplicate = key in seen
+                    seen.add(key)
+                except TypeError:          # unhashable: the base class reports it
+                    break
+                if duplicate:
+                    raise yaml.constructor.ConstructorError(
+                        "while constructing a mapping", node.start_mark,
+                        f"found duplicate key {key!r}", key_node.start_mark)
+        return super().construct_mapping(node, deep=deep)
+
+    def construct_object(self, node, deep=False):
+        try:
+            return super().construct_object(node, deep=deep)
+        except (ValueError, OverflowError) as exc:
+            # e.g. an impossible date (2020-13-45) or an over-long integer: say where it is
+            value = getattr(node, "value", None)
+            shown = _short.repr(value) if isinstance(value, str) else node.tag
+            raise yaml.constructor.ConstructorError(
+                None, None, f"cannot read the value {shown} ({exc})", node.start_mark) from None
+
+
+def _count_values(doc: Any, limit: int) -> int:
+    """Number of values in ``doc`` counting every alias expansion, stopping past ``limit``."""
+    count, stack = 0, [doc]
+    while stack:
+        item = stack.pop()
+        count += 1
+        if count > limit:
+            break
+        if isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, (list, tuple, set)):
+            stack.extend(item)
+    return count
 
 
 _Loader.add_implicit_resolver(
@@ -228,9 +313,22 @@ def from_yaml(text: str, cls: Optional[type] = None) -> ConfigT:
     """
     try:
         d = yaml.load(text, Loader=_Loader)  # noqa: S506 (a SafeLoader subclass)
+    except RecursionError:
+        raise ConfigError("invalid YAML config: nested too deeply") from None
     except yaml.YAMLError as exc:
-        raise ConfigError(f"invalid YAML config: {exc}") from None
+        raise ConfigError(f"invalid YAML config: {_first_lines(exc)}") from None
+    except (ValueError, TypeError, OverflowError) as exc:
+        # PyYAML's constructors: an impossible date (2020-13-45), over-long integers ...
+        raise ConfigError(f"invalid YAML config: {type(exc).__name__}: {exc}") from None
+    if _count_values(d, MAX_YAML_VALUES) > MAX_YAML_VALUES:
+        raise ConfigError(f"YAML config expands to more than {MAX_YAML_VALUES} values (through "
+                          "aliases, *name); a config is a few dozen values")
     return config_from_dict(_resolve_cls(d, cls, "YAML config"), d)
+
+
+def _first_lines(exc: Exception, limit: int = 1000) -> str:
+    text = str(exc)
+    return text if len(text) <= limit else text[:limit] + " ..."
 
 
 def _suffix(path: PathLike) -> str:

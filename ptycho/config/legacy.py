@@ -186,7 +186,7 @@ def _coerce(key: str, field_name: str, tp: Any, value: Any) -> Any:
 
     def bad(expected: str) -> ConfigError:
         return ConfigError(f"legacy key {key!r} ({field_name}): expected {expected}, got "
-                           f"{type(value).__name__} {value!r}")
+                           f"{type(value).__name__} {_short_repr(value)}")
 
     is_bool = isinstance(value, (bool, np.bool_))
     if tp is bool:
@@ -200,12 +200,25 @@ def _coerce(key: str, field_name: str, tp: Any, value: Any) -> Any:
     if tp is float:
         if is_bool or not isinstance(value, numbers.Real):
             raise bad("a number")
-        return float(value)
+        try:
+            return float(value)
+        except OverflowError:
+            raise bad("a number in the float range") from None
     if tp is str:
         if not isinstance(value, str):
             raise bad("a string")
         return value
     return value
+
+
+def _short_repr(value: Any, limit: int = 80) -> str:
+    """``repr(value)`` cut to ``limit`` characters (and safe for integers of any size)."""
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+        digits = len(str(abs(int(value)))) if abs(int(value)).bit_length() < 10_000 else None
+        if digits is None or digits > limit:
+            return f"<an integer of {digits or 'more than 3000'} digits>"
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def _annotate(exc: ConfigError, names: list[str]) -> ConfigError:

@@ -35,9 +35,12 @@ the documented (M, N, N) layout is assumed. Other keys in a file are ignored.
 
 from __future__ import annotations
 
+import math
 import os
 import struct
+import tokenize
 import zipfile
+import zlib
 from dataclasses import dataclass
 from typing import Any, Mapping, Optional, Union
 
@@ -265,9 +268,11 @@ class RawData:
 def _pick_diffraction(arrays: Mapping[str, Any]) -> np.ndarray:
     present = [k for k in DIFFRACTION_KEYS if k in arrays]
     if len(present) == 2:
-        a = np.asarray(arrays["diffraction"])
-        b = np.asarray(arrays["diff3d"])
-        if a.shape != b.shape or not np.array_equal(a, b):
+        a = _as_array("diffraction", arrays["diffraction"])
+        b = _as_array("diff3d", arrays["diff3d"])
+        # chunk by chunk, so that two memory-mapped copies are not read into memory at once
+        if a.shape != b.shape or not all(np.array_equal(x, y)
+                                         for x, y in zip(_chunks(a), _chunks(b))):
             raise DataError(
                 "both 'diffraction' and its alias 'diff3d' are present and they differ "
                 f"(diffraction {_describe(a)}, diff3d {_describe(b)}); keep exactly one")
@@ -332,60 +337,147 @@ def validate_raw(arrays: Mapping[str, Any]) -> RawData:
 #: Memory-map modes :func:`load_npz` accepts ("r+" and "w+" would write into the archive).
 MMAP_MODES = (None, "r", "c")
 
+#: The members :func:`load_npz` reads; any other member is only checked (by its header) for
+#: a pickled object array, never read.
+CONTRACT_KEYS = DIFFRACTION_KEYS + REQUIRED_KEYS + OPTIONAL_KEYS
+
 _LOCAL_HEADER = struct.Struct("<4sHHHHHIIIHH")  # zip local file header, 30 bytes
+_NPY_MAGIC = b"\x93NUMPY"
+
+#: What a corrupt or hostile archive can make zipfile, zlib and numpy's .npy parser raise
+#: (numpy tokenizes the header: a mangled one can raise tokenize.TokenError or SyntaxError).
+_READ_ERRORS = (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error, struct.error,
+                NotImplementedError, RuntimeError, OverflowError, SyntaxError,
+                tokenize.TokenError)
 
 
-def _memmap_member(name: str, info: zipfile.ZipInfo, mode: str) -> Optional[np.ndarray]:
-    """Memory-map one stored (uncompressed) ``.npy`` member, or None when it cannot be."""
-    if info.compress_type != zipfile.ZIP_STORED or info.flag_bits & 0x1:
-        return None
-    with open(name, "rb") as f:
-        f.seek(info.header_offset)
-        fields = _LOCAL_HEADER.unpack(f.read(_LOCAL_HEADER.size))
-        if fields[0] != b"PK\x03\x04":
+def _reason(exc: BaseException, limit: int = 300) -> str:
+    """An exception's message, cut short (zipfile quotes whole headers in some of them)."""
+    text = str(exc) or type(exc).__name__
+    return text if len(text) <= limit else text[:limit] + " ..."
+
+
+@dataclass(frozen=True)
+class _NpyHeader:
+    shape: tuple
+    fortran: bool
+    dtype: np.dtype
+    offset: int          # where the array data starts, within the (uncompressed) member
+
+    @property
+    def nbytes(self) -> int:
+        return math.prod(self.shape) * self.dtype.itemsize
+
+
+def _npy_header(zf: zipfile.ZipFile, info: zipfile.ZipInfo) -> Optional[_NpyHeader]:
+    """The .npy header of a member (read without reading the data), or None if not a .npy."""
+    with zf.open(info) as f:
+        if f.read(len(_NPY_MAGIC)) != _NPY_MAGIC:
             return None
-        f.seek(info.header_offset + _LOCAL_HEADER.size + fields[9] + fields[10])
+        f.seek(0)
         version = np.lib.format.read_magic(f)
         if version == (1, 0):
             shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
         elif version == (2, 0):
             shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
         else:
-            return None
-        offset = f.tell()
-    if dtype.hasobject:
-        raise ValueError("Object arrays cannot be loaded when allow_pickle=False")
-    if int(np.prod(shape)) == 0:
+            raise ValueError(f"unsupported .npy format version {version}")
+        return _NpyHeader(tuple(shape), bool(fortran), dtype, f.tell())
+
+
+def _memmap_member(name: str, info: zipfile.ZipInfo, header: _NpyHeader,
+                   mode: str) -> Optional[np.ndarray]:
+    """Memory-map one stored (uncompressed) ``.npy`` member, or None when it cannot be."""
+    if info.compress_type != zipfile.ZIP_STORED or header.nbytes == 0:
         return None
-    return np.memmap(name, dtype=dtype, mode=mode, offset=offset, shape=shape,
-                     order="F" if fortran else "C")
+    with open(name, "rb") as f:
+        f.seek(info.header_offset)
+        raw = f.read(_LOCAL_HEADER.size)
+        if len(raw) != _LOCAL_HEADER.size:
+            return None
+        fields = _LOCAL_HEADER.unpack(raw)
+        if fields[0] != b"PK\x03\x04":
+            return None
+        offset = info.header_offset + _LOCAL_HEADER.size + fields[9] + fields[10] + header.offset
+        if offset + header.nbytes > os.fstat(f.fileno()).st_size:
+            raise ValueError(f"the data runs past the end of the file ({header.nbytes} bytes "
+                             f"from offset {offset})")
+    return np.memmap(name, dtype=header.dtype, mode=mode, offset=offset, shape=header.shape,
+                     order="F" if header.fortran else "C")
+
+
+def _read_member(name: str, zf: zipfile.ZipFile, key: str, info: zipfile.ZipInfo,
+                 header: _NpyHeader, mmap_mode: Optional[str]) -> np.ndarray:
+    arr = _memmap_member(name, info, header, mmap_mode) if mmap_mode is not None else None
+    if arr is None:
+        with zf.open(info) as f:
+            arr = np.lib.format.read_array(f, allow_pickle=False)
+    return arr
+
+
+def _open_archive(name: str) -> zipfile.ZipFile:
+    try:
+        with open(name, "rb") as f:
+            head = f.read(len(_NPY_MAGIC))
+    except OSError as exc:
+        raise DataError(f"{name!r}: cannot be read ({_reason(exc)})") from None
+    if head == _NPY_MAGIC:
+        raise DataError(f"{name!r}: expected an NPZ archive (a zip of .npy members), got a "
+                        "single ndarray (a .npy file); save it with save_npz")
+    try:
+        return zipfile.ZipFile(name, "r")
+    except _READ_ERRORS as exc:
+        raise DataError(f"{name!r}: not an NPZ archive numpy can read ({_reason(exc)})") from None
 
 
 def _read_members(name: str, mmap_mode: Optional[str]) -> dict[str, np.ndarray]:
-    try:
-        archive = np.load(name, allow_pickle=False)
-    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
-        raise DataError(f"{name!r}: not an NPZ archive numpy can read ({exc})") from None
-    if not isinstance(archive, np.lib.npyio.NpzFile):
-        raise DataError(f"{name!r}: expected an NPZ archive (a zip of .npy members), got a "
-                        f"single {type(archive).__name__}; save it with save_npz")
+    """The contract members of an NPZ archive, read without ever unpickling.
+
+    Every member's .npy header is checked first: object (pickled) arrays are refused, and a
+    declared shape whose data the member does not hold is refused before anything is
+    allocated. Only the contract keys are read; the other members are ignored.
+    """
     arrays: dict[str, np.ndarray] = {}
-    with archive:
-        infos = {i.filename: i for i in archive.zip.infolist()}
-        for key in archive.files:
+    with _open_archive(name) as zf:
+        try:
+            infos = zf.infolist()
+        except _READ_ERRORS as exc:
+            raise DataError(f"{name!r}: not an NPZ archive numpy can read "
+                            f"({_reason(exc)})") from None
+        seen: set[str] = set()
+        for info in infos:
+            key = info.filename[:-4] if info.filename.endswith(".npy") else info.filename
+            if key in seen and key in CONTRACT_KEYS:
+                raise DataError(f"{name!r}: member {key!r} appears more than once; keep "
+                                "exactly one")
+            seen.add(key)
+            if info.flag_bits & 0x1:
+                if key in CONTRACT_KEYS:
+                    raise DataError(f"{name!r}: member {key!r} is encrypted; expected a plain "
+                                    ".npy array")
+                continue
             try:
-                arr = None
-                info = infos.get(key + ".npy")
-                if mmap_mode is not None and info is not None:
-                    arr = _memmap_member(name, info, mmap_mode)
-                arrays[key] = archive[key] if arr is None else arr
-            except ValueError as exc:
-                if "pickle" in str(exc).lower() or "object" in str(exc).lower():
+                header = _npy_header(zf, info)
+                if header is None:
+                    if key in CONTRACT_KEYS:
+                        raise DataError(f"{name!r}: member {key!r} is not a .npy array")
+                    continue
+                if header.dtype.hasobject:
                     raise DataError(f"{name!r}: member {key!r} is an object array; pickled "
-                                    "members are refused (store numeric arrays only)") from None
-                raise DataError(f"{name!r}: member {key!r} cannot be read ({exc})") from None
-            except (OSError, EOFError, zipfile.BadZipFile) as exc:
-                raise DataError(f"{name!r}: member {key!r} cannot be read ({exc})") from None
+                                    "members are refused (store numeric arrays only)")
+                if key not in CONTRACT_KEYS:
+                    continue
+                held = info.file_size - header.offset
+                if header.nbytes > held:
+                    raise DataError(
+                        f"{name!r}: member {key!r} declares shape {header.shape} {header.dtype} "
+                        f"({header.nbytes} bytes) but holds only {max(held, 0)} bytes of data")
+                arrays[key] = _read_member(name, zf, key, info, header, mmap_mode)
+            except DataError:
+                raise
+            except _READ_ERRORS as exc:
+                raise DataError(f"{name!r}: member {key!r} cannot be read "
+                                f"({_reason(exc)})") from None
     return arrays
 
 
@@ -397,8 +489,14 @@ def load_npz(path: PathLike, mmap_mode: Optional[str] = None) -> RawData:
     them), so a large ``diffraction`` that already has the contract dtype (float32) is not
     read into memory; compressed members, and members that need a dtype cast, are read.
 
-    Raises :class:`DataError` when the path is not a readable file, is not an NPZ archive,
-    holds an object (pickled) member, or violates the contract (:func:`validate_raw`).
+    Only the contract members (:data:`CONTRACT_KEYS`) are read; every member's .npy header is
+    checked first, so an object (pickled) member is refused and a header declaring more data
+    than its member holds is refused before anything is allocated.
+
+    Raises :class:`DataError` (naming the file) when the path is not a readable file, is not
+    an NPZ archive, holds an object (pickled) member, a corrupt, encrypted or duplicated
+    contract member, or violates the contract (:func:`validate_raw`); nothing else for any
+    content of the file (see docs/reliability.md).
 
     >>> import os, tempfile
     >>> p = os.path.join(tempfile.mkdtemp(), "scan.npz")
