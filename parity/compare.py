@@ -169,7 +169,8 @@ def compare_arrays(a: Any, b: Any, tol: Tolerance, *, name: str = "", dtype: str
     if tol.scale == "given" and scale is None:
         raise ValueError(f"{name}: tolerance scale 'given' needs an explicit scale")
     mask = fa & fb
-    err = np.where(mask, np.abs(a64 - b64), 0.0)
+    with np.errstate(invalid="ignore", over="ignore"):
+        err = np.where(mask, np.abs(a64 - b64), 0.0)
     mag = np.abs(b64) if reference else np.maximum(np.abs(a64), np.abs(b64))
     mag = np.where(mask, mag, 0.0)
     if tol.scale == "elementwise":

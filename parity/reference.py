@@ -198,27 +198,52 @@ def predict(config: ModelConfig, weights: Mapping[str, np.ndarray],
 
 
 def _network_backward(config: ModelConfig, weights, tape: _Tape, amp: np.ndarray,
-                      phase: np.ndarray, g_obj: np.ndarray) -> tuple[dict, np.ndarray]:
-    """Gradients of the network's entries and of its input, from ``g_obj`` (B, N, N, C) complex."""
+                      phase: np.ndarray, g_obj: np.ndarray,
+                      absolute: bool = False) -> tuple[dict, np.ndarray]:
+    """Gradients of the network's entries and of its input, from ``g_obj`` (B, N, N, C) complex.
+
+    With ``absolute``, returns instead each entry's term magnitudes: its final reduction
+    (over batch and pixels) taken over absolute values, ``sum |input| |delta|``, where at
+    the heads ``|delta|`` is bounded by ``|g_obj|`` (amplitude and phase gradients can
+    cancel there); and ``|d input|``. This is the scale of the float32 round-off of that
+    final sum. (A full absolute-value backward pass would bound the error of every layer
+    but is so loose, 1e5 x the gradient, that it would hide real faults.)
+    """
     grads: dict[str, np.ndarray] = {}
+    mags: dict[str, np.ndarray] = {}
+
+    def conv_back(inp, name, g, g_mag=None):
+        k = _w(weights, name + ".kernel")
+        gx, grads[name + ".kernel"], grads[name + ".bias"] = conv2d_backward(inp, k, g)
+        if absolute:
+            _, mags[name + ".kernel"], mags[name + ".bias"] = conv2d_backward(
+                np.abs(inp), k, np.abs(g) if g_mag is None else g_mag)
+        return gx
+
     e = np.exp(1j * phase)
-    g_amp = np.real(np.conj(g_obj) * e)
-    g_phase = np.real(np.conj(g_obj) * 1j * amp * e)
     act, n = config.amp_activation, config.N
-    head_grads = {}
-    if has_border_heads(config):
-        inside = (central_mask(n)[None, :, :, None] > 0).astype(np.float64)
-        head_grads["amp.head"] = g_amp * inside * activation_grad(act, tape.heads["amp.head"])
-        head_grads["amp.border_head"] = (g_amp * (1 - inside)
-                                         * activation_grad(act, tape.heads["amp.border_head"]))
-        t, tb = np.tanh(tape.heads["phase.head"]), np.tanh(tape.heads["phase.border_head"])
-        head_grads["phase.head"] = g_phase * inside * math.pi * (1 - t ** 2)
-        head_grads["phase.border_head"] = g_phase * (1 - inside) * math.pi * (1 - tb ** 2)
-    else:
-        sup = object_support(n, True, False)[None, :, :, None] if config.pad_object else 1.0
-        head_grads["amp.head"] = g_amp * sup * activation_grad(act, tape.heads["amp.head"])
-        t = np.tanh(tape.heads["phase.head"])
-        head_grads["phase.head"] = g_phase * math.pi * (1 - t ** 2)
+
+    def heads(g_amp, g_phase, d_act):
+        out = {}
+        if has_border_heads(config):
+            inside = (central_mask(n)[None, :, :, None] > 0).astype(np.float64)
+            t, tb = np.tanh(tape.heads["phase.head"]), np.tanh(tape.heads["phase.border_head"])
+            out["amp.head"] = g_amp * inside * d_act(tape.heads["amp.head"])
+            out["amp.border_head"] = g_amp * (1 - inside) * d_act(tape.heads["amp.border_head"])
+            out["phase.head"] = g_phase * inside * math.pi * (1 - t ** 2)
+            out["phase.border_head"] = g_phase * (1 - inside) * math.pi * (1 - tb ** 2)
+        else:
+            sup = object_support(n, True, False)[None, :, :, None] if config.pad_object else 1.0
+            out["amp.head"] = g_amp * sup * d_act(tape.heads["amp.head"])
+            out["phase.head"] = g_phase * math.pi * (1 - np.tanh(tape.heads["phase.head"]) ** 2)
+        return out
+
+    head_grads = heads(np.real(np.conj(g_obj) * e), np.real(np.conj(g_obj) * 1j * amp * e),
+                       lambda pre: activation_grad(act, pre))
+    # magnitudes at the heads: |g_obj| bounds both parts (the phase gradient cancels when
+    # the far field cannot see a patch's global phase)
+    head_mags = heads(np.abs(g_obj), np.abs(g_obj) * np.abs(amp),
+                      lambda pre: np.abs(activation_grad(act, pre))) if absolute else {}
     convs = {name: (inp, pre) for name, inp, pre in tape.convs}
     g_enc = 0.0
     for branch in BRANCHES:
@@ -226,16 +251,12 @@ def _network_backward(config: ModelConfig, weights, tape: _Tape, amp: np.ndarray
         g = np.zeros_like(feat)
         for name, gh in head_grads.items():
             if name.startswith(branch + "."):
-                gx, grads[name + ".kernel"], grads[name + ".bias"] = conv2d_backward(
-                    feat, _w(weights, name + ".kernel"), gh)
-                g = g + gx
+                g = g + conv_back(feat, name, gh, head_mags.get(name))
         for j in reversed(range(len(decoder_widths(config)))):
             for part in ("conv2", "conv1"):
                 name = f"{branch}.dec{j}.{part}"
                 inp, pre = convs[name]
-                g = g * (pre > 0)
-                g, grads[name + ".kernel"], grads[name + ".bias"] = conv2d_backward(
-                    inp, _w(weights, name + ".kernel"), g)
+                g = conv_back(inp, name, g * (pre > 0))
             g = upsample2_backward(g)
         g_enc = g_enc + g
     g = g_enc
@@ -244,10 +265,9 @@ def _network_backward(config: ModelConfig, weights, tape: _Tape, amp: np.ndarray
         for part in ("conv2", "conv1"):
             name = f"enc{i}.{part}"
             inp, pre = convs[name]
-            g = g * (pre > 0)
-            g, grads[name + ".kernel"], grads[name + ".bias"] = conv2d_backward(
-                inp, _w(weights, name + ".kernel"), g)
-    return grads, np.transpose(g, (0, 3, 1, 2))
+            g = conv_back(inp, name, g * (pre > 0))
+    g_x = np.transpose(g, (0, 3, 1, 2))
+    return (mags, np.abs(g_x)) if absolute else (grads, g_x)
 
 
 # -- the model: network + physics + losses -------------------------------------------------------
@@ -295,11 +315,17 @@ def loss_scales(config: ModelConfig, weights: Mapping[str, np.ndarray], batch: B
 
 
 def gradients(config: ModelConfig, weights: Mapping[str, np.ndarray], batch: Batch,
-              settings: LossSettings) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+              settings: LossSettings, magnitudes: bool = False):
     """Loss terms and exact float64 gradients of ``total`` for every trainable entry.
 
     Returns ``(terms, grads)``; ``grads`` follows :func:`ptycho.weights.trainable_names`
-    (the probe's gradient is complex, ``d/d real + 1j d/d imag``).
+    (the probe's gradient is complex, ``d/d real + 1j d/d imag``). With ``magnitudes``,
+    returns ``(terms, grads, mags)`` where ``mags[name]`` (real, the entry's shape) is the
+    sum of the magnitudes of the terms that make up that gradient (the backward pass on
+    absolute values, from the object patches' gradient down; for the probe and the intensity
+    scale, their final sums): the scale of its float32 round-off, which can exceed the
+    gradient itself by orders of magnitude when its terms cancel (a bias, the phase of a
+    patch whose global phase the far field cannot see).
     """
     n = config.N
     lis = float(np.asarray(weights["log_intensity_scale"], np.float64))
@@ -326,6 +352,7 @@ def gradients(config: ModelConfig, weights: Mapping[str, np.ndarray], batch: Bat
     g_pred = settings.nll_weight * (1.0 - k / (i_pred + settings.epsilon)) * 2 * pred / cnt
     g_pred = g_pred + settings.mae_weight * np.sign(pred - obs) / cnt
     g_lis = float(np.sum(g_pred * pred))                     # pred = a0 * exp(lis)
+    m_lis = float(np.sum(np.abs(g_pred * pred)))
     g_a0 = g_pred * scale
     with np.errstate(invalid="ignore", divide="ignore"):
         unit = np.where(a0 > 0, f / np.where(a0 > 0, a0, 1.0), 0.0)
@@ -333,8 +360,10 @@ def gradients(config: ModelConfig, weights: Mapping[str, np.ndarray], batch: Bat
     g_psi = np.fft.ifft2(np.fft.ifftshift(g_f, axes=(-2, -1)), axes=(-2, -1), norm="ortho")
     g_constrained = np.conj(probe) * g_psi
     g_probe = np.sum(np.conj(constrained) * g_psi, axis=(0, 1))
+    m_probe = np.sum(np.abs(constrained) * np.abs(g_psi), axis=(0, 1))
     if config.probe_mask:
         g_probe = g_probe * probe_disk_mask(n)
+        m_probe = m_probe * probe_disk_mask(n)
     d = patches - constrained
     g_patches = settings.realspace_weight * 2 * d / d.size
     g_constrained = g_constrained - settings.realspace_weight * 2 * d / d.size
@@ -342,12 +371,18 @@ def gradients(config: ModelConfig, weights: Mapping[str, np.ndarray], batch: Bat
         g_patches = g_patches + _constrain(config, g_constrained, rel, m)   # self-adjoint
     else:
         g_patches = g_patches + g_constrained
-    grads, g_x = _network_backward(config, weights, tape, amp, phase,
-                                   np.transpose(g_patches, (0, 2, 3, 1)))
+    g_obj = np.transpose(g_patches, (0, 2, 3, 1))
+    grads, g_x = _network_backward(config, weights, tape, amp, phase, g_obj)
     g_lis += float(np.sum(g_x * -x))                        # x = obs * exp(-lis)
     grads["probe"] = g_probe
     grads["log_intensity_scale"] = np.asarray(g_lis)
-    return terms, {name: grads[name] for name in trainable_names(config)}
+    names = trainable_names(config)
+    if not magnitudes:
+        return terms, {name: grads[name] for name in names}
+    mags, m_x = _network_backward(config, weights, tape, amp, phase, g_obj, absolute=True)
+    mags["probe"] = m_probe
+    mags["log_intensity_scale"] = np.asarray(m_lis + float(np.sum(m_x * np.abs(x))))
+    return terms, {name: grads[name] for name in names}, {name: mags[name] for name in names}
 
 
 def perturb(weights: Mapping[str, np.ndarray], name: str, direction: np.ndarray,

@@ -38,17 +38,18 @@ def default_config() -> TrainingConfig:
 
 
 def as_training_config(config: Union[None, TrainingConfig, ModelConfig, Any]) -> TrainingConfig:
-    """A TrainingConfig from None (the default), a ModelConfig (default training around it),
-    an InferenceConfig (its model), or a TrainingConfig (as is)."""
+    """A TrainingConfig from None (the default), a ModelConfig (the default training around
+    it, neighbor_count raised to gridsize**2 when needed), an InferenceConfig (its model), or
+    a TrainingConfig (as is)."""
     if config is None:
         return default_config()
     if isinstance(config, TrainingConfig):
         return config
-    if isinstance(config, ModelConfig):
-        return replace(default_config(), model=config)
-    model = getattr(config, "model", None)
+    model = config if isinstance(config, ModelConfig) else getattr(config, "model", None)
     if isinstance(model, ModelConfig):
-        return replace(default_config(), model=model)
+        base = default_config()
+        return replace(base, model=model,
+                       neighbor_count=max(base.neighbor_count, model.n_channels))
     raise TypeError(f"parity.run needs a TrainingConfig or ModelConfig, got {type(config).__name__}")
 
 

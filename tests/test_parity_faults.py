@@ -210,8 +210,12 @@ def test_the_unwrapped_pair_passes_the_same_stages():
 
 
 # -- on the real backends ----------------------------------------------------------------------
+REAL_CASES = [pytest.param(f, id=f.__name__, marks=[pytest.mark.slow] if FAULTS[f][0] == "e2e" else [])
+              for f in FAULTS]
+
+
 @pytest.mark.parity
-@pytest.mark.parametrize("fault", list(FAULTS), ids=lambda f: f.__name__)
+@pytest.mark.parametrize("fault", REAL_CASES)
 def test_fault_in_real_backend_is_located(fault):
     from backends import get_backend
 
