@@ -459,6 +459,52 @@ def adam_step(state: AdamState, weights: Mapping[str, np.ndarray], grads: Mappin
     return out
 
 
+def adam_sensitivity(grads: list[Mapping[str, np.ndarray]], noise: list[Mapping[str, np.ndarray]],
+                     training: TrainingConfig, learning_rate: float,
+                     max_patterns: int = 64, seed: int = 0) -> dict[str, np.ndarray]:
+    """How far k Adam steps can move each weight when each step's gradient is off by ``noise``.
+
+    Replays Adam (fresh moments) on the gradient sequence ``grads`` (one mapping per step)
+    and on ``grads[j] + s_j * noise[j]`` for sign patterns ``s`` in {-1, +1}^k (all of them
+    for k <= 6, else ``max_patterns`` random ones), holding the gradients otherwise fixed;
+    returns, per entry, the largest deviation of the total displacement (the same shape as
+    the entry; complex entries deviate in real and imaginary parts, combined by modulus).
+
+    This is the part of the weights' disagreement after k steps that the gradients'
+    tolerance explains: Adam divides each gradient by its running RMS, so where a gradient is
+    within its noise of zero, or where the first moment cancels across steps, a tiny gradient
+    difference moves the weight by up to ~lr per step.
+    """
+    k = len(grads)
+    if k == 0:
+        return {}
+    if k <= 6:
+        import itertools
+        patterns = [np.array(p, dtype=np.float64) for p in itertools.product((-1.0, 1.0), repeat=k)]
+    else:
+        rng = np.random.default_rng(seed)
+        patterns = [rng.choice((-1.0, 1.0), size=k) for _ in range(max_patterns)]
+
+    def displacement(signs) -> dict[str, np.ndarray]:
+        state = AdamState.from_config(training)
+        zero = {n: np.zeros(np.shape(g), np.complex128 if np.iscomplexobj(g) else np.float64)
+                for n, g in grads[0].items()}
+        w = dict(zero)
+        for j in range(k):
+            step = {n: np.asarray(grads[j][n]) + (0 if signs is None else signs[j]) * noise[j][n]
+                    for n in grads[j]}
+            w = adam_step(state, w, step, learning_rate)
+        return w
+
+    base = displacement(None)
+    dev = {n: np.zeros(np.shape(v), np.float64) for n, v in base.items()}
+    for p in patterns:
+        other = displacement(p)
+        for n in dev:
+            dev[n] = np.maximum(dev[n], np.abs(other[n] - base[n]))
+    return dev
+
+
 def as_float32(weights: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Cast a float64 weight mapping back to the canonical float32 / complex64."""
     return {k: np.asarray(v).astype(np.complex64 if np.iscomplexobj(v) else np.float32)
@@ -539,7 +585,8 @@ class ReferenceModel:
 
 
 __all__ = [
-    "AdamState", "ReferenceModel", "activation", "adam_step", "as_float32", "conv2d",
+    "AdamState", "ReferenceModel", "activation", "adam_sensitivity", "adam_step", "as_float32",
+    "conv2d",
     "directional_derivative", "forward", "gradients", "loss_scales", "losses",
     "network_patches", "perturb", "predict",
 ]

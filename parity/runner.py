@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 import time
 import traceback
 from dataclasses import replace
@@ -142,8 +141,6 @@ def run(config: Union[None, TrainingConfig, ModelConfig] = None,
             if progress is not None:
                 progress(result)
     finally:
-        tmp = ctx._cache.get("tmp")
-        if tmp:
-            shutil.rmtree(tmp, ignore_errors=True)
+        ctx.cleanup()
     report.seconds = time.perf_counter() - start
     return report

@@ -144,8 +144,9 @@ TOLERANCES: dict[str, Tolerance] = {
         2e-5, 0.0, "given",
         "backpropagation in float32: each entry is a sum over pixels and batch whose terms can "
         "cancel (a bias gradient can be 1e4 x smaller than its terms), so the error is relative "
-        "to the sum of the terms' magnitudes (the float64 reference computes it), or to the "
-        "entry's largest gradient if larger; upstream FFT / coverage errors leave a margin"),
+        "to the sum of the terms' magnitudes (the float64 reference computes it) or the entry's "
+        "largest gradient, plus a floor of eps_f32 x the model's largest gradient (a nearly "
+        "dead branch's gradients are float32 noise); see parity.stages.gradient_scales"),
     # 6. k optimiser steps
     "optimizer.update": _T(
         1e-4, 0.0, "given",
@@ -163,11 +164,10 @@ TOLERANCES: dict[str, Tolerance] = {
         grows="steps"),
     "optimizer.weights": _T(
         2.5e-4, 0.0, "given",
-        "weights after k Adam steps, relative to the entry's max |w|: Adam divides by "
-        "sqrt(v) ~ |g|, so a gradient's relative error becomes a comparable relative error of "
-        "its update (~lr) each step; grows linearly with k (1e-3 at k = 4). Elements whose "
-        "gradient is within float32 noise of zero get 2 lr per step of slack (the sign of "
-        "their update is undetermined; see stage_optimizer)", grows="steps"),
+        "weights after k Adam steps, relative to the entry's max |w|, growing linearly with k "
+        "(1e-3 at k = 4), plus per element the gradient tolerance propagated through the k "
+        "Adam steps (reference.adam_sensitivity, x2): Adam divides by the running RMS, so "
+        "near-zero or sign-changing gradients move by ~lr on float32 noise", grows="steps"),
     # 7. bundles
     "bundle.roundtrip": _T(
         0.0, 0.0, "elementwise",
