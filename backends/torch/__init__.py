@@ -30,6 +30,21 @@ from typing import Mapping, Optional
 import numpy as np
 
 os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")   # before CUDA initialises
+#: CPU runtime settings, read by torch's libraries when they load (so only when this package
+#: is imported before torch; a value the user set wins). Measured on the 2-core CPU this
+#: library is benchmarked on (``make bench``, ``benchmarks/README.md``):
+#:
+#: * ``OMP_WAIT_POLICY=PASSIVE``: OpenMP threads that wait at the end of a parallel region
+#:   sleep instead of spinning. On a quiet machine a train step takes the same time (within
+#:   the noise, ~150-170 ms either way at N=64, batch 16, two threads); when other processes
+#:   compete for the cores, a spinning thread burns the timeslice its partner needs, and
+#:   the default spin made the same step take 2-4 s instead of ~0.3-0.4 s.
+#: * ``THP_MEM_ALLOC_ENABLE=1``: buffers of 2 MB and more are backed by transparent huge
+#:   pages; activations of a batch of 64 (33 MB each) otherwise come from fresh ``mmap`` s
+#:   whose page faults cost ~40 % of an inference batch (583 ms -> 341 ms of CPU time).
+CPU_RUNTIME_ENV = {"OMP_WAIT_POLICY": "PASSIVE", "THP_MEM_ALLOC_ENABLE": "1"}
+for _key, _value in CPU_RUNTIME_ENV.items():
+    os.environ.setdefault(_key, _value)
 
 import torch  # noqa: E402
 

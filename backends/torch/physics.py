@@ -4,13 +4,19 @@ Mirrors :mod:`ptycho.physics` (the float64 numpy reference) function for functio
 tensors laid out ``(B, C, H, W)`` (or any ``(..., H, W)``). The TensorFlow backend's
 ``backends/tensorflow/physics.py`` has the same functions under the same names.
 
-Translation is the separable form of the reference's 4-tap bilinear formula: translating an
-image by ``(dx, dy)`` is ``T(dy) @ img @ T(dx)^T`` with one small interpolation matrix per
-image and axis, ``T(d)[r, s] = (1 - f) [s == r - k] + f [s == r - k - 1]`` where
-``k = floor(d)``, ``f = d - k``. Rows outside the image simply have no matrix entry, which is
-exactly the reference's zero fill, and the interpolation weights are computed in float64 from
-the offsets (data, never trained) before they are cast to float32. Patch placement and
-extraction then reduce to slices of those matrices (no padded intermediate canvas).
+Translation is the separable form of the reference's 4-tap bilinear formula: along each axis
+a shift ``d`` (``k = floor(d)``, ``f = d - k``) makes output sample ``r`` the blend
+``(1 - f) x[r - k] + f x[r - k - 1]`` of two input samples, with samples outside the image
+reading as zero (the reference's zero fill). :func:`shift_taps` computes, per image and axis,
+the two source indices of every output sample and the two weights (in float64 from the
+offsets, which are data and never trained, then cast to float32), and :func:`apply_shifts`
+gathers and blends rows, then columns. Patch placement on a canvas and extraction from it
+are the same operation with index offsets (no padded intermediate canvas). This is row
+``r`` of the interpolation matrix ``T(d)[r, s] = (1 - f) [s == r - k] + f [s == r - k - 1]``,
+``T(dy) @ img @ T(dx)^T``, without forming the matrices: two gathers per axis instead of
+two dense matmuls, and at gridsize 2 the overlap constraint of a train step took half the
+time (N=64, 16 groups: 26 ms -> 15 ms forward + backward). Gradients flow to the images
+only (the gathers' adjoint, a scatter-add, is deterministic on the CPU).
 
 >>> import torch
 >>> img = torch.zeros(5, 5); img[2, 2] = 1.0
@@ -21,15 +27,16 @@ extraction then reduce to slices of those matrices (no padded intermediate canva
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import NamedTuple, Optional
 
 import torch
+import torch.nn.functional as F
 
 from ptycho.physics.losses import LossSettings
 from ptycho.physics.patches import COVERAGE_FLOOR
 
 __all__ = [
-    "illuminate", "far_field_amplitude", "translation_matrices", "translate",
+    "illuminate", "far_field_amplitude", "shift_taps", "apply_shifts", "translate",
     "reassemble_patches", "extract_patches", "overlap_constraint", "poisson_nll", "mae",
     "realspace_consistency", "total_loss", "canvas_pad", "effective_probe", "physics_forward",
 ]
@@ -51,39 +58,83 @@ def far_field_amplitude(psi: torch.Tensor) -> torch.Tensor:
     return torch.abs(torch.fft.fftshift(f, dim=(-2, -1)))
 
 
-def translation_matrices(shifts: torch.Tensor, out_size: int, in_size: int,
-                         out_start: int = 0, in_start: int = 0,
-                         dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """Interpolation matrices of a 1-D bilinear shift with zero fill, one per shift.
+class ShiftTaps(NamedTuple):
+    """The two taps of a 1-D bilinear shift for each output sample (see :func:`shift_taps`).
 
-    For a signal of length L and a shift ``d``, ``T(d)[r, s] = (1 - f) [s == r - k] +
-    f [s == r - k - 1]`` with ``k = floor(d)``, ``f = d - k``, so ``(T @ x)[r] = x[r - d]``
-    interpolated linearly and zero outside. This returns the block
-    ``T[out_start : out_start + out_size, in_start : in_start + in_size]`` for each shift:
-    ``shifts`` (...) -> (..., out_size, in_size). Weights are formed in float64 and then cast
-    to ``dtype``; no gradient flows to ``shifts``.
+    ``index0``, ``index1``: (..., out_size) int64 source indices, ``in_size`` where the tap
+    falls outside the input (the zero pad); ``weight0 = 1 - f``, ``weight1 = f``: (...,).
+    """
+
+    index0: torch.Tensor
+    index1: torch.Tensor
+    weight0: torch.Tensor
+    weight1: torch.Tensor
+    in_size: int
+
+
+def shift_taps(shifts: torch.Tensor, out_size: int, in_size: int, out_start: int = 0,
+               in_start: int = 0, dtype: torch.dtype = torch.float32) -> ShiftTaps:
+    """Taps of a 1-D bilinear shift with zero fill, one set per shift.
+
+    For a shift ``d`` (``k = floor(d)``, ``f = d - k``), output sample ``r`` (``r =
+    out_start ... out_start + out_size - 1``) is ``(1 - f) x[r - k] + f x[r - k - 1]`` of
+    the input samples ``s = in_start ... in_start + in_size - 1``: ``(T @ x)[r] = x[r - d]``
+    interpolated linearly, zero outside. ``shifts`` (...) -> taps with indices (...,
+    out_size). Formed in float64, weights cast to ``dtype``; no gradient flows to ``shifts``.
     """
     d = shifts.detach().to(torch.float64)
     k = torch.floor(d)
-    f = (d - k)[..., None, None]
+    f = d - k
     r = torch.arange(out_start, out_start + out_size, dtype=torch.float64, device=d.device)
-    s = torch.arange(in_start, in_start + in_size, dtype=torch.float64, device=d.device)
-    lag = (r[:, None] - s[None, :]) - k[..., None, None]      # r - s - k, exact small integers
-    mat = torch.where(lag == 0, 1.0 - f, torch.zeros((), dtype=torch.float64, device=d.device))
-    mat = mat + torch.where(lag == 1, f, torch.zeros((), dtype=torch.float64, device=d.device))
-    return mat.to(dtype)
+    j0 = r - k[..., None] - in_start                      # exact small integers
+
+    def index(j: torch.Tensor) -> torch.Tensor:
+        inside = (j >= 0) & (j < in_size)
+        return torch.where(inside, j, torch.full_like(j, float(in_size))).to(torch.int64)
+
+    return ShiftTaps(index(j0), index(j0 - 1), (1.0 - f).to(dtype), f.to(dtype), int(in_size))
+
+
+def _tap_sums(taps: ShiftTaps) -> torch.Tensor:
+    """Row sums of the interpolation matrix: (..., out_size), the shift of a row of ones."""
+    w0 = taps.weight0[..., None] * (taps.index0 < taps.in_size)
+    return w0 + taps.weight1[..., None] * (taps.index1 < taps.in_size)
 
 
 def _real_dtype(x: torch.Tensor) -> torch.dtype:
     return x.real.dtype if x.is_complex() else x.dtype
 
 
-def _apply_separable(images: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
-    """``rows @ images @ cols^T`` batched over leading axes; real matrices, real or complex images."""
+def _pad_one(images: torch.Tensor) -> torch.Tensor:
+    """One zero row and one zero column after the last of each (what an out-of-range tap reads)."""
     if images.is_complex():
-        rows = rows.to(images.dtype)
-        cols = cols.to(images.dtype)
-    return rows @ images @ cols.transpose(-1, -2)
+        return torch.view_as_complex(F.pad(torch.view_as_real(images), (0, 0, 0, 1, 0, 1)))
+    return F.pad(images, (0, 1, 0, 1))
+
+
+def apply_shifts(images: torch.Tensor, rows: ShiftTaps, cols: ShiftTaps) -> torch.Tensor:
+    """``T(dy) @ img @ T(dx)^T`` for images (..., H, W), real or complex: (..., out_y, out_x).
+
+    ``rows`` has ``in_size = H``, ``cols`` ``in_size = W``; the images broadcast against
+    the taps' leading axes. Rows are gathered and blended, then columns.
+    """
+    lead = tuple(rows.index0.shape[:-1])
+    x = _pad_one(images)
+    h1, w1 = x.shape[-2:]
+    x = x.expand(lead + (h1, w1))
+    n_y, n_x = rows.index0.shape[-1], cols.index0.shape[-1]
+
+    def take_rows(idx: torch.Tensor) -> torch.Tensor:
+        return torch.gather(x, -2, idx[..., :, None].expand(lead + (n_y, w1)))
+
+    r = (rows.weight0[..., None, None] * take_rows(rows.index0)
+         + rows.weight1[..., None, None] * take_rows(rows.index1))            # (..., n_y, W + 1)
+
+    def take_cols(idx: torch.Tensor) -> torch.Tensor:
+        return torch.gather(r, -1, idx[..., None, :].expand(lead + (n_y, n_x)))
+
+    return (cols.weight0[..., None, None] * take_cols(cols.index0)
+            + cols.weight1[..., None, None] * take_cols(cols.index1))
 
 
 def translate(images: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
@@ -99,9 +150,8 @@ def translate(images: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
     lead = images.shape[:-2]
     off = torch.broadcast_to(offsets, tuple(lead) + (2,))
     dt = _real_dtype(images)
-    ty = translation_matrices(off[..., 1], h, h, dtype=dt)
-    tx = translation_matrices(off[..., 0], w, w, dtype=dt)
-    return _apply_separable(images, ty, tx)
+    return apply_shifts(images, shift_taps(off[..., 1], h, h, dtype=dt),
+                        shift_taps(off[..., 0], w, w, dtype=dt))
 
 
 def canvas_pad(n: int, m: int) -> int:
@@ -122,12 +172,13 @@ def reassemble_patches(patches: torch.Tensor, rel_offsets: torch.Tensor, m: int,
     n = patches.shape[-1]
     p = canvas_pad(n, m)
     dt = _real_dtype(patches)
-    ty = translation_matrices(rel_offsets[..., 1], m, n, in_start=p, dtype=dt)   # (B, C, M, N)
-    tx = translation_matrices(rel_offsets[..., 0], m, n, in_start=p, dtype=dt)
-    num = _apply_separable(patches, ty, tx).sum(dim=1)
-    if support is None:
-        support = torch.ones((n, n), dtype=dt, device=patches.device)
-    cov = (ty @ support.to(dt) @ tx.transpose(-1, -2)).sum(dim=1)
+    ty = shift_taps(rel_offsets[..., 1], m, n, in_start=p, dtype=dt)     # rows (B, C, M)
+    tx = shift_taps(rel_offsets[..., 0], m, n, in_start=p, dtype=dt)
+    num = apply_shifts(patches, ty, tx).sum(dim=1)
+    if support is None:     # the shift of a block of ones is the outer product of its rows'
+        cov = (_tap_sums(ty)[..., :, None] * _tap_sums(tx)[..., None, :]).sum(dim=1)
+    else:
+        cov = apply_shifts(support.to(dt), ty, tx).sum(dim=1)
     return num / torch.clamp(cov, min=COVERAGE_FLOOR)
 
 
@@ -136,9 +187,9 @@ def extract_patches(canvas: torch.Tensor, rel_offsets: torch.Tensor, n: int) -> 
     m = canvas.shape[-1]
     p = canvas_pad(n, m)
     dt = _real_dtype(canvas)
-    ty = translation_matrices(-rel_offsets[..., 1], n, m, out_start=p, dtype=dt)  # (B, C, N, M)
-    tx = translation_matrices(-rel_offsets[..., 0], n, m, out_start=p, dtype=dt)
-    return _apply_separable(canvas[:, None], ty, tx)
+    ty = shift_taps(-rel_offsets[..., 1], n, m, out_start=p, dtype=dt)   # rows (B, C, N)
+    tx = shift_taps(-rel_offsets[..., 0], n, m, out_start=p, dtype=dt)
+    return apply_shifts(canvas[:, None], ty, tx)
 
 
 def overlap_constraint(patches: torch.Tensor, rel_offsets: torch.Tensor, m: int,

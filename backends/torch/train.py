@@ -106,9 +106,29 @@ def _flat_params(model: "TorchModel") -> tuple[list[str], list[torch.Tensor]]:
 
 def _grads(model: "TorchModel", batch: Batch, settings: LossSettings,
            params: list[torch.Tensor]) -> tuple[dict[str, torch.Tensor], list[torch.Tensor]]:
-    terms = loss_terms(model, batch, settings)
-    grads = torch.autograd.grad(terms["total"], params, allow_unused=True, materialize_grads=True)
-    return terms, list(grads)
+    """Loss terms and d total / d params, the batch in shards on threads
+    (:func:`backends.torch.model.run_sharded`); the shards' means weighted by their sizes."""
+    from backends.torch.model import batch_shards, run_sharded
+
+    shards = batch_shards(batch.size)
+
+    def one(shard: slice):
+        sub = batch if len(shards) == 1 else Batch(batch.diffraction[shard],
+                                                    batch.rel_offsets[shard], batch.canvas_size)
+        terms = loss_terms(model, sub, settings)
+        grads = torch.autograd.grad(terms["total"], params, allow_unused=True,
+                                    materialize_grads=True)
+        return terms, list(grads)
+
+    results = run_sharded(one, shards)
+    if len(results) == 1:
+        return results[0]
+    weights = [(s.stop - s.start) / batch.size for s in shards]
+    terms = {k: sum(w * r[0][k].detach() for w, r in zip(weights, results)) for k in LOSS_KEYS}
+    grads = torch._foreach_mul(results[0][1], weights[0])
+    for w, (_, g) in zip(weights[1:], results[1:]):
+        torch._foreach_add_(grads, torch._foreach_mul(g, w))
+    return terms, grads
 
 
 def compute_gradients(model: "TorchModel", batch: Batch,

@@ -224,3 +224,38 @@ def test_fit_driver_runs_the_torch_model():
     assert [r.learning_rate for r in h1.epochs] == [3e-3, 1.5e-3, 7.5e-4]
     assert h1.epochs[-1].loss["nll"] < h1.epochs[0].loss["nll"]
     assert ref.canvas_size(16, data.r) <= 24
+
+
+def test_batch_shards_on_threads_give_the_unsharded_results():
+    """With two intra-op threads a batch runs as two shards on two threads (backends.torch.
+    model.run_sharded); losses, gradients, an Adam step and predict match the one-thread,
+    one-shard results to float32 rounding (the same sums in another order)."""
+    import torch
+
+    from backends.torch import model as tm
+
+    cfg = ModelConfig(N=16, gridsize=2, base_filters=2, n_filters_scale=1)
+    tc = TrainingConfig(model=cfg, learning_rate=1e-3)
+    batch = _batches(cfg, 1, b=5, seed=3)[0]
+    settings = LossSettings.from_config(tc)
+    results = {}
+    for threads in (1, 2):
+        torch.set_num_threads(threads)
+        assert len(tm.batch_shards(batch.size)) == threads
+        model = _model(cfg, seed=1)
+        grads = model.gradients(batch, settings)
+        model.configure_training(tc)
+        terms = model.train_step(batch)
+        results[threads] = (grads, terms, model.get_weights(),
+                            model.predict(batch.diffraction, batch_size=4))
+    torch.set_num_threads(1)
+    (g1, t1, w1, p1), (g2, t2, w2, p2) = results[1], results[2]
+    for name in g1:
+        scale = np.abs(g1[name]).max() + 1e-30
+        assert np.abs(g2[name] - g1[name]).max() <= 1e-5 * scale, name
+    for k in t1:
+        assert t2[k] == pytest.approx(t1[k], rel=1e-5, abs=1e-9), k
+    for name in w1:     # Adam moves a weight by ~lr * sign(g): a gradient within rounding
+        # of zero may take either sign, so the step agrees to 2 lr, and elsewhere far better
+        assert np.abs(w2[name] - w1[name]).max() <= 2 * tc.learning_rate, name
+    np.testing.assert_allclose(p2, p1, rtol=0, atol=1e-5 * np.abs(p1).max())
