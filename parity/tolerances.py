@@ -198,12 +198,18 @@ TOLERANCES: dict[str, Tolerance] = {
         "every metric of compare_objects (MAE, MSE, PSNR in dB, SSIM, FRC crossings, fitted "
         "amplitude scale and phase offset) agrees to 1e-2 absolute; PSNR and FRC are the "
         "sensitive ones (log and crossing interpolation)"),
-    # reserved
+    # inference precision
     "inference.bf16_vs_fp32": _T(
-        0.0, 0.0, "max",
-        "bfloat16 inference against float32: to be set by the bf16 inference work "
-        "(expect ~1e-2 of the patch maximum: bf16 keeps 8 bits of mantissa)",
-        reserved=True),
+        5e-2, 0.0, "max",
+        "bfloat16 inference (predict(precision='bfloat16'): the conv stack in bfloat16, heads "
+        "and physics in float32) against float32 with the same weights, relative to the "
+        "largest |patch|: each of the ~14 convolutions rounds its inputs and weights to 8 "
+        "significant bits (u = 2^-8 = 3.9e-3) and the errors add up layer by layer; the "
+        "bounded heads (sigmoid, pi*tanh) damp them, unbounded amplitudes (swish, relu) do "
+        "not. Measured on 7 configs (N 32/64, gridsize 1/2, four activations, initial and "
+        "briefly trained weights), the same in both backends: <= 7e-3 with sigmoid, 2.2e-2 "
+        "worst (swish); 5e-2 leaves a margin of 2. A speed option, not a parity check: the "
+        "two backends' float32 results are held to network.forward"),
 }
 
 
