@@ -35,10 +35,14 @@ os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")   # before CUDA init
 #: library is benchmarked on (``make bench``, ``benchmarks/README.md``):
 #:
 #: * ``OMP_WAIT_POLICY=PASSIVE``: OpenMP threads that wait at the end of a parallel region
-#:   sleep instead of spinning. On a quiet machine a train step takes the same time (within
-#:   the noise, ~150-170 ms either way at N=64, batch 16, two threads); when other processes
-#:   compete for the cores, a spinning thread burns the timeslice its partner needs, and
-#:   the default spin made the same step take 2-4 s instead of ~0.3-0.4 s.
+#:   sleep instead of spinning. When another process wants a core, a spinning thread burns
+#:   the timeslice that the threads doing the work need: with one competing process our train
+#:   step (N=64, batch 16, its batch shards on two threads, see ``model.run_sharded``) took
+#:   190 ms with passive waiting and 330 ms with torch's default spin, and with every op
+#:   split over two OpenMP threads (torch's default) 2-4 s instead of 0.3-0.4 s. On a quiet
+#:   machine our step takes the same time either way (135-137 ms); torch code that splits
+#:   each op over OpenMP threads, the bare conv stack of ``benchmarks/``, is then ~20 %
+#:   slower with passive waiting (set ``OMP_WAIT_POLICY`` before importing to choose).
 #: * ``THP_MEM_ALLOC_ENABLE=1``: buffers of 2 MB and more are backed by transparent huge
 #:   pages; activations of a batch of 64 (33 MB each) otherwise come from fresh ``mmap`` s
 #:   whose page faults cost ~40 % of an inference batch (583 ms -> 341 ms of CPU time).
