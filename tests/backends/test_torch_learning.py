@@ -34,16 +34,6 @@ N = 32
 NPHOTONS = 1e6
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread (see test_torch_model.py): reproducible speed on a shared CPU."""
-    import torch
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def scan():
     """256 patterns on a grid over a smooth 96 x 96 object (correlation length 8 px)."""

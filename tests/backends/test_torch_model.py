@@ -22,16 +22,6 @@ from ptycho.weights import init_weights, trainable_names, weight_spec
 pytestmark = pytest.mark.torch
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread: the suite runs one xdist worker per core, and on a shared CPU an
-    OpenMP pool with more threads than free cores makes a step up to ~100x slower."""
-    import torch
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 #: Network output vs the float64 numpy network: float32 convolutions (sums of 9 * width
 #: products) through 14 layers; observed errors are ~1e-7 of the output maximum.
 NETWORK_RTOL = 1e-5

@@ -12,16 +12,6 @@ from ptycho import physics as ref
 pytestmark = pytest.mark.torch
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread: the suite runs one xdist worker per core, and on a shared CPU an
-    OpenMP pool with more threads than free cores makes a step up to ~100x slower."""
-    import torch
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 #: Elementwise ops (translate, reassemble, extract, illuminate): a handful of float32 roundings
 #: per output element, so errors stay a few ulp (~6e-8) of the largest input magnitude.
 ELEMENTWISE_RTOL = 1e-6

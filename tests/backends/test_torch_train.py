@@ -16,16 +16,6 @@ from ptycho.weights import init_weights, trainable_names
 pytestmark = pytest.mark.torch
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread: the suite runs one xdist worker per core, and on a shared CPU an
-    OpenMP pool with more threads than free cores makes a step up to ~100x slower."""
-    import torch
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 #: Adam vs a numpy float32 transcription of the same update in the same operation order:
 #: only the float32 sqrt/pow of the two libraries may differ, by an ulp or so per step.
 ADAM_RTOL = 1e-6
