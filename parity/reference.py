@@ -309,8 +309,7 @@ def loss_scales(config: ModelConfig, weights: Mapping[str, np.ndarray], batch: B
     s = {"nll": float(np.mean(pred ** 2 + obs ** 2)), "mae": float(np.mean(pred + obs)),
          "realspace": float(np.mean(np.abs(out["object"]) ** 2
                                     + np.abs(out["object_constrained"]) ** 2))}
-    s["total"] = (settings.nll_weight * s["nll"] + settings.mae_weight * s["mae"]
-                  + settings.realspace_weight * s["realspace"])
+    s["total"] = settings.weighted_total(s)
     return s
 
 

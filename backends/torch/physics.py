@@ -242,8 +242,7 @@ def total_loss(pred_amplitude: torch.Tensor, observed_amplitude: torch.Tensor,
         "mae": mae(pred_amplitude, observed_amplitude),
         "realspace": realspace_consistency(patches, constrained),
     }
-    terms["total"] = (settings.nll_weight * terms["nll"] + settings.mae_weight * terms["mae"]
-                      + settings.realspace_weight * terms["realspace"])
+    terms["total"] = settings.weighted_total(terms)
     return terms
 
 

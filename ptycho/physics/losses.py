@@ -50,6 +50,12 @@ class LossSettings:
     realspace_weight: float = 0.0
     epsilon: float = 1e-6
 
+    def weighted_total(self, terms):
+        """``nll_weight * nll + mae_weight * mae + realspace_weight * realspace`` of ``terms``
+        (floats or framework scalars: the one place the weighting is written)."""
+        return (self.nll_weight * terms["nll"] + self.mae_weight * terms["mae"]
+                + self.realspace_weight * terms["realspace"])
+
     @classmethod
     def from_config(cls, training) -> "LossSettings":
         """From a :class:`ptycho.config.TrainingConfig`."""
@@ -65,6 +71,5 @@ def total_loss(pred_amplitude, observed_amplitude, patches, constrained,
         "mae": mae(pred_amplitude, observed_amplitude),
         "realspace": realspace_consistency(patches, constrained),
     }
-    terms["total"] = (settings.nll_weight * terms["nll"] + settings.mae_weight * terms["mae"]
-                      + settings.realspace_weight * terms["realspace"])
+    terms["total"] = settings.weighted_total(terms)
     return terms
