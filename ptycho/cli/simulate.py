@@ -18,6 +18,8 @@ from __future__ import annotations
 import argparse
 import os
 
+from ptycho.cli.options import positive_float, positive_int
+
 NAME = "simulate"
 HELP = "simulate a ptychography scan (diffraction, probe, positions, ground truth) to an NPZ file"
 
@@ -26,37 +28,17 @@ PROBE_CHOICES = ("disk", "gaussian", "defocus")
 SCAN_CHOICES = ("grid", "jitter", "random")
 
 
-def _positive_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {v}")
-    return v
-
-
-def _positive_float(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
-    if not (v > 0 and v < float("inf")):
-        raise argparse.ArgumentTypeError(f"expected a finite positive number, got {text!r}")
-    return v
-
-
 def add_parser(subparsers) -> argparse.ArgumentParser:
     """Add the ``simulate`` subcommand to ``subparsers``; return its parser."""
     p = subparsers.add_parser(NAME, help=HELP, description=HELP + ".",
                               formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--output", "-o", required=True, metavar="FILE.npz",
                    help="dataset file to write (atomically)")
-    p.add_argument("--n-patterns", type=_positive_int, default=1000, metavar="M",
+    p.add_argument("--n-patterns", type=positive_int, default=1000, metavar="M",
                    help="number of diffraction patterns")
-    p.add_argument("--N", type=_positive_int, default=64, metavar="N",
+    p.add_argument("--N", type=positive_int, default=64, metavar="N",
                    help="pattern side in pixels")
-    p.add_argument("--nphotons", type=_positive_float, default=1e9,
+    p.add_argument("--nphotons", type=positive_float, default=1e9,
                    help="mean total photon count per pattern")
     p.add_argument("--object", default="lines", metavar="{lines,grf,IMAGE.png/npy}",
                    help="object to scan: random lines, a Gaussian random field, or an image file "
@@ -66,7 +48,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                         "disk aperture (radius N/8, Fresnel number 4)")
     p.add_argument("--scan", choices=SCAN_CHOICES, default="grid",
                    help="scan pattern; every patch lies inside the object")
-    p.add_argument("--step", type=_positive_float, default=None,
+    p.add_argument("--step", type=positive_float, default=None,
                    help="grid step in pixels (default N/4; with an image object, the step that "
                         "spans the image)")
     p.add_argument("--jitter", type=float, default=None,
@@ -82,7 +64,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="also write the ground-truth object (key objectGuess) to FILE")
     p.add_argument("--no-object-guess", action="store_true",
                    help="do not store the ground truth as objectGuess in the dataset")
-    p.add_argument("--workers", type=_positive_int, default=None,
+    p.add_argument("--workers", type=positive_int, default=None,
                    help="threads (default: CPU count, at most 8); results do not depend on it")
     return p
 
