@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Optional
 
 import numpy as np
 
@@ -17,11 +18,15 @@ class Batch:
         group centre (zeros for gridsize 1).
     canvas_size: side M of each group's canvas for the overlap constraint
         (:func:`ptycho.physics.canvas_size` over the whole dataset, so that it is static).
+    mask: which detector pixels take part in the losses: ``None`` (all of them), one shared
+        (N, N) mask, or one per pattern (B, C, N, N); 1/True = measured, 0/False = bad pixel.
+        Bad pixels add nothing to a loss and its mean runs over the measured pixels only.
     """
 
     diffraction: np.ndarray
     rel_offsets: np.ndarray
     canvas_size: int
+    mask: Optional[np.ndarray] = None
 
     def __post_init__(self) -> None:
         d, r = self.diffraction, self.rel_offsets
@@ -31,7 +36,23 @@ class Batch:
             raise ValueError(f"Batch.rel_offsets must be {d.shape[:2] + (2,)}, got {r.shape}")
         if self.canvas_size < d.shape[-1]:
             raise ValueError(f"Batch.canvas_size {self.canvas_size} < N = {d.shape[-1]}")
+        m = self.mask
+        if m is not None:
+            if m.shape not in (d.shape[-2:], d.shape):
+                raise ValueError(f"Batch.mask must be {d.shape[-2:]} (shared) or {d.shape} "
+                                 f"(per pattern), got {m.shape}")
+            if m.dtype != np.bool_ and not np.all((m == 0) | (m == 1)):
+                raise ValueError("Batch.mask must hold only 0/1 (or bool) values")
+            if not np.any(m):
+                raise ValueError("Batch.mask excludes every pixel; nothing is left to fit")
 
     @property
     def size(self) -> int:
         return int(self.diffraction.shape[0])
+
+    def take(self, rows: slice) -> "Batch":
+        """The groups ``rows`` of this batch (a shared mask is kept, a per-pattern one sliced)."""
+        m = self.mask
+        if m is not None and m.ndim == 4:
+            m = m[rows]
+        return Batch(self.diffraction[rows], self.rel_offsets[rows], self.canvas_size, m)
