@@ -3,6 +3,10 @@
 Arrays cross this boundary as numpy in the public layout (see ``ptycho/batch.py`` and the
 design): groups (B, C, N, N), complex64 object patches, canonical weights from
 :mod:`ptycho.weights`. Inside, a backend uses its framework's fast layout.
+
+Both protocols are implemented once, in :mod:`backends.common` (``Backend`` and ``Model``),
+over each framework's ops namespace; a stand-in (``parity.NumpyBackend``) implements them
+directly.
 """
 
 from __future__ import annotations
@@ -39,6 +43,10 @@ class BackendModel(Protocol):
     def forward(self, batch: Batch) -> dict[str, np.ndarray]:
         """``object`` (network patches), ``object_constrained`` and ``pred_amplitude``."""
 
+    def constrain(self, patches: np.ndarray, rel_offsets: np.ndarray,
+                  canvas_size: int) -> np.ndarray:
+        """The overlap constraint the loss applies (identity unless gridsize > 1 with object_big)."""
+
     def losses(self, batch: Batch, settings: LossSettings) -> dict[str, float]:
         """``nll``, ``mae``, ``realspace`` and ``total`` for this batch (no update)."""
 
@@ -71,6 +79,9 @@ class Backend(Protocol):
     def version(self) -> str:
         """The framework's version string."""
 
+    def configure_process(self, threads: int | None = None) -> None:
+        """Process-wide settings (deterministic kernels, TF32 off, threads); only when called."""
+
     def build_model(self, config: ModelConfig, weights: Mapping[str, np.ndarray]) -> BackendModel:
         """A model holding exactly ``weights`` (canonical; validated strictly)."""
 
@@ -89,8 +100,9 @@ class Backend(Protocol):
                            support: np.ndarray | None = None) -> np.ndarray: ...
 
     def poisson_nll(self, pred_amplitude: np.ndarray, observed_amplitude: np.ndarray,
-                    eps: float) -> float: ...
+                    eps: float, mask: np.ndarray | None = None) -> float: ...
 
-    def mae(self, pred_amplitude: np.ndarray, observed_amplitude: np.ndarray) -> float: ...
+    def mae(self, pred_amplitude: np.ndarray, observed_amplitude: np.ndarray,
+            mask: np.ndarray | None = None) -> float: ...
 
     def realspace_consistency(self, patches: np.ndarray, constrained: np.ndarray) -> float: ...

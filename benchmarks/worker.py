@@ -70,15 +70,8 @@ def _configure(backend: str, threads: Optional[int], runtime: str = "library") -
         else:
             import tensorflow  # noqa: F401
         return _FrameworkDefaults(name), time.perf_counter() - t0
-    if backend == "tensorflow" and threads:
-        import tensorflow as tf
-        tf.config.threading.set_intra_op_parallelism_threads(threads)
-        tf.config.threading.set_inter_op_parallelism_threads(threads)
-    from backends import get_backend
-    impl = get_backend(backend)
-    if backend == "torch" and threads:
-        import torch
-        torch.set_num_threads(threads)
+    from backends import configure_process
+    impl = configure_process(backend, threads=threads)   # as the CLI and training do
     return impl, time.perf_counter() - t0
 
 

@@ -52,6 +52,10 @@ class NumpyModel(R.ReferenceModel):
     def forward(self, batch: Batch) -> dict[str, np.ndarray]:
         return {k: _f32(v) for k, v in super().forward(batch).items()}
 
+    def constrain(self, patches: np.ndarray, rel_offsets: np.ndarray,
+                  canvas_size: int) -> np.ndarray:
+        return _f32(super().constrain(patches, rel_offsets, canvas_size))
+
     def losses(self, batch: Batch, settings: LossSettings) -> dict[str, float]:
         return {k: float(np.float32(v)) for k, v in super().losses(batch, settings).items()}
 
@@ -70,6 +74,9 @@ class NumpyBackend:
 
     def version(self) -> str:
         return f"numpy {np.__version__}"
+
+    def configure_process(self, threads=None) -> None:
+        """Nothing to configure: numpy has no process-wide numerics settings here."""
 
     def build_model(self, config: ModelConfig, weights: Mapping[str, np.ndarray]) -> NumpyModel:
         return NumpyModel(config, weights, self.name)
@@ -92,11 +99,16 @@ class NumpyBackend:
     def overlap_constraint(self, patches, rel_offsets, canvas_size, support=None):
         return _f32(P.overlap_constraint(patches, rel_offsets, canvas_size, support))
 
-    def poisson_nll(self, pred_amplitude, observed_amplitude, eps):
-        return float(np.float32(P.poisson_nll(pred_amplitude, observed_amplitude, eps)))
+    def poisson_nll(self, pred_amplitude, observed_amplitude, eps, mask=None):
+        return float(np.float32(P.poisson_nll(pred_amplitude, observed_amplitude, eps, mask)))
 
-    def mae(self, pred_amplitude, observed_amplitude):
-        return float(np.float32(P.mae(pred_amplitude, observed_amplitude)))
+    def mae(self, pred_amplitude, observed_amplitude, mask=None):
+        return float(np.float32(P.mae(pred_amplitude, observed_amplitude, mask)))
 
     def realspace_consistency(self, patches, constrained):
         return float(np.float32(P.realspace_consistency(patches, constrained)))
+
+
+def get_backend() -> NumpyBackend:
+    """The stand-in as a registrable backend module (``BackendInfo("parity.fake", ...)``)."""
+    return NumpyBackend("numpy")

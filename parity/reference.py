@@ -37,7 +37,7 @@ from scipy.special import expit
 from ptycho.batch import Batch
 from ptycho.config.schema import N_LEVELS, ModelConfig, TrainingConfig
 from ptycho.physics.forward import far_field_amplitude
-from ptycho.physics.losses import LossSettings, total_loss
+from ptycho.physics.losses import LossSettings, masked_mean, total_loss
 from ptycho.physics.model import effective_probe
 from ptycho.physics.patches import (central_mask, object_support, overlap_constraint,
                                     probe_disk_mask)
@@ -278,9 +278,17 @@ def _constrain(config: ModelConfig, patches: np.ndarray, rel: np.ndarray, m: int
     return patches
 
 
+def network_input(batch: Batch) -> np.ndarray:
+    """The batch's diffraction with masked (bad) pixels read as zero (float64)."""
+    d = np.asarray(batch.diffraction, np.float64)
+    if batch.mask is None:
+        return d
+    return np.where(np.broadcast_to(np.asarray(batch.mask) != 0, d.shape), d, 0.0)
+
+
 def forward(config: ModelConfig, weights: Mapping[str, np.ndarray], batch: Batch) -> dict:
     """The reference of ``BackendModel.forward``: object, object_constrained, pred_amplitude."""
-    patches = predict(config, weights, batch.diffraction)
+    patches = predict(config, weights, network_input(batch))
     rel = np.asarray(batch.rel_offsets, np.float64)
     constrained = _constrain(config, patches, rel, batch.canvas_size)
     scale = math.exp(float(np.asarray(weights["log_intensity_scale"], np.float64)))
@@ -294,7 +302,7 @@ def losses(config: ModelConfig, weights: Mapping[str, np.ndarray], batch: Batch,
     """The reference of ``BackendModel.losses`` (:func:`ptycho.physics.total_loss`)."""
     out = forward(config, weights, batch)
     return total_loss(out["pred_amplitude"], np.asarray(batch.diffraction, np.float64),
-                      out["object"], out["object_constrained"], settings)
+                      out["object"], out["object_constrained"], settings, batch.mask)
 
 
 def loss_scales(config: ModelConfig, weights: Mapping[str, np.ndarray], batch: Batch,
@@ -306,7 +314,8 @@ def loss_scales(config: ModelConfig, weights: Mapping[str, np.ndarray], batch: B
     """
     out = forward(config, weights, batch)
     pred, obs = out["pred_amplitude"], np.asarray(batch.diffraction, np.float64)
-    s = {"nll": float(np.mean(pred ** 2 + obs ** 2)), "mae": float(np.mean(pred + obs)),
+    s = {"nll": masked_mean(pred ** 2 + obs ** 2, batch.mask),
+         "mae": masked_mean(pred + obs, batch.mask),
          "realspace": float(np.mean(np.abs(out["object"]) ** 2
                                     + np.abs(out["object_constrained"]) ** 2))}
     s["total"] = settings.weighted_total(s)
@@ -330,7 +339,7 @@ def gradients(config: ModelConfig, weights: Mapping[str, np.ndarray], batch: Bat
     lis = float(np.asarray(weights["log_intensity_scale"], np.float64))
     scale = math.exp(lis)
     obs = np.asarray(batch.diffraction, np.float64)
-    x = obs / scale
+    x = network_input(batch) / scale
     tape = _Tape()
     amp, phase = _network(config, weights, x, tape)
     obj_nhwc = amp * np.exp(1j * phase)
@@ -344,12 +353,16 @@ def gradients(config: ModelConfig, weights: Mapping[str, np.ndarray], batch: Bat
     f = np.fft.fftshift(np.fft.fft2(psi, axes=(-2, -1), norm="ortho"), axes=(-2, -1))
     a0 = np.abs(f)
     pred = a0 * scale
-    terms = total_loss(pred, obs, patches, constrained, settings)
-    # d total / d pred
-    cnt = pred.size
+    terms = total_loss(pred, obs, patches, constrained, settings, batch.mask)
+    # d total / d pred: the pixel losses are means over the measured pixels
+    measured = (np.ones(pred.shape, bool) if batch.mask is None
+                else np.broadcast_to(np.asarray(batch.mask) != 0, pred.shape))
+    cnt = np.count_nonzero(measured)
+    obs = np.where(measured, obs, 0.0)
     i_pred, k = pred ** 2, obs ** 2
     g_pred = settings.nll_weight * (1.0 - k / (i_pred + settings.epsilon)) * 2 * pred / cnt
     g_pred = g_pred + settings.mae_weight * np.sign(pred - obs) / cnt
+    g_pred = np.where(measured, g_pred, 0.0)
     g_lis = float(np.sum(g_pred * pred))                     # pred = a0 * exp(lis)
     m_lis = float(np.sum(np.abs(g_pred * pred)))
     g_a0 = g_pred * scale
@@ -557,6 +570,11 @@ class ReferenceModel:
 
     def forward(self, batch: Batch) -> dict[str, np.ndarray]:
         return forward(self.config, self._w, batch)
+
+    def constrain(self, patches: np.ndarray, rel_offsets: np.ndarray,
+                  canvas_size: int) -> np.ndarray:
+        return _constrain(self.config, np.asarray(patches, np.complex128),
+                          np.asarray(rel_offsets, np.float64), int(canvas_size))
 
     def losses(self, batch: Batch, settings: LossSettings) -> dict[str, float]:
         return losses(self.config, self._w, batch, settings)

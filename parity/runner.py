@@ -7,13 +7,15 @@ import traceback
 from dataclasses import replace
 from typing import Any, Callable, Iterable, Optional, Sequence, Union
 
+from backends.registry import backend_names
 from ptycho.config.io import config_to_dict
 from ptycho.config.schema import ModelConfig, TrainingConfig
 
 from parity.report import STAGE_NAMES, STAGES, ParityReport, StageResult
 from parity.stages import STAGE_FUNCTIONS, Context, Side
 
-DEFAULT_BACKENDS = ("tensorflow", "torch")
+#: The pair compared by default: the first two backends of the registry.
+DEFAULT_BACKENDS = backend_names()[:2]
 #: Optimiser steps compared in stage 6.
 DEFAULT_STEPS = 3
 #: Training epochs of each backend in stage 8.
@@ -84,10 +86,10 @@ def select_stages(stages: Union[None, str, int, Iterable[Union[str, int]]]) -> l
 
 def _side(label: str, spec: Any) -> Side:
     if isinstance(spec, str):
-        from backends import canonical_name, get_backend
+        from backends import canonical_name, configure_process
 
         name = canonical_name(spec)
-        backend = get_backend(name)
+        backend = configure_process(name)     # deterministic kernels, TF32 off
         return Side(label, name, backend, name, backend.version())
     name = getattr(spec, "name", None) or type(spec).__name__
     version = spec.version() if hasattr(spec, "version") else "?"

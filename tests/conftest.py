@@ -1,7 +1,9 @@
-"""Shared test set-up: hypothesis profiles and framework-dependent skips.
+"""Shared test set-up: hypothesis profiles, one marker per backend, framework-dependent skips.
 
-A test marked ``tensorflow`` / ``torch`` / ``parity`` is skipped, with a reason naming the
-missing package, when its framework is not installed; it never errors or xfails.
+Each backend of the registry (``backends.registry.REGISTRY``) gets a marker of its name; a
+test marked with it (``tensorflow``, ``torch``, ...) or ``parity`` is skipped, with a reason
+naming the missing package and its install command, when that framework is not installed;
+it never errors or xfails.
 Select the hypothesis profile with ``HYPOTHESIS_PROFILE`` (``ci`` by default, ``dev`` for
 thorough local runs).
 """
@@ -30,19 +32,35 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     for var in ("OMP_NUM_THREADS", "TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS"):
         os.environ.setdefault(var, "1")
 
-_FRAMEWORKS = {"tensorflow": "tensorflow", "torch": "torch"}
 
 
-def _installed(module: str) -> bool:
-    return importlib.util.find_spec(module) is not None
+def pytest_configure(config):
+    from backends.registry import REGISTRY
+    for name, info in REGISTRY.items():
+        config.addinivalue_line(
+            "markers", f"{name}: needs {info.framework} (skipped with a reason when it is not "
+                       f"installed)")
 
 
 def pytest_collection_modifyitems(config, items):
+    from backends.registry import REGISTRY, install_hint
     for item in items:
-        needed = [fw for marker, fw in _FRAMEWORKS.items() if item.get_closest_marker(marker)]
+        needed = [name for name in REGISTRY if item.get_closest_marker(name)]
         if item.get_closest_marker("parity"):
-            needed = list(_FRAMEWORKS.values())
-        missing = [fw for fw in needed if not _installed(fw)]
+            needed = list(REGISTRY)
+        missing = [name for name in needed
+                   if importlib.util.find_spec(REGISTRY[name].framework) is None]
         if missing:
-            item.add_marker(pytest.mark.skip(
-                reason=f"{', '.join(missing)} not installed (pip install 'ptycho-pinn[{missing[0]}]')"))
+            item.add_marker(pytest.mark.skip(reason="; ".join(
+                f"{REGISTRY[n].framework} not installed ({install_hint(n)})" for n in missing)))
+
+
+@pytest.fixture
+def numpy_backend(monkeypatch):
+    """The numpy stand-in backend (``parity.fake``) registered as ``numpy`` through the
+    registry alone and selected by ``PTYCHO_BACKEND``: the workflows run on it with neither
+    framework installed."""
+    from backends.registry import REGISTRY, BackendInfo
+    monkeypatch.setitem(REGISTRY, "numpy", BackendInfo("parity.fake", "numpy", "numpy", "test"))
+    monkeypatch.setenv("PTYCHO_BACKEND", "numpy")
+    return "numpy"

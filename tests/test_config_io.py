@@ -17,7 +17,8 @@ import ptycho.config.io as cio
 from ptycho.config import (InferenceConfig, ModelConfig, TrainingConfig, config_from_dict,
                            config_to_dict, from_json, from_yaml, load_config, save_config,
                            to_json, to_yaml)
-from ptycho.config.schema import AMP_ACTIVATIONS, BACKEND_NAMES, LR_SCHEDULES, PRECISIONS
+from backends.registry import aliases
+from ptycho.config.schema import AMP_ACTIVATIONS, LR_SCHEDULES, PRECISIONS
 from ptycho.errors import ConfigError
 
 
@@ -62,7 +63,7 @@ def training_configs(draw):
         neighbor_count=draw(st.integers(model.n_channels, 1024)),
         seed=draw(st.integers(0, 2 ** 32 - 1)), train_data_file=draw(_names),
         test_data_file=draw(_names), output_dir=draw(_names),
-        backend=draw(st.sampled_from(BACKEND_NAMES)),
+        backend=draw(st.sampled_from((None,) + tuple(aliases()))),
         tracking=draw(st.sampled_from((None, "mlflow"))))
 
 
@@ -72,7 +73,7 @@ def inference_configs(draw):
         model=draw(model_configs()), model_path=draw(_names), test_data_file=draw(_names),
         batch_size=draw(st.integers(1, 1 << 16)), precision=draw(st.sampled_from(PRECISIONS)),
         nphotons=draw(_floats(0.0, 1e15, lo_open=True)), seed=draw(st.integers(0, 2 ** 32 - 1)),
-        output_dir=draw(_names), backend=draw(st.sampled_from(BACKEND_NAMES)))
+        output_dir=draw(_names), backend=draw(st.sampled_from((None,) + tuple(aliases()))))
 
 
 any_config = st.one_of(training_configs(), inference_configs(), model_configs())

@@ -94,7 +94,7 @@ def test_json_report_is_complete(tmp_path):
 # -- the CLI ------------------------------------------------------------------------------------
 @pytest.fixture
 def stand_in_registry(monkeypatch):
-    """``get_backend(name)`` returns a stand-in (or a faulty one for the name 'faulty')."""
+    """``configure_process(name)`` returns a stand-in (or a faulty one for the name 'faulty')."""
     import backends
 
     class Faulty(NumpyBackend):
@@ -104,7 +104,7 @@ def stand_in_registry(monkeypatch):
     def fake_get_backend(name=None):
         return Faulty("faulty") if name == "faulty" else NumpyBackend(name)
 
-    monkeypatch.setattr(backends, "get_backend", fake_get_backend)
+    monkeypatch.setattr(backends, "configure_process", fake_get_backend)
     monkeypatch.setattr(backends, "canonical_name", lambda name: name)
 
 

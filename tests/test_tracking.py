@@ -16,7 +16,6 @@ import sys
 import numpy as np
 import pytest
 
-from parity.fake import NumpyBackend
 from ptycho.bundle import read_bundle
 from ptycho.config import ModelConfig, TrainingConfig
 from ptycho.errors import ConfigError
@@ -39,11 +38,9 @@ def raw():
 
 
 @pytest.fixture
-def train(monkeypatch):
-    """``ptycho.workflows.train`` running on the numpy stand-in backend."""
-    module = importlib.import_module("ptycho.workflows.train")   # the package shadows the name
-    monkeypatch.setattr(module, "get_backend", lambda name=None: NumpyBackend("torch"))
-    return module.train
+def train(numpy_backend):
+    """``ptycho.workflows.train`` running on the numpy stand-in backend (registered)."""
+    return importlib.import_module("ptycho.workflows.train").train   # the package shadows the name
 
 
 @pytest.fixture

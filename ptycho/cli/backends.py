@@ -34,13 +34,13 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 def backend_table() -> list[dict]:
     """One row per registered backend: name, aliases, installed, version, package, install command."""
-    from backends.registry import ALIASES, REGISTRY, framework_version, install_hint, is_installed
+    from backends.registry import REGISTRY, framework_version, install_hint, is_installed
 
     rows = []
     for name, info in REGISTRY.items():
         installed = is_installed(name)
         rows.append({"name": name,
-                     "aliases": sorted(a for a, c in ALIASES.items() if c == name and a != name),
+                     "aliases": sorted(info.aliases),
                      "installed": installed,
                      "version": framework_version(name) if installed else None,
                      "package": info.distribution, "install": install_hint(name)})

@@ -69,9 +69,27 @@ def seed_int(text: str) -> int:
 
 
 def add_backend_option(p: argparse.ArgumentParser) -> None:
+    from backends.registry import DEFAULT_BACKEND, ENV_VAR, REGISTRY
+
+    names = " or ".join(f"{n} ({', '.join(i.aliases)})" if i.aliases else n
+                        for n, i in REGISTRY.items())
     p.add_argument("--backend", type=backend_name, default=None, metavar="NAME",
-                   help="tensorflow (tf) or torch (pytorch); default: the config's backend, "
-                        "else $PTYCHO_BACKEND, else tensorflow (see 'ptycho backends')")
+                   help=f"{names}; default: the config's backend, else ${ENV_VAR}, else "
+                        f"{DEFAULT_BACKEND} (see 'ptycho backends')")
+
+
+def selected_backend(args: argparse.Namespace, config) -> tuple[str, str]:
+    """The backend of this run and where the choice came from (``--backend``, ``--set``, the
+    config file, the environment variable, or the default)."""
+    from backends.registry import resolve_backend_name
+
+    if args.backend is not None:
+        source = "--backend"
+    elif any(key == "backend" for key, _ in getattr(args, "assignments", ())):
+        source = "--set backend"
+    else:
+        source = f"config file {args.config}"
+    return resolve_backend_name(config.backend, source=source)
 
 
 def add_quiet_option(p: argparse.ArgumentParser) -> None:

@@ -120,10 +120,10 @@ def run(args: argparse.Namespace) -> int:
 def _reconstruct_and_report(prog, config, bundle, raw, args, t0) -> int:
     import dataclasses
 
-    from backends.registry import framework_version, resolve_backend_name
+    from backends.registry import configure_process, framework_version
     from ptycho.bundle import read_bundle
     from ptycho.cli import summary as S
-    from ptycho.cli.options import file_sets_key, prepare_framework_environment
+    from ptycho.cli.options import file_sets_key, prepare_framework_environment, selected_backend
     from ptycho.cli.progress import ChunkProgress, bars_enabled
     from ptycho.workflows.cdi import evaluate_against_truth, write_outputs
     from ptycho.workflows.inference import load_inference_bundle
@@ -134,8 +134,9 @@ def _reconstruct_and_report(prog, config, bundle, raw, args, t0) -> int:
     n_model = contents.model_config.N
     if raw.N != n_model:
         raise ValueError(f"the data has N={raw.N} but the model in {bundle} expects N={n_model}")
-    backend, why = resolve_backend_name(config.backend)
+    backend, why = selected_backend(args, config)
     prepare_framework_environment()
+    configure_process(backend)
     t_load = time.perf_counter()
     model, train_config = load_inference_bundle(bundle, backend=backend)
     if args.seed is not None or (args.config is not None and file_sets_key(args.config, "seed")):

@@ -167,13 +167,13 @@ def run(args: argparse.Namespace) -> int:
                              f"N={config.model.N}")
     check_output_dir(config.output_dir)
     with input_errors(prog):
-        return _train_and_report(prog, config, raw_train, raw_test, args.quiet, t0)
+        return _train_and_report(prog, args, config, raw_train, raw_test, t0)
 
 
-def _train_and_report(prog, config, raw_train, raw_test, quiet: bool, t0: float) -> int:
-    from backends.registry import framework_version, resolve_backend_name
+def _train_and_report(prog, args, config, raw_train, raw_test, t0: float) -> int:
+    from backends.registry import framework_version
     from ptycho.cli import summary as S
-    from ptycho.cli.options import prepare_framework_environment
+    from ptycho.cli.options import prepare_framework_environment, selected_backend
     from ptycho.cli.progress import ChunkProgress, TrainingProgress, bars_enabled
     from ptycho.config import config_to_dict
     from ptycho.errors import TrainingError
@@ -182,9 +182,9 @@ def _train_and_report(prog, config, raw_train, raw_test, quiet: bool, t0: float)
     from ptycho.workflows.reconstruct import reconstruct
     from ptycho.workflows.train import BUNDLE_NAME, train
 
-    backend, why = resolve_backend_name(config.backend)
+    backend, why = selected_backend(args, config)
     prepare_framework_environment()
-    bars = bars_enabled(quiet)
+    bars = bars_enabled(args.quiet)
     note = nphotons_note(raw_train.diffraction, config.nphotons)
     if note:
         print(f"{prog}: note: {note}", file=sys.stderr, flush=True)

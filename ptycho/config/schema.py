@@ -20,7 +20,6 @@ from ptycho.errors import ConfigError
 AMP_ACTIVATIONS = ("sigmoid", "swish", "softplus", "relu")
 LR_SCHEDULES = ("constant", "exponential", "cosine")
 TRACKERS = (None, "mlflow")
-BACKEND_NAMES = (None, "tensorflow", "tf", "torch", "pytorch")
 PRECISIONS = ("float32", "bfloat16")
 
 #: Number of 2x down-sampling levels of the encoder (and up-sampling levels of each decoder).
@@ -54,6 +53,16 @@ def _check_bool(owner: str, name: str, value: Any) -> None:
 def _check_choice(owner: str, name: str, value: Any, choices: tuple) -> None:
     if value not in choices:
         raise ConfigError(f"{owner}.{name} must be one of {list(choices)}, got {value!r}")
+
+
+def _check_backend_name(owner: str, value: Any) -> None:
+    """A backend name is checked for form here; which names exist is the backend registry's
+    business (``backends.registry``, a layer above this one), checked where a backend is
+    selected, with this field named in the error."""
+    if value is not None and (not isinstance(value, str) or not value.strip()
+                              or not value.replace("_", "").replace("-", "").isalnum()):
+        raise ConfigError(f"{owner}.backend must be a backend name (letters, digits, '-', '_') "
+                          f"or None, got {value!r}")
 
 
 def _check_opt_str(owner: str, name: str, value: Any) -> None:
@@ -196,7 +205,7 @@ class TrainingConfig:
         _check_int(o, "seed", self.seed, 0, 2 ** 32 - 1)
         for s in ("train_data_file", "test_data_file", "output_dir"):
             _check_opt_str(o, s, getattr(self, s))
-        _check_choice(o, "backend", self.backend, BACKEND_NAMES)
+        _check_backend_name(o, self.backend)
         _check_choice(o, "tracking", self.tracking, TRACKERS)
 
 
@@ -224,7 +233,7 @@ class InferenceConfig:
         _check_int(o, "seed", self.seed, 0, 2 ** 32 - 1)
         for s in ("model_path", "test_data_file", "output_dir"):
             _check_opt_str(o, s, getattr(self, s))
-        _check_choice(o, "backend", self.backend, BACKEND_NAMES)
+        _check_backend_name(o, self.backend)
 
 
 def field_names(cls: type) -> tuple[str, ...]:

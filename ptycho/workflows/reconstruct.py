@@ -13,12 +13,11 @@ from typing import Callable, Optional, Sequence, Union
 
 import numpy as np
 
-from backends import get_backend
 from ptycho.data.contract import RawData
 from ptycho.data.grouping import GroupedData, group_scan
 from ptycho.data.scaling import intensity_scale, normalisation_factor
 from ptycho.physics.model import effective_probe
-from ptycho.physics.patches import canvas_size, central_mask, object_support, overlap_constraint
+from ptycho.physics.patches import canvas_size, central_mask
 from ptycho.stitching import Stitcher, extent_of
 from ptycho.workflows.model import PtychoModel
 
@@ -117,23 +116,10 @@ _MALLOC_TRIM = None
 
 
 def _constrain(model: PtychoModel, patches: np.ndarray, positions: np.ndarray, canvas: int):
-    """The overlap constraint the loss saw during training (gridsize > 1 with object_big).
-
-    Computed by the model's own backend (float32, the op the training loss used), which
-    is about 2.5x faster than the float64 numpy reference on the CPU (1 ms instead of
-    2.3 ms per group of four 64 x 64 patches) and agrees with it to ~1e-6 of the patch
-    maximum.
-    """
-    cfg = model.model_config
+    """The overlap constraint the loss saw during training (gridsize > 1 with object_big),
+    computed by the model itself (float32, the op of its training loss)."""
     rel = positions - positions.mean(axis=1, keepdims=True)
-    support = object_support(cfg.N, cfg.pad_object, cfg.probe_big)
-    if np.all(support == 1):
-        support = None        # all ones: the backends take the coverage's short path
-    try:
-        op = get_backend(model.backend).overlap_constraint
-    except (ValueError, ImportError):    # a stand-in model outside the backend registry
-        op = overlap_constraint
-    return np.asarray(op(patches, rel, canvas, support), dtype=np.complex64)
+    return np.asarray(model.backend_model.constrain(patches, rel, canvas), dtype=np.complex64)
 
 
 def predict_chunk(model: PtychoModel, diffraction: np.ndarray, positions: np.ndarray,

@@ -8,7 +8,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Optional, Union
 
-from backends import get_backend
+from backends import configure_process, resolve_backend_name
 from ptycho.config.schema import TrainingConfig
 from ptycho.data.contract import RawData
 from ptycho.data.grouping import GroupedData, group_data_for_training
@@ -54,7 +54,8 @@ def train(config: TrainingConfig, train_data: DataLike, test_data: Optional[Data
     """Train a PINN on ``train_data``; validate on ``test_data`` each epoch when given.
 
     The backend is ``backend`` if given, else ``config.backend``, else ``PTYCHO_BACKEND``, else
-    the default. Initial weights come from ``config.seed`` (same in every backend). With
+    the default; its process-wide settings are applied first (:func:`backends.configure_process`:
+    deterministic kernels, TF32 off). Initial weights come from ``config.seed`` (same in every backend). With
     ``config.output_dir`` the bundle ``model.zip`` is rewritten after every completed epoch,
     so a failed or interrupted run leaves the last good model on disk. A non-finite loss
     raises :class:`ptycho.training.NonFiniteLossError` (epoch, step; ``err.model`` holds the
@@ -68,7 +69,9 @@ def train(config: TrainingConfig, train_data: DataLike, test_data: Optional[Data
         result.model.save("model.zip")
     """
     t0 = time.perf_counter()
-    impl = get_backend(backend or config.backend)
+    name, _ = (resolve_backend_name(backend) if backend
+               else resolve_backend_name(config.backend, source="TrainingConfig.backend"))
+    impl = configure_process(name)     # deterministic kernels, TF32 off (see backends.registry)
     grouped = prepare(train_data, config)
     grouped_test = prepare(test_data, config) if test_data is not None else None
     t_prepare = time.perf_counter()

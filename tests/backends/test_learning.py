@@ -1,9 +1,7 @@
-"""The TensorFlow PINN learns: simulated scan -> core driver -> stitched reconstruction.
+"""The PINN learns in every backend: simulated scan -> core driver -> stitched reconstruction.
 
-Uses the core end to end (``ptycho.simulate``, ``ptycho.data.group_data``,
-``ptycho.training.fit``, ``ptycho.stitching``, ``ptycho.metrics``); only the model is the
-TensorFlow backend's. The scan, configs and bars are those of the torch backend's
-``test_torch_learning.py`` (same model, same data: the two read side by side).
+Uses the core end to end (``ptycho.simulate``, ``ptycho.data.group_data``, ``ptycho.training.fit``,
+``ptycho.stitching``, ``ptycho.metrics``); only the model is the backend's.
 """
 
 from __future__ import annotations
@@ -13,12 +11,23 @@ import math
 import numpy as np
 import pytest
 
-pytestmark = [pytest.mark.tensorflow, pytest.mark.slow]
+from ptycho.config import ModelConfig, TrainingConfig
+from ptycho.data.grouping import group_data
+from ptycho.data.scaling import initial_log_intensity_scale
+from ptycho.metrics import compare_objects
+from ptycho.physics.losses import LossSettings
+from ptycho.simulate import simulate_dataset
+from ptycho.simulate.objects import grf_object
+from ptycho.stitching import stitch_patches
+from ptycho.training import evaluate, fit
+from ptycho.weights import init_weights
+
+pytestmark = pytest.mark.slow
 
 #: Training must at least halve the Poisson NLL (the issue's bar; observed: / 100 or more).
 NLL_RATIO_MAX = 0.5
 #: Stitched SSIM (amplitude and phase each) must rise by this much over the untrained model
-#: (the torch backend's bar; observed for TF in the report).
+#: (observed +0.19 .. +0.45 over seeds 0-2).
 SSIM_GAIN_MIN = 0.15
 
 N = 32
@@ -28,8 +37,6 @@ NPHOTONS = 1e6
 @pytest.fixture(scope="module")
 def scan():
     """256 patterns on a grid over a smooth 96 x 96 object (correlation length 8 px)."""
-    from ptycho.simulate import simulate_dataset
-    from ptycho.simulate.objects import grf_object
     obj = grf_object((96, 96), np.random.default_rng(1), correlation_length=8.0)
     raw, truth = simulate_dataset(256, N, nphotons=NPHOTONS, seed=1, scan="grid", object=obj,
                                   probe="disk")
@@ -43,8 +50,6 @@ def _region(raw):
 
 
 def _ssim(model, data, truth, region):
-    from ptycho.metrics import compare_objects
-    from ptycho.stitching import stitch_patches
     patches = model.predict(data.diffraction, batch_size=64)
     rec = stitch_patches(patches, data.global_offsets, data.rel_offsets, shape=truth.shape,
                          window=np.abs(data.probe) ** 2)
@@ -53,15 +58,7 @@ def _ssim(model, data, truth, region):
 
 
 @pytest.mark.parametrize("gridsize, realspace_weight", [(1, 0.0), (2, 1000.0)])
-def test_training_learns_the_object(scan, gridsize, realspace_weight):
-    from backends.registry import get_backend
-    from ptycho.config import ModelConfig, TrainingConfig
-    from ptycho.data.grouping import group_data
-    from ptycho.data.scaling import initial_log_intensity_scale
-    from ptycho.physics.losses import LossSettings
-    from ptycho.training import evaluate, fit
-    from ptycho.weights import init_weights
-
+def test_training_learns_the_object(framework_backend, scan, gridsize, realspace_weight):
     raw, truth = scan
     cfg = ModelConfig(N=N, gridsize=gridsize, base_filters=8, n_filters_scale=1)
     training = TrainingConfig(model=cfg, nepochs=20, batch_size=16, learning_rate=1e-3,
@@ -69,7 +66,7 @@ def test_training_learns_the_object(scan, gridsize, realspace_weight):
                               neighbor_count=4, seed=0)
     data = group_data(raw, cfg, NPHOTONS, neighbor_count=4, seed=0)
     weights = init_weights(cfg, 0, data.probe, initial_log_intensity_scale(NPHOTONS, N))
-    model = get_backend("tensorflow").build_model(cfg, weights)
+    model = framework_backend.build_model(cfg, weights)
     settings = LossSettings.from_config(training)
     region = _region(raw)
 
@@ -79,7 +76,7 @@ def test_training_learns_the_object(scan, gridsize, realspace_weight):
     after = evaluate(model, data, settings, 64)
     ssim_after = _ssim(model, data, truth, region)
 
-    print(f"\ngridsize {gridsize}: {len(data)} groups, nll {before['nll']:.2f} -> "
+    print(f"\n{framework_backend.name} gridsize {gridsize}: {len(data)} groups, nll {before['nll']:.2f} -> "
           f"{after['nll']:.2f}; SSIM amplitude {ssim_before[0]:.3f} -> {ssim_after[0]:.3f}, "
           f"phase {ssim_before[1]:.3f} -> {ssim_after[1]:.3f}; "
           f"{sum(r.seconds for r in history.epochs):.1f} s training")

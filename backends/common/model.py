@@ -1,0 +1,366 @@
+"""The PINN model object, written once over a backend's ops namespace.
+
+:class:`Model` satisfies :class:`backends.protocol.BackendModel` for every backend: it holds
+one backend variable per canonical weight entry (kernels in the backend's native layout; the
+probe as two float32 variables, real and imaginary; ``log_intensity_scale`` a scalar), checks
+every argument at its edge (numpy in, numpy out), and composes :mod:`~backends.common.network`,
+:mod:`~backends.common.physics` and :mod:`~backends.common.adam`. What differs between
+frameworks lives in the ops namespace: how a function is compiled (``ops.compile``: a
+``tf.function`` with a fixed signature, or the eager function), how gradients are taken
+(``ops.value_and_grad``) and how a batch is split over threads (``ops.shards`` /
+``ops.run_sharded``; one shard where the framework parallelises inside each op).
+
+Losses are means; a batch split into shards computes each shard's share of the batch's
+means (sums divided by the whole batch's counts) and adds them up, which is exact in real
+arithmetic and equal to float32 rounding in practice (a run is deterministic for a given
+thread count).
+"""
+
+from __future__ import annotations
+
+from typing import Mapping, Optional
+
+import numpy as np
+
+from backends.common import network, physics
+from backends.common.adam import Adam
+from ptycho.batch import Batch
+from ptycho.config.schema import ModelConfig, TrainingConfig
+from ptycho.physics.losses import LossSettings
+from ptycho.physics.patches import central_mask, object_support, probe_disk_mask
+from ptycho.weights import network_weight_spec, trainable_names, validate_weights
+
+#: Precisions :meth:`Model.predict` accepts: the dtype its conv stack runs in.
+PRECISIONS = ("float32", "bfloat16")
+LOSS_KEYS = ("nll", "mae", "realspace", "total")
+#: How a batch's mask is passed to a compiled function: absent, shared (N, N), per pattern.
+MASK_KINDS = ("none", "shared", "per_pattern")
+
+
+def _mask_kind(mask: Optional[np.ndarray]) -> str:
+    return "none" if mask is None else ("shared" if mask.ndim == 2 else "per_pattern")
+
+
+class Model:
+    """A built PINN in one backend, holding exactly the canonical weights.
+
+    ``ops`` is the backend's ops namespace, ``backend_name`` its registry name, ``device``
+    where tensors live (a backend that has one device ignores it).
+    """
+
+    def __init__(self, ops, backend_name: str, config: ModelConfig,
+                 weights: Mapping[str, np.ndarray], device=None):
+        if not isinstance(config, ModelConfig):
+            raise TypeError(f"config must be a ModelConfig, got {type(config).__name__}")
+        validate_weights(config, weights)
+        self.ops = ops
+        self.backend_name = backend_name
+        self.config = config
+        self.device = ops.device(device)
+        n = config.N
+        self._trainable = trainable_names(config)
+        self._params = {
+            name: ops.variable(self._native(name, weights[name]), name in self._trainable,
+                               self.device)
+            for name in network_weight_spec(config)}
+        probe = np.asarray(weights["probe"])
+        probe_trainable = "probe" in self._trainable
+        self._probe = [ops.variable(np.ascontiguousarray(part, np.float32), probe_trainable,
+                                    self.device) for part in (probe.real, probe.imag)]
+        self._log_scale = ops.variable(np.asarray(weights["log_intensity_scale"], np.float32),
+                                       "log_intensity_scale" in self._trainable, self.device)
+        self._central = ops.tensor(central_mask(n), "float32", self.device)
+        support = object_support(n, config.pad_object, config.probe_big)
+        # None = all ones: the overlap constraint then gets the coverage as an outer product
+        self._support = None if np.all(support == 1) else ops.tensor(support, "float32",
+                                                                      self.device)
+        self._disk = (ops.tensor(probe_disk_mask(n), "float32", self.device)
+                      if config.probe_mask else None)
+        self._constrain = config.gridsize > 1 and config.object_big
+        self._optimizer: Optional[Adam] = None
+        self._settings: Optional[LossSettings] = None
+        self._compiled: dict = {}
+
+    # ------------------------------------------------------------------ weights
+    def _native(self, name: str, array) -> np.ndarray:
+        if name.endswith(".kernel"):
+            return self.ops.kernel_to_native(np.asarray(array, np.float32))
+        return np.array(array, dtype=np.float32, order="C", copy=True)
+
+    def _variables_of(self, name: str) -> list:
+        """The backend variables behind a canonical entry (the probe has two: real, imag)."""
+        if name == "probe":
+            return list(self._probe)
+        if name == "log_intensity_scale":
+            return [self._log_scale]
+        return [self._params[name]]
+
+    def _trainable_variables(self) -> list:
+        return [v for name in self._trainable for v in self._variables_of(name)]
+
+    def _canonical(self, name: str, arrays: list) -> np.ndarray:
+        """Canonical layout of an entry from its variables' (or gradients') numpy arrays."""
+        if name == "probe":
+            out = np.empty(arrays[0].shape, np.complex64)
+            out.real, out.imag = arrays
+            return out
+        if name.endswith(".kernel"):
+            return self.ops.kernel_from_native(arrays[0])
+        return np.array(arrays[0], dtype=np.float32, copy=True)
+
+    def get_weights(self) -> dict[str, np.ndarray]:
+        """A copy of every canonical entry, in canonical order (bit-exact with what was set)."""
+        return {name: self._canonical(name, [self.ops.read(v) for v in self._variables_of(name)])
+                for name in self._all_names()}
+
+    def _all_names(self) -> list[str]:
+        return list(self._params) + ["probe", "log_intensity_scale"]
+
+    def set_weights(self, weights: Mapping[str, np.ndarray]) -> None:
+        """Load every canonical entry in place, all or nothing (the optimiser state stays).
+
+        Missing, extra, misshapen, wrongly typed or non-finite entries raise
+        :class:`ptycho.errors.WeightsError` naming them; nothing is loaded then.
+        """
+        validate_weights(self.config, weights)
+        for name, var in self._params.items():
+            self.ops.assign(var, self._native(name, weights[name]))
+        probe = np.asarray(weights["probe"])
+        for var, part in zip(self._probe, (probe.real, probe.imag)):
+            self.ops.assign(var, np.ascontiguousarray(part, np.float32))
+        self.ops.assign(self._log_scale, np.asarray(weights["log_intensity_scale"], np.float32))
+
+    # ------------------------------------------------------------------ the composition
+    def _patches(self, diffraction, compute_dtype=None):
+        """Diffraction (B, C, N, N) in photon units -> complex64 object patches."""
+        x = diffraction / self.ops.exp(self.ops.value(self._log_scale))
+        heads = network.network(self.ops, x, self._params, self.config, compute_dtype)
+        return network.object_patches(self.ops, heads, self.config, self._central)
+
+    def _probe_eff(self):
+        ops = self.ops
+        return physics.effective_probe(
+            ops, ops.complex(ops.value(self._probe[0]), ops.value(self._probe[1])), self._disk)
+
+    def _forward(self, diffraction, rel_offsets, canvas_size, mask=None):
+        """Network patches, their constrained version and the predicted amplitude. The
+        network never sees a masked pixel's value: it reads zero there."""
+        ops = self.ops
+        if mask is not None:
+            diffraction = ops.where(mask > 0, diffraction, ops.zeros_like(diffraction))
+        patches = self._patches(diffraction)
+        constrained, pred = physics.physics_forward(
+            self.ops, patches, self._probe_eff(), self.ops.value(self._log_scale),
+            self._constrain, rel_offsets, canvas_size, self._support)
+        return patches, constrained, pred
+
+    def _loss_terms(self, diffraction, rel_offsets, canvas_size, pixel_count, element_count,
+                    loss_weights, loss_epsilon, mask=None):
+        patches, constrained, pred = self._forward(diffraction, rel_offsets, canvas_size, mask)
+        return physics.loss_terms(self.ops, pred, diffraction, patches, constrained,
+                                  loss_weights, loss_epsilon, mask, pixel_count, element_count)
+
+    def _loss_and_grads(self, *args):
+        """Loss terms and d total / d trainables, the batch split by ``ops.shards``."""
+        ops = self.ops
+        variables = self._trainable_variables()
+        per_pattern_mask = len(args) == 8 and len(args[7].shape) == 4
+
+        def one(shard):
+            sub = list(args)
+            for i in (0, 1) + ((7,) if per_pattern_mask else ()):
+                sub[i] = sub[i][shard]
+            return ops.value_and_grad(lambda: self._loss_terms(*sub), variables)
+
+        shards = ops.shards(args[0])
+        if len(shards) == 1:
+            return ops.value_and_grad(lambda: self._loss_terms(*args), variables)
+        results = ops.run_sharded(one, shards)
+        terms = {k: sum(r[0][k] for r in results) for k in LOSS_KEYS}
+        return terms, ops.add_lists([r[1] for r in results])
+
+    def _train_step(self, *args):
+        terms, grads = self._loss_and_grads(*args)
+        self.ops.run_if(self.ops.all_finite([terms[k] for k in LOSS_KEYS]),
+                        lambda: self._optimizer.apply(grads))
+        return terms
+
+    def _compiled_fn(self, what: str, kind: str = "none"):
+        """The compiled function ``what`` for a mask kind, built on first use."""
+        key = (what, kind)
+        if key not in self._compiled:
+            n, c = self.config.N, self.config.n_channels
+            batch = [((None, c, n, n), "float32"), ((None, c, 2), "float32"), ((), "int32")]
+            loss = [((), "float32"), ((), "float32"), ((3,), "float32"), ((), "float32")]
+            mask = {"none": [], "shared": [((n, n), "float32")],
+                    "per_pattern": [((None, c, n, n), "float32")]}[kind]
+            if what in PRECISIONS:
+                dtype = None if what == "float32" else what
+                self._compiled[key] = self.ops.compile(
+                    lambda d: self._patches(d, dtype), batch[:1])
+            else:
+                fn = {"forward": self._forward, "losses": self._loss_terms,
+                      "grads": self._loss_and_grads, "train": self._train_step}[what]
+                specs = batch + mask if what == "forward" else batch + loss + mask
+                self._compiled[key] = self.ops.compile(fn, specs)
+        return self._compiled[key]
+
+    # ------------------------------------------------------------------ edge checks
+    def _check_groups(self, diffraction: np.ndarray, what: str) -> None:
+        c, n = self.config.n_channels, self.config.N
+        if diffraction.ndim != 4 or tuple(diffraction.shape[1:]) != (c, n, n):
+            raise ValueError(f"{what} must be (B, {c}, {n}, {n}) = (groups, gridsize**2, N, N) "
+                             f"for this config (gridsize={self.config.gridsize}, N={n}), got "
+                             f"shape {tuple(diffraction.shape)}")
+
+    def _batch_args(self, batch: Batch) -> list:
+        """(diffraction, rel_offsets, canvas_size) as backend tensors, checked."""
+        self._check_groups(batch.diffraction, "Batch.diffraction")
+        if self._constrain:
+            physics.canvas_pad(self.config.N, int(batch.canvas_size))   # M >= N, same parity
+        ops = self.ops
+        return [ops.tensor(batch.diffraction, "float32", self.device),
+                ops.tensor(batch.rel_offsets, "float32", self.device), int(batch.canvas_size)]
+
+    def _loss_args(self, batch: Batch, settings: LossSettings) -> tuple[list, str]:
+        """Every input of a loss function for ``batch`` and the batch's mask kind."""
+        if not isinstance(settings, LossSettings):
+            raise TypeError(f"settings must be LossSettings, got {type(settings).__name__}")
+        ops = self.ops
+        d = batch.diffraction
+        elements = float(d.size)
+        pixels = elements if batch.mask is None else float(
+            np.count_nonzero(np.broadcast_to(batch.mask, d.shape)))
+        args = self._batch_args(batch) + [
+            pixels, elements,
+            ops.tensor(np.array([settings.nll_weight, settings.mae_weight,
+                                 settings.realspace_weight], np.float32), "float32", self.device),
+            ops.tensor(np.float32(settings.epsilon), "float32", self.device)]
+        if batch.mask is not None:
+            args.append(ops.tensor(batch.mask, "float32", self.device))
+        return args, _mask_kind(batch.mask)
+
+    # ------------------------------------------------------------------ public API
+    def predict(self, diffraction: np.ndarray, batch_size: int = 64,
+                precision: str = "float32") -> np.ndarray:
+        """Object patches (B, C, N, N) complex64 from diffraction (B, C, N, N) in photon units.
+
+        The network's output before the overlap constraint, ``batch_size`` groups at a time.
+        ``precision="bfloat16"`` runs the conv stack in bfloat16 (mixed precision: float32
+        weights are cast, heads and everything after them are float32).
+        """
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {list(PRECISIONS)}, got {precision!r}")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) \
+                or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+        diffraction = np.asarray(diffraction)
+        self._check_groups(diffraction, "diffraction")
+        ops = self.ops
+        fn = self._compiled_fn(precision)
+        out = np.empty(diffraction.shape, np.complex64)
+        for start in range(0, diffraction.shape[0], int(batch_size)):
+            chunk = ops.tensor(diffraction[start:start + batch_size], "float32", self.device)
+
+            def run(shard, chunk=chunk, start=start) -> None:
+                with ops.no_grad():
+                    patches = ops.read(fn(chunk[shard]))
+                rows = range(chunk.shape[0])[shard]
+                out[start + rows.start:start + rows.stop] = patches
+
+            ops.run_sharded(run, ops.shards(chunk))
+        return out
+
+    def forward(self, batch: Batch) -> dict[str, np.ndarray]:
+        """``object`` (network patches), ``object_constrained``, ``pred_amplitude`` (photon units)."""
+        args = self._batch_args(batch)
+        if batch.mask is not None:
+            args.append(self.ops.tensor(batch.mask, "float32", self.device))
+        with self.ops.no_grad():
+            patches, constrained, pred = self._compiled_fn(
+                "forward", _mask_kind(batch.mask))(*args)
+            return {"object": self.ops.read(patches),
+                    "object_constrained": self.ops.read(constrained),
+                    "pred_amplitude": self.ops.read(pred)}
+
+    def constrain(self, patches: np.ndarray, rel_offsets: np.ndarray,
+                  canvas_size: int) -> np.ndarray:
+        """The overlap constraint the loss applies (this model's support), numpy in and out.
+
+        Patches (B, C, N, N) as :meth:`predict` returns them; the identity unless gridsize > 1
+        with ``object_big``.
+        """
+        patches = np.asarray(patches)
+        self._check_groups(patches, "patches")
+        if not self._constrain:
+            return patches.astype(np.complex64)
+        if np.shape(rel_offsets) != patches.shape[:2] + (2,):
+            raise ValueError(f"rel_offsets must be {patches.shape[:2] + (2,)}, got "
+                             f"{np.shape(rel_offsets)}")
+        physics.canvas_pad(self.config.N, int(canvas_size))
+        ops = self.ops
+        if ("constrain", "none") not in self._compiled:
+            n, c = self.config.N, self.config.n_channels
+            self._compiled["constrain", "none"] = ops.compile(
+                lambda p, r, m: physics.overlap_constraint(ops, p, r, m, self._support),
+                [((None, c, n, n), "complex64"), ((None, c, 2), "float32"), ((), "int32")])
+        with ops.no_grad():
+            return ops.read(self._compiled["constrain", "none"](
+                ops.tensor(patches, "complex64", self.device),
+                ops.tensor(rel_offsets, "float32", self.device), int(canvas_size)))
+
+    def losses(self, batch: Batch, settings: LossSettings) -> dict[str, float]:
+        """``nll``, ``mae``, ``realspace``, ``total`` for this batch (no update)."""
+        args, kind = self._loss_args(batch, settings)
+        with self.ops.no_grad():
+            terms = self._compiled_fn("losses", kind)(*args)
+            return {k: float(self.ops.read(terms[k])) for k in LOSS_KEYS}
+
+    def gradients(self, batch: Batch, settings: LossSettings) -> dict[str, np.ndarray]:
+        """d total / d entry for every trainable entry; the probe's is ``d/d re + 1j d/d im``."""
+        args, kind = self._loss_args(batch, settings)
+        _, grads = self._compiled_fn("grads", kind)(*args)
+        arrays = iter([self.ops.read(g) for g in grads])
+        return {name: self._canonical(name, [next(arrays) for _ in self._variables_of(name)])
+                for name in self._trainable}
+
+    def configure_training(self, training: TrainingConfig) -> None:
+        """A fresh Adam state (beta1, beta2, epsilon, initial learning rate from ``training``)
+        and the loss settings; the training step is compiled on its first call."""
+        if not isinstance(training, TrainingConfig):
+            raise TypeError(f"training must be a TrainingConfig, got {type(training).__name__}")
+        self._settings = LossSettings.from_config(training)
+        self._optimizer = Adam(self.ops, self._trainable_variables(), training.adam_beta1,
+                               training.adam_beta2, training.adam_epsilon, training.learning_rate)
+        for kind in MASK_KINDS:
+            self._compiled.pop(("train", kind), None)
+
+    def _require_training(self, what: str) -> Adam:
+        if self._optimizer is None:
+            raise RuntimeError(f"{what} needs configure_training(training_config) first")
+        return self._optimizer
+
+    def set_learning_rate(self, learning_rate: float) -> None:
+        """Learning rate of the following steps (a variable: a compiled step is not retraced)."""
+        self._require_training("set_learning_rate").set_learning_rate(learning_rate)
+
+    @property
+    def learning_rate(self) -> float:
+        return self._require_training("learning_rate").learning_rate
+
+    def train_step(self, batch: Batch) -> dict[str, float]:
+        """One Adam step on one batch; returns the loss terms computed before the update.
+
+        A non-finite loss skips the update (weights, moments and step counter unchanged) and
+        is returned as is: the core's driver raises on it and restores the last good weights.
+        """
+        self._require_training("train_step")
+        args, kind = self._loss_args(batch, self._settings)
+        terms = self._compiled_fn("train", kind)(*args)
+        return {k: float(self.ops.read(terms[k])) for k in LOSS_KEYS}
+
+    @property
+    def train_step_traces(self) -> Optional[int]:
+        """How often the compiled training step was traced (None: not compiled, eager)."""
+        fn = self._compiled.get(("train", "none"))
+        return None if fn is None else self.ops.trace_count(fn)

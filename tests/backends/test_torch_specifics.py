@@ -1,0 +1,76 @@
+"""What only the PyTorch backend has: its Adam is not torch.optim.Adam (epsilon sits
+elsewhere), and with several intra-op threads a batch runs in shards on threads with the
+results of one shard."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from backend_testing import assert_close, batch, weights
+from backends.common.adam import Adam
+from ptycho.config import ModelConfig, TrainingConfig
+from ptycho.physics.losses import LossSettings
+
+pytestmark = pytest.mark.torch
+
+
+@pytest.fixture(scope="module")
+def torchb():
+    from backends import configure_process
+    return configure_process("torch")
+
+
+def test_adam_differs_from_torch_optim_adam(torchb):
+    """torch.optim.Adam adds eps to sqrt(v_hat), Keras to sqrt(v): visible when eps ~ |g|."""
+    import torch
+    ops = torchb.ops
+    rng = np.random.default_rng(0)
+    w0 = rng.standard_normal(20).astype(np.float32)
+    grads = [rng.standard_normal(20).astype(np.float32) * 1e-3 for _ in range(3)]
+    p = ops.variable(w0, True)
+    opt = Adam(ops, [p], 0.9, 0.999, 1e-3, 1e-2)
+    q = torch.tensor(w0, requires_grad=True)
+    topt = torch.optim.Adam([q], lr=1e-2, betas=(0.9, 0.999), eps=1e-3)
+    for g in grads:
+        opt.apply([torch.tensor(g)])
+        q.grad = torch.tensor(g)
+        topt.step()
+    ours, theirs = ops.read(p) - w0, q.detach().numpy() - w0
+    assert np.abs(ours - theirs).max() > 0.1 * np.abs(ours).max()
+
+
+def test_batch_shards_on_threads_give_the_unsharded_results(torchb):
+    """With two intra-op threads a batch runs as two shards on two threads; losses,
+    gradients, an Adam step and predict match the one-thread, one-shard results to float32
+    rounding (the same sums in another order)."""
+    import torch
+
+    ops = torchb.ops
+    cfg = ModelConfig(N=16, gridsize=2, base_filters=2, n_filters_scale=1)
+    tc = TrainingConfig(model=cfg, learning_rate=1e-3)
+    b = batch(cfg, b=5, seed=3)
+    settings = LossSettings.from_config(tc)
+    results = {}
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            assert len(ops.shards(torch.zeros(5))) == threads
+            model = torchb.build_model(cfg, weights(cfg, seed=1))
+            grads = model.gradients(b, settings)
+            model.configure_training(tc)
+            terms = model.train_step(b)
+            results[threads] = (grads, terms, model.get_weights(),
+                                model.predict(b.diffraction, batch_size=4))
+            assert torch.get_num_threads() == threads      # restored after the shards ran
+    finally:
+        torch.set_num_threads(1)
+    (g1, t1, w1, p1), (g2, t2, w2, p2) = results[1], results[2]
+    for name in g1:
+        assert_close(g2[name], g1[name], "gradients.entry", scale=np.abs(g1[name]).max())
+    for k in t1:
+        assert t2[k] == pytest.approx(t1[k], rel=1e-5, abs=1e-9), k
+    for name in w1:     # Adam moves a weight by ~lr * sign(g): a gradient within rounding
+        # of zero may take either sign, so the step agrees to 2 lr, and elsewhere far better
+        assert np.abs(w2[name] - w1[name]).max() <= 2 * tc.learning_rate, name
+    assert_close(p2, p1, "network.forward")
