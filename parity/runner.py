@@ -11,11 +11,20 @@ from backends.registry import backend_names
 from ptycho.config.io import config_to_dict
 from ptycho.config.schema import ModelConfig, TrainingConfig
 
-from parity.report import STAGE_NAMES, STAGES, ParityReport, StageResult
-from parity.stages import STAGE_FUNCTIONS, Context, Side
+from parity import stages
+from parity.e2e import stage_e2e
+from parity.report import STAGE_NAMES, STAGES, Check, ParityReport, StageResult
+from parity.stages import Context, Side
 
 #: The pair compared by default: the first two backends of the registry.
 DEFAULT_BACKENDS = backend_names()[:2]
+#: The function of each stage (1-7 in :mod:`parity.stages`, 8 in :mod:`parity.e2e`).
+STAGE_FUNCTIONS: dict[str, Callable[[Context], list[Check]]] = {
+    "physics": stages.stage_physics, "translate": stages.stage_translate,
+    "network": stages.stage_network, "loss": stages.stage_loss,
+    "gradients": stages.stage_gradients, "optimizer": stages.stage_optimizer,
+    "bundle": stages.stage_bundle, "e2e": stage_e2e,
+}
 #: Optimiser steps compared in stage 6.
 DEFAULT_STEPS = 3
 #: Training epochs of each backend in stage 8.

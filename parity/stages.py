@@ -431,12 +431,9 @@ def _trained_like(ctx: Context) -> dict[str, np.ndarray]:
 
 
 def _load(side: Side, path: str):
-    """``ptycho.bundle.load_bundle`` for a registered backend; for an object given directly (a
-    wrapped or stand-in backend) the same steps: read_bundle, then that object's build_model."""
-    from ptycho.bundle import load_bundle, read_bundle
+    """A bundle loaded into a side's backend: verified and read, then built there."""
+    from ptycho.bundle import read_bundle
 
-    if side.registry_name is not None:
-        return load_bundle(path, side.registry_name).model
     contents = read_bundle(path)
     return side.backend.build_model(contents.model_config, contents.weights)
 
@@ -478,17 +475,3 @@ def stage_bundle(ctx: Context) -> list[Check]:
                          again.predict(x), pred_w,
                          note="same backend, same weights, same input: bit-identical"))
     return out
-
-
-# -- 8. end to end ------------------------------------------------------------------------------
-def stage_e2e(ctx: Context) -> list[Check]:
-    """Simulate, train, reconstruct: see :mod:`parity.e2e` (imported when the stage runs)."""
-    from parity.e2e import stage_e2e as impl
-    return impl(ctx)
-
-
-STAGE_FUNCTIONS: dict[str, Callable[[Context], list[Check]]] = {
-    "physics": stage_physics, "translate": stage_translate, "network": stage_network,
-    "loss": stage_loss, "gradients": stage_gradients, "optimizer": stage_optimizer,
-    "bundle": stage_bundle, "e2e": stage_e2e,
-}

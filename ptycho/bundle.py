@@ -115,16 +115,6 @@ class BundleContents:
         return self.manifest["backend"]
 
 
-@dataclass
-class LoadedBundle:
-    """A bundle's model built in the chosen backend, with its config and history."""
-
-    model: Any
-    config: AnyConfig
-    history: Optional[History]
-    manifest: dict[str, Any]
-
-
 def _config_kind(config: AnyConfig) -> str:
     for kind, cls in _CONFIG_KINDS.items():
         if type(config) is cls:
@@ -371,21 +361,6 @@ def read_bundle(path: PathLike) -> BundleContents:
     extra = manifest.get("extra") or {}
     return BundleContents(manifest=manifest, config=config, weights=weights, history=hist,
                           extra=extra if isinstance(extra, dict) else {})
-
-
-def load_bundle(path: PathLike, backend: Optional[str] = None) -> LoadedBundle:
-    """Read, verify, and build the bundle's model in ``backend`` (any backend, whichever wrote it).
-
-    ``backend`` follows :func:`backends.get_backend`'s precedence (argument > PTYCHO_BACKEND >
-    default). Everything is checked before the framework is touched.
-    """
-    from backends import get_backend
-
-    contents = read_bundle(path)
-    impl = get_backend(backend)
-    model = impl.build_model(contents.model_config, contents.weights)
-    return LoadedBundle(model=model, config=contents.config, history=contents.history,
-                        manifest=contents.manifest)
 
 
 def weight_payload_digest(path: PathLike) -> dict[str, str]:

@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 
 from ptycho import bundle as B
+from ptycho.workflows.inference import load_inference_bundle
 from ptycho.batch import Batch
 from ptycho.config import ModelConfig, TrainingConfig
 from ptycho.data.grouping import GroupedData, group_data_for_training, group_scan
@@ -106,9 +107,9 @@ def test_nan_loss_stops_with_epoch_and_step_keeps_weights_and_the_last_bundle(tm
     assert [r.epoch for r in on_disk.history.epochs] == [0]
     assert sorted(os.listdir(tmp_path / "run")) == [BUNDLE_NAME]      # no partial files
     # and it builds a working model
-    loaded = B.load_bundle(path, backend=backend)
-    assert _same_weights(loaded.model.get_weights(), kept)
-    patches = loaded.model.predict(grouped.diffraction[:2], batch_size=2)
+    loaded, _ = load_inference_bundle(path, backend=backend)
+    assert _same_weights(loaded.get_weights(), kept)
+    patches = loaded.predict(grouped.diffraction[:2], batch_size=2)
     assert patches.shape == (2, 1, 16, 16) and np.all(np.isfinite(patches))
 
 
@@ -293,8 +294,8 @@ def test_sigint_during_training_exits_cleanly_with_the_last_epoch_saved(tmp_path
         assert report["interrupted"] and report["epochs"] == epochs
     assert contents.backend == backend
     assert not [n for n in os.listdir(out_dir) if n.startswith(".tmp-")]   # no partial files
-    loaded = B.load_bundle(bundle, backend=backend)
-    assert _same_weights(loaded.model.get_weights(), contents.weights)
+    loaded, _ = load_inference_bundle(bundle, backend=backend)
+    assert _same_weights(loaded.get_weights(), contents.weights)
 
 
 # --------------------------------------------------------------------------------------------
