@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import pickle
 
 import pytest
 from hypothesis import HealthCheck, settings
@@ -46,3 +47,13 @@ def pytest_collection_modifyitems(config, items):
         if missing:
             item.add_marker(pytest.mark.skip(
                 reason=f"{', '.join(missing)} not installed (pip install 'ptycho-pinn[{missing[0]}]')"))
+
+
+@pytest.fixture
+def no_unpickling(monkeypatch):
+    """Any call into pickle's loaders fails the test, whoever makes it (untrusted-file tests)."""
+    def refuse(*a, **k):
+        raise AssertionError("something tried to unpickle")
+    monkeypatch.setattr(pickle, "load", refuse)
+    monkeypatch.setattr(pickle, "loads", refuse)
+    monkeypatch.setattr(pickle, "Unpickler", refuse)

@@ -38,15 +38,6 @@ class Boom:
         return (open, (str(self.path), "w"))
 
 
-@pytest.fixture
-def no_unpickling(monkeypatch):
-    def refuse(*a, **k):
-        raise AssertionError("something tried to unpickle")
-    monkeypatch.setattr(pickle, "load", refuse)
-    monkeypatch.setattr(pickle, "loads", refuse)
-    monkeypatch.setattr(pickle, "Unpickler", refuse)
-
-
 def counts(seed=0) -> np.ndarray:
     """Poisson photon counts, mean total ~NPHOTONS per pattern."""
     rng = np.random.default_rng(seed)
