@@ -111,12 +111,14 @@ def test_importing_the_integration_imports_neither_ptychodus_nor_a_framework():
     assert out.stdout.strip() == "[]"
 
 
-def test_missing_ptychodus_names_the_extra(monkeypatch):
+def test_missing_ptychodus_names_the_extra(monkeypatch, capsys):
     monkeypatch.setattr(integration, "ptychodus_available", lambda: False)
     with pytest.raises(ImportError, match=r"needs ptychodus.*pip install 'ptycho-pinn\[ptychodus\]'"):
         integration.PtychoPinnReconstructorLibrary  # noqa: B018
     with pytest.raises(AttributeError, match="no attribute 'Nope'"):
         integration.Nope  # noqa: B018
+    assert integration.main(["--version"]) == 2
+    assert "pip install 'ptycho-pinn[ptychodus]'" in capsys.readouterr().err
 
 
 def test_our_model_file_is_ptychodus_model_basename_plus_extension():
@@ -297,7 +299,10 @@ def test_training_folders_and_stopping(scan_dir, reconstruct_input, tmp_path):
 @pytest.mark.torch
 def test_ptychodus_batch_mode_trains_and_reconstructs_with_the_library(scan_dir, tmp_path,
                                                                       monkeypatch):
-    """The documented registration (docs/ptychodus.md), then ptychodus's own batch mode."""
+    """The documented ways in (docs/ptychodus.md): ``python -m ptycho.integrations.ptychodus``
+    trains in ptychodus's batch mode; in-process, ptychodus's registry lists the library and its
+    batch mode reconstructs with the trained model."""
+    import os
     import shutil
 
     import ptychodus.model.core as core
@@ -305,31 +310,29 @@ def test_ptychodus_batch_mode_trains_and_reconstructs_with_the_library(scan_dir,
     from ptycho.io.ptychodus_files import read_product
 
     monkeypatch.setenv("HOME", str(tmp_path))        # ptychodus reads ~/.ptychodus
-    monkeypatch.setattr(core, "ProcessingCore", with_ptycho_pinn(core.ProcessingCore))
     inp, out = tmp_path / "in", tmp_path / "out"
     shutil.copytree(scan_dir, inp)
     save_config(tiny_config(), tmp_path / "tiny.yaml")
     (inp / "settings.ini").write_text(
         f"[Processing]\nAlgorithm = ptycho-pinn_pytorch\n\n[{integration.SETTINGS_GROUP}]\n"
         f"ConfigFile = {tmp_path / 'tiny.yaml'}\nNumPhotons = 0\n")
+    env = {**os.environ, "HOME": str(tmp_path), "OMP_NUM_THREADS": "1"}
+    run = subprocess.run([sys.executable, "-m", "ptycho.integrations.ptychodus", "-b", "train",
+                          "-i", str(inp), "-o", str(out)], capture_output=True, text=True,
+                         env=env, timeout=300)
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
+    assert "PyTorch: training N=16 for 2 epochs on 64 patterns" in run.stdout + run.stderr
+    assert (out / integration.MODEL_FILE).is_file()
+
+    shutil.copy(out / integration.MODEL_FILE, inp / integration.MODEL_FILE)
+    monkeypatch.setattr(core, "ProcessingCore",
+                        integration.processing_core_with_library(core.ProcessingCore))
     with core.ModelCore() as model:
         keys = list(model.processing_core.processing_api.available_reconstructors())
         assert {"ptycho-pinn_tensorflow", "ptycho-pinn_pytorch"} <= set(keys)
-        assert model.batch_mode_execute("train", inp, out) == 0
-        assert (out / integration.MODEL_FILE).is_file()
-        shutil.copy(out / integration.MODEL_FILE, inp / integration.MODEL_FILE)
         assert model.batch_mode_execute("reconstruct", inp, out) == 0
     (written,) = sorted(out.glob("product*.h5"))     # ptychodus names it after the progress
+    assert written.name == "product.000002.h5"
     product = read_product(written)
     assert product.object.shape[-2:] == read_product(inp / "product.h5").object.shape[-2:]
     assert np.count_nonzero(product.object) > 0
-
-
-def with_ptycho_pinn(processing_core):
-    """ptychodus's ProcessingCore with this library appended (the launcher in the docs)."""
-    class ProcessingCoreWithPtychoPinn(processing_core):
-        def __init__(self, task_manager, settings_registry, product_api, algorithm_libraries):
-            libraries = list(algorithm_libraries)
-            libraries.append(integration.PtychoPinnReconstructorLibrary(settings_registry))
-            super().__init__(task_manager, settings_registry, product_api, libraries)
-    return ProcessingCoreWithPtychoPinn

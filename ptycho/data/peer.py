@@ -22,9 +22,12 @@ Its model archives (``wts.h5.zip``: dill pickles) are refused by :mod:`ptycho.bu
 >>> a = np.full((4, 16, 16), 0.5, np.float32)        # mean total 64 = (16/2)**2, not counts
 >>> looks_normalised(a, None)
 (True, 64.0)
->>> round(photon_scale(a, None, amplitudes="auto", nphotons=1e4, metadata=None,
-...                    source="x.npz") ** 2 * 64.0)
-10000
+>>> with warnings.catch_warnings(record=True) as notes:
+...     warnings.simplefilter("always")
+...     factor = photon_scale(a, None, amplitudes="auto", nphotons=1e4, metadata=None,
+...                           source="x.npz")
+>>> round(factor ** 2 * 64.0), notes[0].category.__name__
+(10000, 'DataWarning')
 """
 
 from __future__ import annotations

@@ -9,6 +9,9 @@ ptychodus is imported only when one of those classes is first used (this module'
 ``__getattr__``), so importing this module needs no ptychodus; using it without ptychodus is an
 ``ImportError`` naming the extra to install.
 
+``python -m ptycho.integrations.ptychodus [ptychodus options]`` runs ptychodus (its own command
+line: the GUI, or ``-b train|reconstruct -i IN -o OUT``) with this library registered.
+
 What each method does (``ptychodus.api.reconstruct.TrainableReconstructor``):
 
 * ``reconstruct(ReconstructInput)``: the loaded model reconstructs the patterns (counts ->
@@ -37,7 +40,8 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
-from typing import Any
+import sys
+from typing import Any, Optional, Sequence
 
 #: The library's name in ptychodus (the part of a reconstructor key before the first '_').
 LIBRARY_NAME = "ptycho-pinn"
@@ -74,3 +78,38 @@ def __getattr__(name: str) -> Any:
 
 def __dir__() -> list[str]:
     return sorted(list(globals()) + list(_PUBLIC))
+
+
+def processing_core_with_library(processing_core: type) -> type:
+    """ptychodus's ``ProcessingCore`` class with this library appended to its libraries.
+
+    ptychodus 1.7.0 has no plug-in point for reconstructor libraries: ``ModelCore.__init__``
+    builds each one and hands the list to ``ProcessingCore``. Replacing
+    ``ptychodus.model.core.ProcessingCore`` by this subclass before a ``ModelCore`` is built
+    registers the library without editing ptychodus (what :func:`main` does).
+    """
+    class ProcessingCoreWithPtychoPinn(processing_core):
+        def __init__(self, task_manager, settings_registry, product_api, algorithm_libraries):
+            library = __getattr__("PtychoPinnReconstructorLibrary")(settings_registry)
+            super().__init__(task_manager, settings_registry, product_api,
+                             [*algorithm_libraries, library])
+    return ProcessingCoreWithPtychoPinn
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Run ptychodus's command line with this library registered (see the module docstring)."""
+    if not ptychodus_available():
+        print("ptychodus is not installed; install it with: pip install "
+              "'ptycho-pinn[ptychodus]'", file=sys.stderr)
+        return 2
+    import ptychodus.__main__ as ptychodus_main
+    import ptychodus.model.core as core
+
+    if argv is not None:
+        sys.argv = [sys.argv[0], *argv]
+    core.ProcessingCore = processing_core_with_library(core.ProcessingCore)
+    return int(ptychodus_main.main())
+
+
+if __name__ == "__main__":
+    sys.exit(main())
