@@ -258,3 +258,12 @@ def test_peer_json_era_archive_is_named(tmp_path):
     with pytest.raises(NotABundleError, match=r"PtychoPINN model archive \(its manifest declares "
                                               r"artifact_schema_version 'torch-artifact-v5'\)"):
         read_bundle(archive)
+
+
+def test_dark_first_patterns_do_not_break_the_detection(tmp_path, monkeypatch):
+    monkeypatch.setattr(peer, "DETECTION_PIXELS", 2 * N * N)     # look at two patterns only
+    d = peer_scan(counts())
+    d["diff3d"][:2] = 0.0
+    np.savez(tmp_path / "dark.npz", **d)
+    assert np.array_equal(load_npz(tmp_path / "dark.npz").diffraction, d["diff3d"])
+    assert peer.looks_normalised(d["diff3d"][2:], None)[0]

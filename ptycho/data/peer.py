@@ -52,8 +52,9 @@ PEER_REQUIRED_KEYS = ("xcoords", "ycoords", "xcoords_start", "ycoords_start", "d
 #: ``"auto"`` calls amplitudes normalised when the mean total intensity is within this
 #: relative distance of ``(N/2)**2`` (a train/test split of a normalised set is off by a few %).
 NORMALISED_RTOL = 0.1
-#: Patterns looked at to decide (the first ones; a memory-mapped scan is not read whole).
-DETECTION_PATTERNS = 512
+#: Pixels looked at to decide: the first patterns up to this many pixels (at least one
+#: pattern), so a memory-mapped scan is not read whole and the float64 copy stays ~1 MiB.
+DETECTION_PIXELS = 1 << 17
 #: A squared amplitude within this of an integer counts as an integer photon count (float32
 #: sqrt(k) squared back is within 2e-3 of k for the k < 1e4 a normalised-looking scan holds).
 INTEGRAL_ATOL = 1e-2
@@ -107,7 +108,8 @@ def metadata_nphotons(value: Any) -> Optional[float]:
 
 
 def _sample(diffraction: np.ndarray, mask: Optional[np.ndarray]):
-    k = min(diffraction.shape[0], DETECTION_PATTERNS)
+    n = diffraction.shape[-1]
+    k = min(diffraction.shape[0], max(1, DETECTION_PIXELS // (n * n)))
     sample = np.asarray(diffraction[:k], dtype=np.float64)
     m = mask[:k] if mask is not None and mask.ndim == 3 else mask
     return sample, m
@@ -122,7 +124,10 @@ def looks_normalised(diffraction: np.ndarray, mask: Optional[np.ndarray]) -> tup
     """
     sample, m = _sample(diffraction, mask)
     n = sample.shape[-1]
-    mean_total = (n / 2.0) ** 2 / normalisation_factor(sample, m) ** 2
+    try:
+        mean_total = (n / 2.0) ** 2 / normalisation_factor(sample, m) ** 2
+    except DataError:                  # the patterns looked at are all dark: nothing to tell
+        return False, 0.0
     if abs(mean_total / (n / 2.0) ** 2 - 1.0) > NORMALISED_RTOL:
         return False, mean_total
     squares = np.square(sample) if m is None else np.square(sample)[np.broadcast_to(m, sample.shape)]
