@@ -14,8 +14,9 @@ install: $(STAMP)
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	# torch is pinned to the 2.13.0 CPU wheel; tensorflow-cpu 2.21 brings Keras 3.
-	$(PY) -m pip install --quiet -e ".[torch,tensorflow,test,tracking]"
+	# torch is pinned to the 2.13.0 CPU wheel; tensorflow-cpu 2.21 brings Keras 3;
+	# ptychodus 1.7.0 (and h5py) for the ptychodus integration and its file tests.
+	$(PY) -m pip install --quiet -e ".[torch,tensorflow,test,tracking,hdf5,ptychodus]"
 	rm -f $(VENV)/.installed-*
 	touch $(STAMP)
 

@@ -233,6 +233,24 @@ def _check_member_names(infos: list[zipfile.ZipInfo]) -> None:
         seen.add(name)
 
 
+#: Member names that mark a PtychoPINN model archive (its ``wts.h5.zip``), by suffix.
+PEER_MEMBER_SUFFIXES = (".dill", ".pkl", ".pickle", ".keras", ".h5", ".pth", ".ckpt")
+PEER_ARCHIVE_HELP = ("this library never unpickles or runs code from a file, so it cannot "
+                     "load that model: retrain it here (ptycho train) or re-export its weights "
+                     "as plain arrays")
+
+
+def _refuse_peer_archive(names: list[str], path: str) -> None:
+    """A PtychoPINN model archive (dill pickles, Keras / torch payloads) is named and refused."""
+    peer_members = sorted(n for n in names if n.lower().endswith(PEER_MEMBER_SUFFIXES))
+    if peer_members:
+        pickled = [n for n in peer_members if n.lower().endswith((".dill", ".pkl", ".pickle"))]
+        what = (f"dill/pickle members {pickled[:4]}" if pickled
+                else f"framework payloads {peer_members[:4]}")
+        raise NotABundleError(f"{path}: not a {FORMAT_NAME} but a PtychoPINN model archive "
+                              f"(wts.h5.zip layout: {what}); {PEER_ARCHIVE_HELP}")
+
+
 def _parse_manifest(raw: bytes, path: str) -> dict[str, Any]:
     try:
         manifest = json.loads(raw.decode("utf-8"))
@@ -242,6 +260,11 @@ def _parse_manifest(raw: bytes, path: str) -> dict[str, Any]:
         raise NotABundleError(f"{path}: manifest.json is not valid JSON ({_reason(err)})") from err
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT_NAME:
         fmt = manifest.get("format") if isinstance(manifest, dict) else None
+        if isinstance(manifest, dict) and "artifact_schema_version" in manifest:
+            raise NotABundleError(
+                f"{path}: not a {FORMAT_NAME} but a PtychoPINN model archive (its manifest "
+                f"declares artifact_schema_version "
+                f"{_reason(repr(manifest['artifact_schema_version']), 60)}); {PEER_ARCHIVE_HELP}")
         raise NotABundleError(f"{path}: not a {FORMAT_NAME} (format field is {fmt!r})")
     version = manifest.get("format_version")
     if version != FORMAT_VERSION:
@@ -300,6 +323,7 @@ def read_bundle(path: PathLike) -> BundleContents:
             infos = zf.infolist()
             _check_member_names(infos)
             by_name = {i.filename: i for i in infos}
+            _refuse_peer_archive(list(by_name), path)
             if MANIFEST not in by_name:
                 raise NotABundleError(f"{path}: not a bundle (no {MANIFEST} inside)")
             manifest = _parse_manifest(_read_member(zf, by_name[MANIFEST], MAX_MANIFEST_BYTES), path)

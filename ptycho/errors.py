@@ -30,3 +30,11 @@ class BundleError(PtychoError, ValueError):
 
 class TrainingError(PtychoError, RuntimeError):
     """Training stopped because something went wrong (e.g. a non-finite loss)."""
+
+
+class DataWarning(UserWarning):
+    """A data file was read with something skipped or converted (the message says what and why).
+
+    Emitted, for example, when :func:`ptycho.data.load_npz` skips a pickled member it will not
+    unpickle, or converts PtychoPINN's normalised amplitudes to photon units.
+    """

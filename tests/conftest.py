@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import pickle
 
 import pytest
 from hypothesis import HealthCheck, settings
@@ -64,3 +65,13 @@ def numpy_backend(monkeypatch):
     monkeypatch.setitem(REGISTRY, "numpy", BackendInfo("parity.fake", "numpy", "numpy", "test"))
     monkeypatch.setenv("PTYCHO_BACKEND", "numpy")
     return "numpy"
+
+
+@pytest.fixture
+def no_unpickling(monkeypatch):
+    """Any call into pickle's loaders fails the test, whoever makes it (untrusted-file tests)."""
+    def refuse(*a, **k):
+        raise AssertionError("something tried to unpickle")
+    monkeypatch.setattr(pickle, "load", refuse)
+    monkeypatch.setattr(pickle, "loads", refuse)
+    monkeypatch.setattr(pickle, "Unpickler", refuse)

@@ -12,7 +12,7 @@ import pytest
 import ptycho.atomic
 import ptycho.data.contract as contract
 from ptycho.data import RawData, load_npz, save_npz, validate_raw
-from ptycho.errors import DataError
+from ptycho.errors import DataError, DataWarning
 
 M, N = 5, 16
 
@@ -228,9 +228,9 @@ def test_mmap_refuses_writing_modes_and_pickled_members(tmp_path):
                                         r"got 'w\+'"):
         load_npz(tmp_path / "s.npz", mmap_mode="w+")
     d = good()
-    d["meta"] = np.array([None], dtype=object)
+    d["probeGuess"] = np.array([None], dtype=object)
     np.savez(tmp_path / "p.npz", allow_pickle=True, **d)
-    with pytest.raises(DataError, match=r"member 'meta' is an object array"):
+    with pytest.raises(DataError, match=r"member 'probeGuess' is an object array"):
         load_npz(tmp_path / "p.npz", mmap_mode="r")
 
 
@@ -264,14 +264,25 @@ def test_load_truncated_archive(tmp_path):
         load_npz(p)
 
 
-def test_load_pickled_object_member_is_refused(tmp_path):
+def test_load_pickled_contract_member_is_refused(tmp_path):
+    p = tmp_path / "pickled.npz"
+    d = good()
+    d["xcoords"] = np.array([{"evil": True}], dtype=object)
+    np.savez(p, allow_pickle=True, **d)
+    with pytest.raises(DataError, match=r"member 'xcoords' is an object array; pickled members "
+                                        r"are refused"):
+        load_npz(p)
+
+
+def test_load_pickled_other_member_is_skipped_with_a_notice(tmp_path):
     p = tmp_path / "pickled.npz"
     d = good()
     d["meta"] = np.array([{"evil": True}], dtype=object)
     np.savez(p, allow_pickle=True, **d)
-    with pytest.raises(DataError, match=r"member 'meta' is an object array; pickled members "
-                                        r"are refused"):
-        load_npz(p)
+    with pytest.warns(DataWarning, match=r"member 'meta' is a pickled object array; skipped "
+                                         r"without unpickling it"):
+        raw = load_npz(p)
+    assert np.array_equal(raw.diffraction, d["diffraction"])
 
 
 def test_extra_members_are_ignored(tmp_path):

@@ -18,12 +18,27 @@ key                 shape, dtype               meaning
 ``objectGuess``     (H, W) complex64, optional an object estimate [object_guess]
 ``scan_index``      (M,) int64, optional       scan (sub-scan) index of each pattern
                                                [scan_index]
+``mask``            (N, N) or (M, N, N) bool,  which detector pixels were measured: True
+                    optional                   (1) = measured, False (0) = bad pixel; one
+                                               mask shared by every pattern, or one per
+                                               pattern [mask]
+``bad_pixels``      (N, N) or (M, N, N) bool,  the complement of ``mask`` (True = bad), the
+                    optional                   key ptychodus writes; read as ``~bad_pixels``
 ==================  =========================  ===========================================
+
+Bad pixels take no part in the dataset normalisation
+(:func:`ptycho.data.scaling.normalisation_factor`) nor in the losses; grouping sets them to
+zero in the network input (:func:`ptycho.data.grouping.group_data`), so what a bad pixel holds
+never matters. A pattern with no measured pixel is refused (drop it with :meth:`RawData.subset`).
 
 The older (N, N, M) layout of ``diffraction`` is accepted (and transposed) only when it is
 unambiguous: the first two axes equal each other and the probe size, and the last differs
 from N and equals ``len(xcoords)``. When M == N the shape cannot tell the layouts apart and
-the documented (M, N, N) layout is assumed. Other keys in a file are ignored.
+the documented (M, N, N) layout is assumed. Other keys in a file are ignored (a pickled one
+is skipped with a :class:`ptycho.errors.DataWarning`, never unpickled).
+
+Files in PtychoPINN's layout (``diff3d``, ``xcoords_start``/``ycoords_start``, a ``_metadata``
+member, normalised amplitudes) load too; see :mod:`ptycho.data.peer` and :func:`load_npz`.
 
 >>> import numpy as np
 >>> raw = validate_raw({"diffraction": np.ones((3, 16, 16), np.float32),
@@ -35,10 +50,12 @@ the documented (M, N, N) layout is assumed. Other keys in a file are ignored.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import struct
 import tokenize
+import warnings
 import zipfile
 import zlib
 from dataclasses import dataclass
@@ -47,7 +64,8 @@ from typing import Any, Mapping, Optional, Union
 import numpy as np
 
 from ptycho.atomic import atomic_save_npz
-from ptycho.errors import DataError
+from ptycho.data import peer
+from ptycho.errors import DataError, DataWarning
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -56,7 +74,7 @@ REQUIRED_KEYS = ("probeGuess", "xcoords", "ycoords")
 #: Accepted names of the diffraction array, preferred first.
 DIFFRACTION_KEYS = ("diffraction", "diff3d")
 #: Optional keys.
-OPTIONAL_KEYS = ("objectGuess", "scan_index")
+OPTIONAL_KEYS = ("objectGuess", "scan_index", "mask", "bad_pixels")
 
 
 def _describe(arr: np.ndarray) -> str:
@@ -139,6 +157,44 @@ def _check_diffraction(value: Any) -> np.ndarray:
     return arr
 
 
+def _check_mask(key: str, value: Any, m: int, n: int) -> np.ndarray:
+    """A bad-pixel mask as bool, (N, N) shared or (M, N, N) per pattern; True = measured."""
+    try:
+        arr = np.asarray(value)
+    except Exception as exc:  # ragged lists and the like
+        raise DataError(f"{key!r}: cannot be converted to an array ({exc})") from None
+    if arr.dtype.kind not in "biuf":
+        raise DataError(f"{key!r}: expected a bool (or 0/1) mask, got dtype {arr.dtype}")
+    if arr.shape not in ((n, n), (m, n, n)):
+        raise DataError(f"{key!r}: expected shape ({n}, {n}) (one mask shared by every pattern) "
+                        f"or ({m}, {n}, {n}) (one per pattern), got {_describe(arr)}")
+    if arr.dtype.kind != "b":
+        bad = sum(int(np.count_nonzero((c != 0) & (c != 1))) for c in _chunks(arr))
+        if bad:
+            raise DataError(f"{key!r}: {bad} values are neither 0 nor 1; expected a bool mask "
+                            "(True = measured pixel)")
+        arr = arr != 0
+    return arr
+
+
+def _mask_from(key: str, value: Any, m: int, n: int) -> np.ndarray:
+    """The contract's mask (True = measured) from ``mask`` or from ``bad_pixels`` (True = bad)."""
+    arr = _check_mask(key, value, m, n)
+    return ~arr if key == "bad_pixels" else arr
+
+
+def _check_measured(mask: np.ndarray) -> None:
+    if mask.ndim == 2:
+        if not mask.any():
+            raise DataError("'mask': every pixel is masked (no measured pixel); expected at least "
+                            "one True (measured) pixel")
+        return
+    empty = np.flatnonzero(~mask.reshape(mask.shape[0], -1).any(axis=1))
+    if empty.size:
+        raise DataError(f"'mask': {empty.size} patterns have no measured pixel (first: "
+                        f"{empty[:5].tolist()}); drop them, e.g. raw.subset(mask.any(axis=(1, 2)))")
+
+
 @dataclass(frozen=True, eq=False)
 class RawData:
     """One scan in the public layout, validated and cast on construction.
@@ -149,6 +205,9 @@ class RawData:
         x = column, y = row.
     object_guess: optional (H, W) complex64 object estimate.
     scan_index: optional (M,) int64 index of the (sub-)scan each pattern belongs to.
+    mask: optional bool bad-pixel mask, True = measured, False = bad: (N, N) shared by every
+        pattern or (M, N, N) one per pattern (0/1 integers are accepted and cast). Every
+        pattern must keep at least one measured pixel.
 
     Construction raises :class:`DataError` for any violation; arrays are cast to the dtypes
     above (no copy when they already have them). Use :func:`validate_raw` to build one from
@@ -166,6 +225,7 @@ class RawData:
     ycoords: np.ndarray
     object_guess: Optional[np.ndarray] = None
     scan_index: Optional[np.ndarray] = None
+    mask: Optional[np.ndarray] = None
 
     def __post_init__(self) -> None:
         diff = _check_diffraction(self.diffraction)
@@ -214,12 +274,18 @@ class RawData:
                                     f"in dtype {idx.dtype}")
             idx = idx.astype(np.int64, copy=False)
 
+        mask = self.mask
+        if mask is not None:
+            mask = _check_mask("mask", mask, m, n)
+            _check_measured(mask)
+
         object.__setattr__(self, "diffraction", diff)
         object.__setattr__(self, "probe", probe)
         object.__setattr__(self, "xcoords", coords["xcoords"])
         object.__setattr__(self, "ycoords", coords["ycoords"])
         object.__setattr__(self, "object_guess", obj)
         object.__setattr__(self, "scan_index", idx)
+        object.__setattr__(self, "mask", mask)
 
     @property
     def N(self) -> int:  # noqa: N802 (the physics name)
@@ -250,9 +316,12 @@ class RawData:
         if sel.size and (sel.min() < 0 or sel.max() >= self.n_patterns):
             raise DataError(f"subset indices: expected values in [0, {self.n_patterns}), got "
                             f"min {int(sel.min())} max {int(sel.max())}")
+        mask = self.mask
+        if mask is not None and mask.ndim == 3:
+            mask = mask[sel]
         return RawData(self.diffraction[sel], self.probe, self.xcoords[sel], self.ycoords[sel],
                        self.object_guess,
-                       None if self.scan_index is None else self.scan_index[sel])
+                       None if self.scan_index is None else self.scan_index[sel], mask)
 
     def to_arrays(self) -> dict[str, np.ndarray]:
         """The NPZ members of this scan (contract key names; optional keys only when set)."""
@@ -262,6 +331,8 @@ class RawData:
             out["objectGuess"] = self.object_guess
         if self.scan_index is not None:
             out["scan_index"] = self.scan_index
+        if self.mask is not None:
+            out["mask"] = self.mask
         return out
 
 
@@ -304,12 +375,26 @@ def _fix_layout(diff: Any, n_probe: Optional[int], m_coords: Optional[int]) -> A
     return diff  # RawData reports the mismatch with a specific message
 
 
+def _pick_mask(arrays: Mapping[str, Any], m: int, n: int) -> Optional[np.ndarray]:
+    """``mask``, or ``~bad_pixels``; both present must agree."""
+    present = [k for k in ("mask", "bad_pixels") if k in arrays]
+    if not present:
+        return None
+    masks = [_mask_from(k, arrays[k], m, n) for k in present]
+    if len(masks) == 2 and (masks[0].shape != masks[1].shape
+                            or not np.array_equal(masks[0], masks[1])):
+        raise DataError("both 'mask' and 'bad_pixels' are present and they disagree (expected "
+                        "mask == ~bad_pixels); keep exactly one")
+    return masks[0]
+
+
 def validate_raw(arrays: Mapping[str, Any]) -> RawData:
     """Check an NPZ-style mapping against the data contract and build a :class:`RawData`.
 
-    Accepts ``diff3d`` as an alias of ``diffraction`` and the unambiguous legacy (N, N, M)
-    layout (see the module docstring). Raises :class:`DataError` for missing keys, wrong
-    ranks, shapes, dtypes, non-finite or negative values, and empty scans.
+    Accepts ``diff3d`` as an alias of ``diffraction``, ``bad_pixels`` (True = bad) as the
+    complement of ``mask``, and the unambiguous legacy (N, N, M) layout (see the module
+    docstring). Raises :class:`DataError` for missing keys, wrong ranks, shapes, dtypes,
+    non-finite or negative values, and empty scans.
 
     >>> validate_raw({"diffraction": np.ones((2, 16, 16), np.float32)})
     Traceback (most recent call last):
@@ -329,9 +414,13 @@ def validate_raw(arrays: Mapping[str, Any]) -> RawData:
     x = np.asarray(arrays["xcoords"])
     m_coords = x.shape[0] if x.ndim == 1 else None
     diff = _fix_layout(_pick_diffraction(arrays), n_probe, m_coords)
+    shape = np.shape(diff)
+    mask = None
+    if len(shape) == 3 and shape[1] == shape[2]:   # otherwise RawData names the problem
+        mask = _pick_mask(arrays, shape[0], shape[1])
     return RawData(diffraction=diff, probe=arrays["probeGuess"], xcoords=arrays["xcoords"],
                    ycoords=arrays["ycoords"], object_guess=arrays.get("objectGuess"),
-                   scan_index=arrays.get("scan_index"))
+                   scan_index=arrays.get("scan_index"), mask=mask)
 
 
 #: Memory-map modes :func:`load_npz` accepts ("r+" and "w+" would write into the archive).
@@ -340,6 +429,9 @@ MMAP_MODES = (None, "r", "c")
 #: The members :func:`load_npz` reads; any other member is only checked (by its header) for
 #: a pickled object array, never read.
 CONTRACT_KEYS = DIFFRACTION_KEYS + REQUIRED_KEYS + OPTIONAL_KEYS
+#: PtychoPINN's members that :func:`load_npz` reads too, when they hold plain arrays: the
+#: start positions (used when ``xcoords``/``ycoords`` are missing) and a JSON ``_metadata``.
+PEER_READ_KEYS = ("xcoords_start", "ycoords_start", peer.METADATA_KEY)
 
 _LOCAL_HEADER = struct.Struct("<4sHHHHHIIIHH")  # zip local file header, 30 bytes
 _NPY_MAGIC = b"\x93NUMPY"
@@ -463,9 +555,14 @@ def _read_members(name: str, mmap_mode: Optional[str]) -> dict[str, np.ndarray]:
                         raise DataError(f"{name!r}: member {key!r} is not a .npy array")
                     continue
                 if header.dtype.hasobject:
-                    raise DataError(f"{name!r}: member {key!r} is an object array; pickled "
-                                    "members are refused (store numeric arrays only)")
-                if key not in CONTRACT_KEYS:
+                    if key in CONTRACT_KEYS:
+                        raise DataError(f"{name!r}: member {key!r} is an object array; pickled "
+                                        "members are refused (store numeric arrays only)")
+                    warnings.warn(f"{name!r}: member {key!r} is a pickled object array; "
+                                  "skipped without unpickling it"
+                                  f"{peer.pickled_member_note(key)}", DataWarning, stacklevel=3)
+                    continue
+                if key not in CONTRACT_KEYS and key not in PEER_READ_KEYS:
                     continue
                 held = info.file_size - header.offset
                 if header.nbytes > held:
@@ -481,7 +578,8 @@ def _read_members(name: str, mmap_mode: Optional[str]) -> dict[str, np.ndarray]:
     return arrays
 
 
-def load_npz(path: PathLike, mmap_mode: Optional[str] = None) -> RawData:
+def load_npz(path: PathLike, mmap_mode: Optional[str] = None, *,
+             nphotons: Optional[float] = None, amplitudes: str = "auto") -> RawData:
     """Read and validate a scan from an NPZ file (never unpickles anything).
 
     ``mmap_mode``: None reads every member into memory; ``"r"`` (read-only) or ``"c"``
@@ -489,9 +587,21 @@ def load_npz(path: PathLike, mmap_mode: Optional[str] = None) -> RawData:
     them), so a large ``diffraction`` that already has the contract dtype (float32) is not
     read into memory; compressed members, and members that need a dtype cast, are read.
 
-    Only the contract members (:data:`CONTRACT_KEYS`) are read; every member's .npy header is
-    checked first, so an object (pickled) member is refused and a header declaring more data
-    than its member holds is refused before anything is allocated.
+    Only the contract members (:data:`CONTRACT_KEYS`, and PtychoPINN's
+    :data:`PEER_READ_KEYS`) are read; every member's .npy header is checked first, so a
+    pickled contract member is refused, any other pickled member (e.g. PtychoPINN's
+    ``_metadata``) is skipped with a :class:`ptycho.errors.DataWarning` naming it, and a header
+    declaring more data than its member holds is refused before anything is allocated.
+
+    PtychoPINN files (:mod:`ptycho.data.peer`): ``xcoords_start``/``ycoords_start`` stand in
+    for missing ``xcoords``/``ycoords`` (with a notice). ``amplitudes`` says what the
+    diffraction holds: ``"photons"`` (the contract: sqrt of photon counts), ``"normalised"``
+    (PtychoPINN's simulator output: a dataset-wide factor makes the mean total intensity of a
+    pattern ``(N/2)**2``), or ``"auto"`` (default): normalised when the mean total is within
+    10% of ``(N/2)**2`` and the squared amplitudes are not integer counts. Normalised
+    amplitudes are converted to photon units (mean total intensity ``nphotons``) with
+    ``nphotons`` if given, else the ``nphotons`` in the file's JSON ``_metadata``, with a
+    :class:`ptycho.errors.DataWarning`; when neither is known a :class:`DataError` asks for it.
 
     Raises :class:`DataError` (naming the file) when the path is not a readable file, is not
     an NPZ archive, holds an object (pickled) member, a corrupt, encrypted or duplicated
@@ -512,18 +622,32 @@ def load_npz(path: PathLike, mmap_mode: Optional[str] = None) -> RawData:
     if not os.path.isfile(name):
         what = "a directory" if os.path.isdir(name) else "missing"
         raise DataError(f"{name!r}: expected an NPZ file, but the path is {what}")
+    if amplitudes not in peer.AMPLITUDE_UNITS:
+        raise DataError(f"load_npz: amplitudes must be one of {list(peer.AMPLITUDE_UNITS)}, got "
+                        f"{amplitudes!r}")
     arrays = _read_members(name, mmap_mode)
     try:
-        return validate_raw(arrays)
+        metadata = arrays.pop(peer.METADATA_KEY, None)
+        arrays = peer.start_positions_fallback(arrays, name)
+        raw = validate_raw(arrays)
+        factor = peer.photon_scale(raw.diffraction, raw.mask, amplitudes=amplitudes,
+                                   nphotons=nphotons, metadata=metadata, source=name)
     except DataError as exc:
         raise DataError(f"{name!r}: {exc}") from None
+    if factor is None:
+        return raw
+    return dataclasses.replace(raw, diffraction=raw.diffraction * np.float32(factor))
 
 
-def save_npz(raw: RawData, path: PathLike) -> None:
+def save_npz(raw: RawData, path: PathLike, *, peer_compatible: bool = False) -> None:
     """Write ``raw`` to ``path`` (exactly that name) as an NPZ file, atomically.
 
     Keys follow the contract: ``diffraction``, ``probeGuess``, ``xcoords``, ``ycoords`` and,
-    when set, ``objectGuess`` and ``scan_index``. A failed save leaves no partial file.
+    when set, ``objectGuess``, ``scan_index`` and ``mask``. A failed save leaves no partial
+    file. With ``peer_compatible=True`` the file is in PtychoPINN's layout, which its loader
+    (``RawData.from_file``) accepts: see :func:`ptycho.data.peer.peer_arrays` (``diff3d``,
+    start positions, ``scan_index`` zeros when unset, ``bad_pixels``; an object guess is
+    required). Our :func:`load_npz` reads both layouts.
 
     >>> import os, tempfile
     >>> p = os.path.join(tempfile.mkdtemp(), "scan.npz")
@@ -533,4 +657,7 @@ def save_npz(raw: RawData, path: PathLike) -> None:
     """
     if not isinstance(raw, RawData):
         raise DataError(f"save_npz: expected a RawData, got {type(raw).__name__}")
-    atomic_save_npz(path, **raw.to_arrays())
+    arrays = raw.to_arrays()
+    if peer_compatible:
+        arrays = peer.peer_arrays(arrays)
+    atomic_save_npz(path, **arrays)

@@ -122,6 +122,8 @@ class GroupedData:
     intensity_scale: sqrt(counts) per normalised amplitude unit.
     canvas_size: side of each group's canvas in pixels (over all ``rel_offsets``).
     object_guess: optional (H, W) complex64 object from the raw data.
+    mask: bad-pixel mask (True = measured): None, one (N, N) mask shared by every pattern, or
+        (B, C, N, N) one per member pattern; bad pixels of ``diffraction`` hold 0.
     """
 
     diffraction: np.ndarray
@@ -133,6 +135,7 @@ class GroupedData:
     intensity_scale: float
     canvas_size: int
     object_guess: Optional[np.ndarray] = None
+    mask: Optional[np.ndarray] = None
 
     def __post_init__(self) -> None:
         d = self.diffraction
@@ -147,6 +150,10 @@ class GroupedData:
                 raise DataError(f"GroupedData.{name}: expected shape {shape}, got {got}")
         if self.canvas_size < n:
             raise DataError(f"GroupedData.canvas_size: expected >= N = {n}, got {self.canvas_size}")
+        m = self.mask
+        if m is not None and (m.dtype != np.bool_ or m.shape not in ((n, n), d.shape)):
+            raise DataError(f"GroupedData.mask: expected bool ({n}, {n}) or {d.shape}, got "
+                            f"{m.dtype} {m.shape}")
 
     def __len__(self) -> int:
         return int(self.diffraction.shape[0])
@@ -164,7 +171,8 @@ class GroupedData:
     def batch(self, idx: Any) -> Batch:
         """The groups ``idx`` (int, slice, index array or mask) as a :class:`ptycho.batch.Batch`.
 
-        An int gives a batch of one group; ``canvas_size`` is the dataset's.
+        An int gives a batch of one group; ``canvas_size`` is the dataset's; the mask (if any)
+        goes with it, shared or sliced per pattern.
 
         >>> from ptycho.config import ModelConfig
         >>> raw = RawData(np.ones((5, 16, 16), np.float32), np.ones((16, 16)),
@@ -175,8 +183,11 @@ class GroupedData:
         """
         if isinstance(idx, (int, np.integer)) and not isinstance(idx, bool):
             idx = [int(idx)]
+        mask = self.mask
+        if mask is not None and mask.ndim == 4:
+            mask = mask[idx]
         return Batch(diffraction=self.diffraction[idx], rel_offsets=self.rel_offsets[idx],
-                     canvas_size=self.canvas_size)
+                     canvas_size=self.canvas_size, mask=mask)
 
 
 def group_data(raw: RawData, model_config: ModelConfig, nphotons: float,
@@ -184,9 +195,12 @@ def group_data(raw: RawData, model_config: ModelConfig, nphotons: float,
                seed: int = 0) -> GroupedData:
     """Group ``raw`` (:func:`group_scan`) and scale it to photon units.
 
-    The normalisation factor is computed over every pattern of the scan; the intensity scale
-    from ``nphotons`` (mean total counts per pattern) and N; the probe is normalised with
-    ``model_config.probe_scale``. ``raw.N`` must equal ``model_config.N``.
+    The normalisation factor is computed over every pattern of the scan (over its measured
+    pixels when ``raw.mask`` is set); the intensity scale from ``nphotons`` (mean total counts
+    per pattern) and N; the probe is normalised with ``model_config.probe_scale``. ``raw.N``
+    must equal ``model_config.N``. Bad pixels are set to 0 in the grouped diffraction (the
+    network's input), so what they held never reaches the model, and the mask goes with every
+    :meth:`GroupedData.batch` for the losses.
 
     >>> from ptycho.config import ModelConfig
     >>> raw = RawData(np.ones((4, 16, 16), np.float32), np.ones((16, 16)),
@@ -205,16 +219,22 @@ def group_data(raw: RawData, model_config: ModelConfig, nphotons: float,
     s_int = intensity_scale(nphotons, raw.N)
     idx = group_scan(raw.xcoords, raw.ycoords, model_config.gridsize, neighbor_count,
                      n_groups=n_groups, seed=seed)
-    s_norm = normalisation_factor(raw.diffraction)
+    s_norm = normalisation_factor(raw.diffraction, raw.mask)
     diffraction = raw.diffraction[idx]  # a fresh (B, C, N, N) float32 copy
     diffraction *= np.float32(s_norm * s_int)
+    mask = raw.mask
+    if mask is not None:
+        if mask.ndim == 3:
+            mask = mask[idx]            # (B, C, N, N), one per member pattern
+        diffraction *= mask
     pos = np.stack([raw.xcoords, raw.ycoords], axis=1)[idx]  # (B, C, 2)
     centre = pos.mean(axis=1)
     rel = (pos - centre[:, None, :]).astype(np.float32)
     return GroupedData(diffraction=diffraction, global_offsets=centre, rel_offsets=rel,
                        indices=idx, probe=normalise_probe(raw.probe, model_config.probe_scale),
                        normalisation=s_norm, intensity_scale=s_int,
-                       canvas_size=_canvas_size(raw.N, rel), object_guess=raw.object_guess)
+                       canvas_size=_canvas_size(raw.N, rel), object_guess=raw.object_guess,
+                       mask=mask)
 
 
 def group_data_for_training(raw: RawData, training_config: TrainingConfig) -> GroupedData:

@@ -4,7 +4,8 @@ Units:
 
 * raw diffraction ``A``: amplitudes, sqrt(photon counts) as measured (or simulated);
 * normalised amplitude ``A * s_norm`` with :func:`normalisation_factor`: dimensionless, the
-  mean total intensity of a pattern is ``(N/2)**2``;
+  mean total intensity of a pattern is ``(N/2)**2`` (bad pixels of a mask counted as holding
+  the mean measured intensity, see :func:`normalisation_factor`);
 * photon-unit amplitude ``A * s_norm * s_int`` with :func:`intensity_scale`: sqrt(counts),
   the mean total count of a pattern is ``nphotons``;
 * the model's log intensity scale starts at :func:`initial_log_intensity_scale`
@@ -20,7 +21,7 @@ Units:
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Optional
 
 import numpy as np
 
@@ -36,14 +37,25 @@ def _check_n(n: Any) -> int:
     return int(n)
 
 
-def normalisation_factor(diffraction: np.ndarray) -> float:
+def normalisation_factor(diffraction: np.ndarray, mask: Optional[np.ndarray] = None) -> float:
     """Dataset normalisation ``s_norm = sqrt((N/2)**2 / mean_m sum_px A**2)`` (dimensionless).
 
     ``diffraction``: (..., N, N) amplitudes (sqrt of counts); the mean runs over every
     leading axis (all patterns). After multiplying by ``s_norm`` the mean total intensity
     ``sum_px (s_norm A)**2`` of a pattern is ``(N/2)**2``. Computed in float64.
 
+    ``mask`` (True = measured; None = every pixel): one (N, N) mask shared by every pattern,
+    or one per pattern (the shape of ``diffraction``). Bad pixels are left out, and the mean
+    total intensity of a pattern is counted as ``N**2`` times the mean intensity of the
+    measured pixels, pooled over all patterns: a bad pixel counts as if it held the average
+    measured intensity. Without bad pixels this is exactly the unmasked mean total, and the
+    pooling keeps a pattern with few measured pixels from weighing more than its share.
+
     >>> normalisation_factor(np.full((2, 16, 16), 2.0))
+    0.25
+    >>> a = np.full((2, 16, 16), 2.0); a[:, 0, 0] = 1e6           # a hot pixel ...
+    >>> m = np.ones((16, 16), bool); m[0, 0] = False              # ... masked out
+    >>> normalisation_factor(a, m)
     0.25
     """
     a = np.asarray(diffraction)
@@ -56,16 +68,49 @@ def normalisation_factor(diffraction: np.ndarray) -> float:
     flat = a.reshape(-1, n, n)
     if flat.shape[0] == 0:
         raise DataError(f"normalisation_factor: no patterns (diffraction shape {tuple(a.shape)})")
+    shared, per_pattern = _split_mask(mask, a.shape)
     # in chunks of patterns, so a memory-mapped scan is not copied to float64 all at once
-    total = sum(float(np.sum(np.square(flat[i:i + _CHUNK], dtype=np.float64)))
-                for i in range(0, flat.shape[0], _CHUNK))
-    mean_total = total / flat.shape[0]
+    total = 0.0
+    measured = 0
+    for i in range(0, flat.shape[0], _CHUNK):
+        sq = np.square(flat[i:i + _CHUNK], dtype=np.float64)
+        if per_pattern is not None:
+            keep = per_pattern[i:i + _CHUNK]
+            total += float(np.sum(sq, where=keep))
+            measured += int(np.count_nonzero(keep))
+        elif shared is not None:
+            total += float(np.sum(sq, where=shared))
+            measured += int(np.count_nonzero(shared)) * sq.shape[0]
+        else:
+            total += float(np.sum(sq))
+            measured += sq.size
+    if measured == 0:
+        raise DataError("normalisation_factor: the mask excludes every pixel; expected at "
+                        "least one measured pixel")
+    mean_total = total / measured * (n * n)
     if not math.isfinite(mean_total):
         raise DataError("normalisation_factor: diffraction holds NaN or Inf values")
     if mean_total <= 0.0:
         raise DataError("normalisation_factor: every diffraction pattern is zero; expected a "
                         "positive mean total intensity")
     return math.sqrt((n / 2.0) ** 2 / mean_total)
+
+
+def _split_mask(mask: Optional[np.ndarray], shape: tuple) -> tuple:
+    """(shared (N, N) bool or None, per-pattern (P, N, N) bool or None) for diffraction ``shape``."""
+    if mask is None:
+        return None, None
+    m = np.asarray(mask)
+    if m.dtype.kind not in "biuf":
+        raise DataError(f"normalisation_factor: mask must be bool (True = measured), got dtype "
+                        f"{m.dtype}")
+    n = shape[-1]
+    if m.shape == (n, n):
+        return m.astype(bool, copy=False), None
+    if m.shape == tuple(shape):
+        return None, m.reshape(-1, n, n).astype(bool, copy=False)
+    raise DataError(f"normalisation_factor: mask must be ({n}, {n}) (shared) or "
+                    f"{tuple(shape)} (per pattern), got {tuple(m.shape)}")
 
 
 def intensity_scale(nphotons: float, n: int) -> float:

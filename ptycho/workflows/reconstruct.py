@@ -69,15 +69,20 @@ def _plan(model: PtychoModel, data: DataLike):
         raise ValueError(f"data has N={data.N}, the model expects N={cfg.model.N}")
     groups = group_scan(data.xcoords, data.ycoords, cfg.model.gridsize, cfg.neighbor_count,
                         n_groups=None, seed=cfg.seed)
-    scale = np.float32(normalisation_factor(data.diffraction) * intensity_scale(cfg.nphotons, data.N))
+    scale = np.float32(normalisation_factor(data.diffraction, data.mask)
+                       * intensity_scale(cfg.nphotons, data.N))
     xy = np.stack([data.xcoords, data.ycoords], axis=1)
     pos = xy[groups]
+    mask = data.mask
 
     def read(sl: slice) -> np.ndarray:
         idx = groups[sl]
         # fancy indexing copies only these rows, also from a memory-mapped scan
         chunk = np.asarray(data.diffraction[idx.reshape(-1)], dtype=np.float32)
-        return chunk.reshape(idx.shape + (data.N, data.N)) * scale
+        chunk = chunk.reshape(idx.shape + (data.N, data.N)) * scale
+        if mask is not None:    # bad pixels read 0, as in training (group_data)
+            chunk *= mask if mask.ndim == 2 else mask[idx]
+        return chunk
     return pos, read, len(groups)
 
 
@@ -152,7 +157,8 @@ def reconstruct(model: PtychoModel, data: DataLike, *, batch_size: Optional[int]
     """Reconstruct the object seen by ``data`` with a trained ``model``.
 
     Raw data is grouped (one group per scan point for gridsize > 1) and scaled with the
-    model's ``nphotons`` like training data. For gridsize > 1 with ``object_big`` the patches
+    model's ``nphotons`` like training data (bad pixels of ``data.mask`` left out of the
+    normalisation and set to 0). For gridsize > 1 with ``object_big`` the patches
     go through the overlap constraint, as in training (the loss never sees the raw network
     output there). Each patch is stitched at its own scan position, weighted by
     :func:`stitch_window`.

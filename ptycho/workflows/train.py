@@ -6,7 +6,7 @@ import math
 import os
 import time
 from dataclasses import dataclass, field
-from typing import Optional, Union
+from typing import Callable, Optional, Union
 
 from backends import configure_process, resolve_backend_name
 from ptycho.config.schema import TrainingConfig
@@ -50,7 +50,8 @@ def prepare(data: DataLike, config: TrainingConfig) -> GroupedData:
 
 
 def train(config: TrainingConfig, train_data: DataLike, test_data: Optional[DataLike] = None,
-          backend: Optional[str] = None, progress: Optional[ProgressFn] = None) -> TrainResult:
+          backend: Optional[str] = None, progress: Optional[ProgressFn] = None,
+          on_epoch_end: Optional[Callable[[EpochRecord], None]] = None) -> TrainResult:
     """Train a PINN on ``train_data``; validate on ``test_data`` each epoch when given.
 
     The backend is ``backend`` if given, else ``config.backend``, else ``PTYCHO_BACKEND``, else
@@ -61,6 +62,8 @@ def train(config: TrainingConfig, train_data: DataLike, test_data: Optional[Data
     raises :class:`ptycho.training.NonFiniteLossError` (epoch, step; ``err.model`` holds the
     weights of the last completed epoch, ``err.history`` the completed epochs); Ctrl-C ends
     the run with ``history.interrupted`` set and the last completed epoch saved.
+    ``progress(epoch, step, n_steps, terms)`` is called after every step and
+    ``on_epoch_end(record)`` after every completed epoch (after its bundle is written).
 
     Example (needs a backend)::
 
@@ -86,7 +89,7 @@ def train(config: TrainingConfig, train_data: DataLike, test_data: Optional[Data
     tracker = make_tracker(config)
     history_so_far = History()
 
-    def on_epoch_end(record: EpochRecord, _backend_model) -> None:
+    def epoch_done(record: EpochRecord, _backend_model) -> None:
         history_so_far.epochs.append(record)
         metrics = {f"train_{k}": v for k, v in record.loss.items()}
         if record.val_loss:
@@ -96,10 +99,12 @@ def train(config: TrainingConfig, train_data: DataLike, test_data: Optional[Data
         if bundle_path:
             model.history = history_so_far
             model.save(bundle_path)
+        if on_epoch_end is not None:
+            on_epoch_end(record)
 
     try:
         history = fit(model.backend_model, grouped, config, validation=grouped_test,
-                      progress=progress, on_epoch_end=on_epoch_end)
+                      progress=progress, on_epoch_end=epoch_done)
         model.history = history
         t_train = time.perf_counter()
         if bundle_path:
