@@ -24,6 +24,8 @@ import numpy as np
 
 from backends.common import network, physics
 from backends.common.adam import Adam
+from backends.common.gradients import sharded_value_and_grad
+from backends.common.refine import Refiner
 from ptycho.batch import Batch
 from ptycho.config.schema import ModelConfig, TrainingConfig
 from ptycho.physics.losses import LossSettings
@@ -162,22 +164,9 @@ class Model:
 
     def _loss_and_grads(self, *args):
         """Loss terms and d total / d trainables, the batch split by ``ops.shards``."""
-        ops = self.ops
-        variables = self._trainable_variables()
         per_pattern_mask = len(args) == 8 and len(args[7].shape) == 4
-
-        def one(shard):
-            sub = list(args)
-            for i in (0, 1) + ((7,) if per_pattern_mask else ()):
-                sub[i] = sub[i][shard]
-            return ops.value_and_grad(lambda: self._loss_terms(*sub), variables)
-
-        shards = ops.shards(args[0])
-        if len(shards) == 1:
-            return ops.value_and_grad(lambda: self._loss_terms(*args), variables)
-        results = ops.run_sharded(one, shards)
-        terms = {k: sum(r[0][k] for r in results) for k in LOSS_KEYS}
-        return terms, ops.add_lists([r[1] for r in results])
+        return sharded_value_and_grad(self.ops, self._loss_terms, self._trainable_variables(),
+                                      args, (0, 1, 7) if per_pattern_mask else (0, 1))
 
     def _train_step(self, *args):
         terms, grads = self._loss_and_grads(*args)
@@ -308,6 +297,16 @@ class Model:
             return ops.read(self._compiled["constrain", "none"](
                 ops.tensor(patches, "complex64", self.device),
                 ops.tensor(rel_offsets, "float32", self.device), int(canvas_size)))
+
+    def refiner(self, obj: np.ndarray, *, refine_probe: bool = False,
+                learning_rate: Optional[float] = None,
+                probe_learning_rate: Optional[float] = None, epsilon: float = 1e-6) -> Refiner:
+        """A physics refinement of ``obj`` (H, W) with this model's probe and intensity scale
+        (see :mod:`backends.common.refine`; drive it with ``refine.run``)."""
+        return Refiner(self.ops, self.device, obj, self.get_weights()["probe"],
+                       float(self.ops.read(self._log_scale)), self._disk,
+                       refine_probe=refine_probe, learning_rate=learning_rate,
+                       probe_learning_rate=probe_learning_rate, epsilon=epsilon)
 
     def losses(self, batch: Batch, settings: LossSettings) -> dict[str, float]:
         """``nll``, ``mae``, ``realspace``, ``total`` for this batch (no update)."""

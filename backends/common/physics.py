@@ -21,7 +21,7 @@ from ptycho.physics.patches import COVERAGE_FLOOR
 
 __all__ = [
     "canvas_pad", "illuminate", "far_field_amplitude", "translate", "reassemble_patches",
-    "extract_patches", "overlap_constraint", "effective_probe", "physics_forward",
+    "extract_patches", "overlap_constraint", "extract_at", "effective_probe", "physics_forward",
     "poisson_nll", "mae", "realspace_consistency", "loss_terms",
 ]
 
@@ -102,6 +102,20 @@ def overlap_constraint(ops, patches, rel_offsets, m, support=None):
     n = ops.shape(patches)[-1]
     return extract_patches(ops, reassemble_patches(ops, patches, rel_offsets, m, support),
                            rel_offsets, n)
+
+
+def extract_at(ops, canvas, corners, fractions, n):
+    """The (B, N, N) patches of one canvas (H, W) at scan positions, bilinear, zero outside.
+
+    ``patch[r, c] = canvas(y - N//2 + r, x - N//2 + c)`` for position ``(x, y)``, given as its
+    patch's top-left corner split into ``corners`` (B, 2) int (row, column) = floor and
+    ``fractions`` (B, 2) float (rows, columns) in [0, 1): an integer window of N + 1, then a
+    sub-pixel shift of ``-fraction`` (the convention of :func:`ptycho.simulate.object_patches`
+    and of the stitcher).
+    """
+    window = ops.take_windows(canvas, corners[:, 0], corners[:, 1], n + 1)
+    return ops.apply_shifts(window, ops.shift_operator(-fractions[:, 0], n, n + 1),
+                            ops.shift_operator(-fractions[:, 1], n, n + 1))
 
 
 def effective_probe(ops, probe, disk_mask=None):

@@ -218,6 +218,21 @@ def apply_shifts(images, rows: tf.Tensor, cols: tf.Tensor):
     return tf.matmul(tf.matmul(rows, images), cols, transpose_b=True)
 
 
+def take_windows(canvas, rows0, cols0, size: int):
+    """Windows ``canvas[rows0 + i, cols0 + j]`` (i, j < size) of a canvas (H, W): (B, size,
+    size), zero outside it; ``rows0``, ``cols0`` (B,) int32. Two gathers (the gradient, a
+    segment sum, reaches only the pixels read)."""
+    h, w = tf.shape(canvas)[0], tf.shape(canvas)[1]
+    steps = tf.range(size)
+    r = tf.cast(rows0, tf.int32)[:, None] + steps[None]
+    c = tf.cast(cols0, tf.int32)[:, None] + steps[None]
+    rows = tf.gather(canvas, tf.clip_by_value(r, 0, h - 1))                     # (B, size, W)
+    win = tf.gather(rows, tf.clip_by_value(c, 0, w - 1), axis=2, batch_dims=1)  # (B, size, size)
+    inside = tf.cast(((r >= 0) & (r < h))[:, :, None] & ((c >= 0) & (c < w))[:, None, :],
+                     tf.float32)
+    return win * as_complex(inside) if win.dtype == tf.complex64 else win * inside
+
+
 # ------------------------------------------------------------------ network (NHWC)
 def to_network_layout(images):
     """(B, C, N, N) -> NHWC."""

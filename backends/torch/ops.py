@@ -276,6 +276,19 @@ def apply_shifts(images, rows: ShiftTaps, cols: ShiftTaps):
             + cols.weight1[..., None, None] * take_cols(cols.index1))
 
 
+def take_windows(canvas, rows0, cols0, size: int):
+    """Windows ``canvas[rows0 + i, cols0 + j]`` (i, j < size) of a canvas (H, W): (B, size,
+    size), zero outside it; ``rows0``, ``cols0`` (B,) int. One advanced index (its gradient,
+    an index-put with accumulation, reaches only the pixels read)."""
+    h, w = canvas.shape[-2:]
+    steps = torch.arange(size, device=canvas.device)
+    r = rows0.to(torch.int64)[:, None] + steps
+    c = cols0.to(torch.int64)[:, None] + steps
+    win = canvas[r.clamp(0, h - 1)[:, :, None], c.clamp(0, w - 1)[:, None, :]]
+    inside = ((r >= 0) & (r < h))[:, :, None] & ((c >= 0) & (c < w))[:, None, :]
+    return win * inside.to(torch.float32)
+
+
 # ------------------------------------------------------------------ network (channels_last)
 def to_network_layout(images):
     return images.contiguous(memory_format=MEMORY_FORMAT)

@@ -202,3 +202,26 @@ class ChunkProgress:
         if self._bar is not None:
             self._bar.close()
             self._bar = None
+
+
+class RefineProgress:
+    """A ``refine_progress(done, total, nll)`` callback: one bar of refinement iterations with
+    the last iteration's mean NLL."""
+
+    def __init__(self, iterations: int, *, stream: Optional[IO[str]] = None,
+                 enabled: bool = True):
+        self.iterations, self.stream = iterations, stream
+        self.enabled = enabled and iterations > 0
+        self._bar: Optional[ProgressBar] = None
+
+    def __call__(self, done: int, total: int, nll: float) -> None:
+        if not self.enabled:
+            return
+        if self._bar is None:
+            self._bar = ProgressBar(total, "refine", unit="it", stream=self.stream)
+        self._bar.update(done, postfix=f"nll {nll:.5g}")
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None

@@ -22,7 +22,8 @@ import argparse
 import os
 import time
 
-from ptycho.cli.options import add_backend_option, add_quiet_option, positive_int, seed_int
+from ptycho.cli.options import (add_backend_option, add_quiet_option, nonnegative_int,
+                                positive_int, seed_int)
 
 NAME = "reconstruct"
 HELP = "reconstruct a scan (NPZ) with a trained model bundle; write the object and figures"
@@ -67,6 +68,12 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="compute precision of the network (default float32)")
     p.add_argument("--seed", type=seed_int, default=None,
                    help="seed of the neighbour grouping for gridsize > 1 (default: the model's)")
+    p.add_argument("--refine", type=nonnegative_int, default=0, metavar="K",
+                   help="then K iterations of physics refinement: the object (from the "
+                        "network's) optimised directly against the measured amplitudes "
+                        "(default 0: the network alone)")
+    p.add_argument("--refine-probe", action="store_true",
+                   help="with --refine, refine the probe too")
     add_quiet_option(p)
     return p
 
@@ -124,7 +131,7 @@ def _reconstruct_and_report(prog, config, bundle, raw, args, t0) -> int:
     from ptycho.bundle import read_bundle
     from ptycho.cli import summary as S
     from ptycho.cli.options import file_sets_key, prepare_framework_environment, selected_backend
-    from ptycho.cli.progress import ChunkProgress, bars_enabled
+    from ptycho.cli.progress import ChunkProgress, RefineProgress, bars_enabled
     from ptycho.workflows.cdi import evaluate_against_truth, write_outputs
     from ptycho.workflows.inference import load_inference_bundle
     from ptycho.workflows.reconstruct import reconstruct
@@ -144,10 +151,15 @@ def _reconstruct_and_report(prog, config, bundle, raw, args, t0) -> int:
     load_s = time.perf_counter() - t_load
     bars = bars_enabled(args.quiet)
     chunk = ChunkProgress("reconstruct", enabled=bars)
+    refining = RefineProgress(args.refine, enabled=bars)
+    if args.refine_probe and not args.refine:
+        raise ValueError("--refine-probe needs --refine K (K > 0)")
     recon = reconstruct(model, raw, batch_size=config.batch_size, precision=config.precision,
                         keep_patches=False, progress=chunk,
-                        chunk_groups=CHUNK_BATCHES * config.batch_size)
+                        chunk_groups=CHUNK_BATCHES * config.batch_size, refine=args.refine,
+                        refine_probe=args.refine_probe, refine_progress=refining)
     chunk.close()
+    refining.close()
     truth = raw.object_guess
     metrics = evaluate_against_truth(recon, truth)
     paths = write_outputs(config.output_dir, recon, None, truth)
@@ -159,12 +171,26 @@ def _reconstruct_and_report(prog, config, bundle, raw, args, t0) -> int:
                "precision": config.precision, "batch_size": config.batch_size,
                "timings": {"load_model_s": load_s, "reconstruct_s": recon.seconds, "wall_s": wall},
                "reconstruction": recon_info, "metrics": metrics}
+    if recon.refinement is not None:
+        ref = recon.refinement
+        summary["refinement"] = {"iterations": ref["iterations"], "refine_probe": ref["refine_probe"],
+                                 "seconds": ref["seconds"], "nll": ref["nll"]}
+        summary["network_metrics"] = evaluate_against_truth(
+            dataclasses.replace(recon, obj=recon.network_obj, refinement=None), truth)
     paths["summary"] = os.path.join(config.output_dir, S.SUMMARY_NAME)
     summary["paths"] = paths
     S.write_summary(config.output_dir, summary)
     version = summary["framework_version"] or "(version unknown)"
     lines = [f"{prog}: done in {wall:.1f} s on {backend} {version} ({config.precision}); "
              f"model written by {contents.backend}, loaded in {load_s:.1f} s"]
+    if recon.refinement is not None:
+        ref = recon.refinement
+        lines.append(f"refinement: {ref['iterations']} iterations in {ref['seconds']:.1f} s, "
+                     f"NLL {ref['nll'][0]:.4g} -> {ref['nll'][-1]:.4g}"
+                     + (" (probe refined too)" if ref["refine_probe"] else ""))
+        if summary["network_metrics"] is not None:
+            lines.append("  network alone (before refinement):")
+            lines += ["    " + line for line in S.metrics_lines(summary["network_metrics"])]
     lines += S.recon_lines(recon_info, metrics, truth is not None)
     lines.append(S.outputs_line(config.output_dir, paths))
     S.print_lines(lines)

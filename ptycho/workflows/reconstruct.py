@@ -31,11 +31,15 @@ DataLike = Union[RawData, GroupedData]
 class Reconstruction:
     """A stitched object and what it was made from.
 
-    obj: (H, W) complex64 stitched object (zero where no patch reached);
+    obj: (H, W) complex64 object: the refined one when refinement ran, else the network's
+    stitched patches (zero where no patch reached);
     amplitude, phase: ``|obj|`` and ``angle(obj)`` (radians);
     coverage: (H, W) stitching weight per pixel; patches: (B, C, N, N) complex64 network
     output, or None when not kept; positions: (B, C, 2) (x, y) object pixels of each patch;
-    seconds: wall time; n_patterns: patches predicted (B * C).
+    seconds: wall time of everything; n_patterns: patches predicted (B * C);
+    network_obj: the network's stitched object (the refinement's start; ``obj`` itself when
+    no refinement ran); refinement: None, or what the refinement did (``iterations``,
+    ``nll`` per iteration, ``seconds``, ``probe`` (N, N) complex64, refined or not).
     """
 
     obj: np.ndarray
@@ -44,6 +48,12 @@ class Reconstruction:
     patches: Optional[np.ndarray]
     seconds: float
     n_patterns: int
+    network_obj: Optional[np.ndarray] = None
+    refinement: Optional[dict] = None
+
+    def __post_init__(self) -> None:
+        if self.network_obj is None:
+            self.network_obj = self.obj
 
     @property
     def amplitude(self) -> np.ndarray:
@@ -150,10 +160,57 @@ def constraint_canvas(model: PtychoModel, positions: np.ndarray) -> Optional[int
     return canvas_size(cfg.N, positions - positions.mean(axis=1, keepdims=True))
 
 
+def refine_patterns(model: PtychoModel, data: DataLike):
+    """Every pattern of ``data`` once, for refinement: positions (M, 2) = (x, y), a reader
+    ``rows -> (b, N, N)`` of photon-unit amplitudes scaled as for the network, and the
+    bad-pixel mask (None, (N, N) or (M, N, N))."""
+    n = model.model_config.N
+    if isinstance(data, GroupedData):    # its patterns, as grouped (a pattern may repeat)
+        c = data.n_channels
+        pos = (data.global_offsets[:, None, :] + data.rel_offsets.astype(np.float64)).reshape(-1, 2)
+        mask = data.mask
+        if mask is not None and mask.ndim == 4:
+            mask = mask.reshape(-1, n, n)
+
+        def read_grouped(rows: np.ndarray) -> np.ndarray:
+            return np.asarray(data.diffraction[rows // c, rows % c], np.float32)
+        return pos, read_grouped, mask
+    scale = np.float32(normalisation_factor(data.diffraction, data.mask)
+                       * intensity_scale(model.config.nphotons, data.N))
+
+    def read(rows: np.ndarray) -> np.ndarray:
+        return np.asarray(data.diffraction[rows], np.float32) * scale
+    return np.stack([data.xcoords, data.ycoords], axis=1), read, data.mask
+
+
+def refine_object(model: PtychoModel, obj: np.ndarray, data: DataLike, iterations: int, *,
+                  refine_probe: bool = False, batch_size: int = 64, seed: Optional[int] = None,
+                  progress: Optional[Callable[[int, int, float], None]] = None) -> dict:
+    """Physics refinement of ``obj`` against ``data`` in the model's backend (see
+    :mod:`backends.common.refine`): ``iterations`` passes of the Poisson likelihood's
+    gradient over every pattern, from ``obj`` with the model's probe (refined too when
+    ``refine_probe``) and intensity scale. Returns ``obj``, ``probe``, ``nll`` (per
+    iteration), ``iterations``, ``seconds``.
+    """
+    from backends.common.refine import run
+
+    start = time.perf_counter()
+    positions, read, mask = refine_patterns(model, data)
+    refiner = model.backend_model.refiner(obj, refine_probe=refine_probe)
+    history = run(refiner, positions, read, iterations, batch_size=batch_size, mask=mask,
+                  seed=model.config.seed if seed is None else seed, progress=progress)
+    obj, probe = refiner.result()
+    return {"obj": obj, "probe": probe, "nll": history, "iterations": int(iterations),
+            "refine_probe": bool(refine_probe), "seconds": time.perf_counter() - start}
+
+
 def reconstruct(model: PtychoModel, data: DataLike, *, batch_size: Optional[int] = None,
                 precision: str = "float32", keep_patches: bool = True,
                 object_shape: Optional[Sequence[int]] = None, chunk_groups: int = DEFAULT_CHUNK_GROUPS,
-                progress: Optional[Callable[[int, int], None]] = None) -> Reconstruction:
+                progress: Optional[Callable[[int, int], None]] = None, refine: int = 0,
+                refine_probe: bool = False,
+                refine_progress: Optional[Callable[[int, int, float], None]] = None
+                ) -> Reconstruction:
     """Reconstruct the object seen by ``data`` with a trained ``model``.
 
     Raw data is grouped (one group per scan point for gridsize > 1) and scaled with the
@@ -164,7 +221,14 @@ def reconstruct(model: PtychoModel, data: DataLike, *, batch_size: Optional[int]
     :func:`stitch_window`.
     ``object_shape`` defaults to the data's ``object_guess`` shape, else the scan's extent.
     ``progress(done, total)`` is called after each chunk (counts of groups).
+
+    ``refine=K``: then ``K`` iterations of physics refinement (:func:`refine_object`) from
+    the stitched object, in the model's backend, with the model's probe (refined too with
+    ``refine_probe``); ``refine_progress(done, K, nll)`` after each iteration. The network's
+    object stays in ``network_obj``.
     """
+    if isinstance(refine, bool) or not isinstance(refine, (int, np.integer)) or refine < 0:
+        raise ValueError(f"refine must be an int >= 0 (iterations), got {refine!r}")
     start = time.perf_counter()
     positions, read, n_groups = _plan(model, data)
     n = model.model_config.N
@@ -185,7 +249,14 @@ def reconstruct(model: PtychoModel, data: DataLike, *, batch_size: Optional[int]
         _release_freed_memory()
         if progress is not None:
             progress(sl.stop, n_groups)
-    return Reconstruction(obj=stitcher.result(), coverage=stitcher.coverage,
+    network_obj = stitcher.result()
+    refinement = None
+    if refine:
+        refinement = refine_object(model, network_obj, data, int(refine),
+                                   refine_probe=refine_probe, progress=refine_progress)
+    return Reconstruction(obj=refinement["obj"] if refinement else network_obj,
+                          coverage=stitcher.coverage,
                           positions=positions, patches=np.concatenate(kept) if kept else None,
                           seconds=time.perf_counter() - start,
-                          n_patterns=int(n_groups * model.model_config.n_channels))
+                          n_patterns=int(n_groups * model.model_config.n_channels),
+                          network_obj=network_obj, refinement=refinement)
