@@ -37,7 +37,7 @@ from scipy.special import expit
 from ptycho.batch import Batch
 from ptycho.config.schema import N_LEVELS, ModelConfig, TrainingConfig
 from ptycho.physics.forward import far_field_amplitude
-from ptycho.physics.losses import LossSettings, masked_mean, total_loss
+from ptycho.physics.losses import LossSettings, masked_mean, poisson_nll, total_loss
 from ptycho.physics.model import effective_probe
 from ptycho.physics.patches import (central_mask, object_support, overlap_constraint,
                                     probe_disk_mask)
@@ -517,6 +517,127 @@ def adam_sensitivity(grads: list[Mapping[str, np.ndarray]], noise: list[Mapping[
     return dev
 
 
+# -- physics refinement (the object, optionally the probe, against the data) --------------------
+def _extraction(positions: np.ndarray, n: int, shape: tuple[int, int]):
+    """Bilinear patch extraction at scan positions and its adjoint, on an object of ``shape``.
+
+    ``extract(obj) -> (B, N, N)``: ``patch[r, c] = obj(y - N//2 + r, x - N//2 + c)``, zero
+    outside; ``adjoint(g (B, N, N)) -> (H, W)``: the splat of ``g`` back onto the object.
+    """
+    h, w = shape
+    top = np.asarray(positions, np.float64)[:, ::-1] - n // 2
+    i0 = np.floor(top).astype(np.int64)
+    fy, fx = [(top - i0)[:, k, None, None] for k in (0, 1)]
+    r = i0[:, 0, None] + np.arange(n + 1)
+    c = i0[:, 1, None] + np.arange(n + 1)
+    inside = ((r >= 0) & (r < h))[:, :, None] & ((c >= 0) & (c < w))[:, None, :]
+    rr = np.broadcast_to(np.clip(r, 0, h - 1)[:, :, None], inside.shape)
+    cc = np.broadcast_to(np.clip(c, 0, w - 1)[:, None, :], inside.shape)
+    coef = {(0, 0): (1 - fy) * (1 - fx), (0, 1): (1 - fy) * fx, (1, 0): fy * (1 - fx),
+            (1, 1): fy * fx}
+
+    def extract(obj: np.ndarray) -> np.ndarray:
+        win = np.where(inside, obj[rr, cc], 0.0)
+        return sum(k * win[:, a:a + n, b:b + n] for (a, b), k in coef.items())
+
+    def adjoint(g: np.ndarray) -> np.ndarray:
+        g_win = np.zeros(inside.shape, np.result_type(g, np.float64))
+        for (a, b), k in coef.items():
+            g_win[:, a:a + n, b:b + n] += k * g
+        out = np.zeros(shape, g_win.dtype)
+        np.add.at(out, (rr[inside], cc[inside]), g_win[inside])
+        return out
+
+    return extract, adjoint
+
+
+def refine_gradients(obj: np.ndarray, probe: np.ndarray, log_intensity_scale: float,
+                     positions: np.ndarray, diffraction: np.ndarray, eps: float,
+                     mask: Optional[np.ndarray] = None, probe_mask: bool = False) -> dict:
+    """Refinement's loss and its exact float64 gradients, derived by hand.
+
+    For each pattern at ``(x, y)``: ``patch = bilinear(obj)`` at rows ``y - N//2 + r``,
+    columns ``x - N//2 + c`` (zero outside); ``pred = |fftshift(fft2(P_eff patch))| / N *
+    exp(log_intensity_scale)``; ``nll`` = the Poisson NLL over the measured pixels
+    (:func:`ptycho.physics.poisson_nll`). Returns ``nll``, ``object`` and ``probe`` (the raw
+    probe's), gradients as ``d/d real + 1j d/d imag``. The backward pass: ``d nll / d pred``
+    per pixel, the far field's adjoint (unit phase, inverse orthonormal FFT), ``conj(P)`` for
+    the patch and ``conj(patch)`` for the probe, and bilinear extraction's adjoint (a splat).
+    """
+    obj = np.asarray(obj, np.complex128)
+    probe_raw = np.asarray(probe, np.complex128)
+    n = probe_raw.shape[-1]
+    obs = np.asarray(diffraction, np.float64)
+    extract, adjoint = _extraction(positions, n, obj.shape)
+    patch = extract(obj)
+    p_eff = effective_probe(probe_raw, probe_mask)
+    scale = math.exp(float(log_intensity_scale))
+    f = np.fft.fftshift(np.fft.fft2(p_eff * patch, axes=(-2, -1), norm="ortho"), axes=(-2, -1))
+    a0 = np.abs(f)
+    pred = a0 * scale
+    measured = (np.ones(pred.shape, bool) if mask is None
+                else np.broadcast_to(np.asarray(mask) != 0, pred.shape))
+    obs = np.where(measured, obs, 0.0)
+    nll = poisson_nll(pred, obs, eps, measured)
+    g_pred = np.where(measured, (1.0 - obs ** 2 / (pred ** 2 + eps)) * 2 * pred, 0.0)
+    g_pred /= np.count_nonzero(measured)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        unit = np.where(a0 > 0, f / np.where(a0 > 0, a0, 1.0), 0.0)
+    g_psi = np.fft.ifft2(np.fft.ifftshift(g_pred * scale * unit, axes=(-2, -1)), axes=(-2, -1),
+                         norm="ortho")
+    g_probe = np.sum(np.conj(patch) * g_psi, axis=0)
+    if probe_mask:
+        g_probe = g_probe * probe_disk_mask(n)
+    return {"nll": nll, "object": adjoint(np.conj(p_eff) * g_psi), "probe": g_probe,
+            "count": int(np.count_nonzero(measured))}
+
+
+class ReferenceRefiner:
+    """:class:`backends.common.refine.Refiner` in float64 on :func:`refine_gradients` (the
+    oracle of the refinement parity checks, and the stand-in backend's refiner): the same
+    preconditioned step, ``O -= step * count * g / (4 s^2 (illumination + reg * max))`` with
+    the illumination ``E^T(|P_eff|^2 E(1))`` and, for the probe, ``sum_k |patch_k|^2``."""
+
+    def __init__(self, obj, probe, log_intensity_scale: float, probe_mask: bool = False, *,
+                 refine_probe: bool = False, step: float, regularisation: float,
+                 epsilon: float = 1e-6):
+        self.w = {"object": np.asarray(obj, np.complex128), "probe": np.asarray(probe, np.complex128)}
+        self.log_intensity_scale, self.probe_mask = float(log_intensity_scale), probe_mask
+        self.refine_probe, self.epsilon = refine_probe, float(epsilon)
+        self.step_size, self.regularisation = float(step), float(regularisation)
+
+    def gradients(self, positions, diffraction, mask=None) -> dict:
+        out = refine_gradients(self.w["object"], self.w["probe"], self.log_intensity_scale,
+                               positions, diffraction, self.epsilon, mask, self.probe_mask)
+        if not self.refine_probe:
+            del out["probe"]
+        return out
+
+    def _precondition(self, g, weight, count):
+        curvature = 4.0 * math.exp(2.0 * self.log_intensity_scale)
+        floor = self.regularisation * max(float(np.max(weight)), 1e-30)
+        return self.step_size * count * g / (curvature * (weight + floor))
+
+    def step(self, positions, diffraction, mask=None) -> float:
+        g = self.gradients(positions, diffraction, mask)
+        if not math.isfinite(g["nll"]):
+            return g["nll"]
+        n = self.w["probe"].shape[-1]
+        extract, adjoint = _extraction(positions, n, self.w["object"].shape)
+        p_eff = effective_probe(self.w["probe"], self.probe_mask)
+        illumination = adjoint(np.abs(p_eff) ** 2 * extract(np.ones(self.w["object"].shape)))
+        update = {"object": self._precondition(g["object"], illumination, g["count"])}
+        if self.refine_probe:
+            lit = np.sum(np.abs(extract(self.w["object"])) ** 2, axis=0)
+            update["probe"] = self._precondition(g["probe"], lit, g["count"])
+        for name, delta in update.items():
+            self.w[name] = self.w[name] - delta
+        return g["nll"]
+
+    def result(self) -> tuple[np.ndarray, np.ndarray]:
+        return self.w["object"].copy(), self.w["probe"].copy()
+
+
 def as_float32(weights: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Cast a float64 weight mapping back to the canonical float32 / complex64."""
     return {k: np.asarray(v).astype(np.complex64 if np.iscomplexobj(v) else np.float32)
@@ -582,6 +703,17 @@ class ReferenceModel:
     def gradients(self, batch: Batch, settings: LossSettings) -> dict[str, np.ndarray]:
         return gradients(self.config, self._w, batch, settings)[1]
 
+    def refiner(self, obj: np.ndarray, *, refine_probe: bool = False, step: Optional[float] = None,
+                regularisation: Optional[float] = None, epsilon: float = 1e-6) -> ReferenceRefiner:
+        """Refinement of ``obj`` with this model's probe and scale (the backends' defaults)."""
+        from backends.common import refine as shared
+
+        return ReferenceRefiner(
+            obj, self._w["probe"], float(self._w["log_intensity_scale"]), self.config.probe_mask,
+            refine_probe=refine_probe, step=shared.STEP if step is None else step,
+            regularisation=shared.REGULARISATION if regularisation is None else regularisation,
+            epsilon=epsilon)
+
     def configure_training(self, training: TrainingConfig) -> None:
         self._adam = AdamState.from_config(training)
         self._settings = LossSettings.from_config(training)
@@ -602,8 +734,8 @@ class ReferenceModel:
 
 
 __all__ = [
-    "AdamState", "ReferenceModel", "activation", "adam_sensitivity", "adam_step", "as_float32",
+    "AdamState", "ReferenceModel", "ReferenceRefiner", "activation", "adam_sensitivity", "adam_step", "as_float32",
     "conv2d",
     "directional_derivative", "forward", "gradients", "loss_scales", "losses",
-    "network_patches", "perturb", "predict",
+    "network_patches", "perturb", "predict", "refine_gradients",
 ]

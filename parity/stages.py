@@ -287,7 +287,89 @@ def stage_gradients(ctx: Context) -> list[Check]:
     qty = f"gradients ({len(names)} entries)"
     scales = gradient_scales(ref, mags, tolerance("gradients.entry").rtol)
     return [check(ctx, "gradients", qty, "gradients.entry", ga, gb, ref,
-                  scale={f"{qty}.{n}": v for n, v in scales.items()})]
+                  scale={f"{qty}.{n}": v for n, v in scales.items()})] + _refine_gradient_check(ctx)
+
+
+class RefineInputs:
+    """The refinement problem of stages 5 and 6: the batch's patterns one by one (positions,
+    photon-unit amplitudes, the batch's mask), a smooth random starting object over their
+    extent, and the weights' probe and intensity scale."""
+
+    def __init__(self, ctx: Context):
+        data, batch = ctx.dataset, ctx.batch
+        n, c = ctx.model.N, ctx.model.n_channels
+        idx = np.arange(batch.size)
+        pos = (data.global_offsets[idx, None, :] + data.rel_offsets[idx].astype(np.float64))
+        self.positions = pos.reshape(-1, 2)
+        self.diffraction = batch.diffraction.reshape(-1, n, n)
+        self.mask = None if batch.mask is None or batch.mask.ndim == 2 else \
+            batch.mask.reshape(-1, n, n)
+        if batch.mask is not None and batch.mask.ndim == 2:
+            self.mask = batch.mask
+        self.positions = self.positions - self.positions.min(axis=0) + n // 2 + 1
+        h, w = (int(np.ceil(v)) + n // 2 + 2 for v in self.positions.max(axis=0)[::-1])
+        rng = ctx.rng(55)
+        self.obj = (0.25 * np.exp(0.5j * rng.normal(size=(h, w)))
+                    * (1 + 0.1 * rng.normal(size=(h, w)))).astype(np.complex64)
+        w0 = ctx.weights
+        self.probe, self.log_scale = w0["probe"], float(w0["log_intensity_scale"])
+        self.batches = [slice(i, i + max(1, len(self.positions) // 2))
+                        for i in range(0, len(self.positions), max(1, len(self.positions) // 2))]
+        del c
+
+    def rows(self, j: int) -> tuple:
+        sl = self.batches[j % len(self.batches)]
+        mask = self.mask if self.mask is None or self.mask.ndim == 2 else self.mask[sl]
+        return self.positions[sl], self.diffraction[sl], mask
+
+
+def _refine_gradient_check(ctx: Context) -> list[Check]:
+    """Refinement's loss and gradients (object and probe) in A and B vs the float64 reference
+    (:func:`parity.reference.refine_gradients`), each relative to its largest gradient."""
+    inp = RefineInputs(ctx)
+    ref = R.refine_gradients(inp.obj, inp.probe, inp.log_scale, inp.positions, inp.diffraction,
+                             ctx.settings.epsilon, inp.mask, ctx.model.probe_mask)
+    got = [ctx.build(side).refiner(inp.obj, refine_probe=True).gradients(
+        inp.positions, inp.diffraction, inp.mask) for side in (ctx.a, ctx.b)]
+    qty = "refinement gradients (object, probe)"
+    grads = [{k: g[k] for k in ("object", "probe")} for g in got]
+    top = max(float(np.max(np.abs(ref[k]))) for k in ("object", "probe"))
+    rtol = tolerance("gradients.entry").rtol
+    scale = {f"{qty}.{k}": np.max(np.abs(ref[k])) + F32_EPS * top / rtol
+             for k in ("object", "probe")}
+    pred_scale = np.mean(2 * inp.diffraction.astype(np.float64) ** 2)
+    return [check(ctx, "gradients", "refinement NLL", "loss.terms", np.float64(got[0]["nll"]),
+                  np.float64(got[1]["nll"]), np.float64(ref["nll"]), scale=pred_scale),
+            check(ctx, "gradients", qty, "gradients.entry", grads[0], grads[1],
+                  {k: ref[k] for k in ("object", "probe")}, scale=scale)]
+
+
+def _refine_step_checks(ctx: Context) -> list[Check]:
+    """k refinement steps (object and probe) from the same object in A, B and float64: the
+    NLL before each step, and the object and probe after the k steps, relative to their
+    largest magnitude (the step is a preconditioned gradient step: its float32 error is the
+    gradient's, relative, growing with the steps)."""
+    from backends.common import refine as shared
+
+    k, inp = ctx.steps, RefineInputs(ctx)
+    sides = {s.label: ctx.build(s).refiner(inp.obj, refine_probe=True) for s in (ctx.a, ctx.b)}
+    reference = R.ReferenceRefiner(
+        inp.obj, inp.probe, inp.log_scale, ctx.model.probe_mask, refine_probe=True,
+        step=shared.STEP, regularisation=shared.REGULARISATION, epsilon=ctx.settings.epsilon)
+    nll = {"A": {}, "B": {}, "ref": {}}
+    for j in range(k):
+        args = inp.rows(j)
+        nll["ref"][f"step{j}"] = np.float64(reference.step(*args))
+        for label, refiner in sides.items():
+            nll[label][f"step{j}"] = np.float64(refiner.step(*args))
+    out = [check(ctx, "optimizer", f"refinement NLL before each of {k} steps",
+                 "optimizer.losses", nll["A"], nll["B"], nll["ref"], steps=k)]
+    results = {label: dict(zip(("object", "probe"), r.result())) for label, r in sides.items()}
+    want = dict(zip(("object", "probe"), reference.result()))
+    qty = f"refined object and probe after {k} steps"
+    out.append(check(ctx, "optimizer", qty, "optimizer.weights", results["A"], results["B"],
+                     want, steps=k, scale={f"{qty}.{n}": np.max(np.abs(want[n])) for n in want}))
+    return out
 
 
 def gradient_scales(grads: dict, mags: dict, rtol: float) -> dict[str, np.ndarray]:
@@ -414,7 +496,7 @@ def stage_optimizer(ctx: Context) -> list[Check]:
         if frozen:
             out.append(ref_only("optimizer", f"frozen entries unchanged ({side.name})",
                                 "optimizer.frozen", still, was, side=side.label))
-    return out
+    return out + _refine_step_checks(ctx)
 
 
 # -- 7. bundles ---------------------------------------------------------------------------------

@@ -154,6 +154,27 @@ def test_reconstruct_accepts_the_run_folder_and_bfloat16(trained, data, tmp_path
         assert 0 < err < 0.05 * ref.max()        # bfloat16 differs, but only a little
 
 
+def test_reconstruct_refines_the_networks_object(trained, data, tmp_path, capsys):
+    """--refine K: K iterations of physics refinement after the network; the summary holds
+    both objects' metrics, and the refined object fits the data far better."""
+    backend, r = trained
+    out = tmp_path / "refined"
+    code = main(["reconstruct", "--model", str(r["out"] / "model.zip"), "--data", str(data[1]),
+                 "--output-dir", str(out), "--backend", backend, "--refine", "15"])
+    text = capsys.readouterr().out
+    assert code == 0, text
+    assert "refinement: 15 iterations" in text and "network alone (before refinement)" in text
+    summary = json.loads((out / "summary.json").read_text())
+    nll = summary["refinement"]["nll"]
+    assert summary["refinement"]["iterations"] == 15 and len(nll) == 15
+    assert nll[-1] < 0.1 * nll[0]
+    for part in ("amplitude", "phase"):    # a two-epoch network, then refinement
+        assert summary["metrics"][part]["ssim"] > summary["network_metrics"][part]["ssim"]
+    code = main(["reconstruct", "--model", str(r["out"] / "model.zip"), "--data", str(data[1]),
+                 "--output-dir", str(tmp_path / "bad"), "--backend", backend, "--refine-probe"])
+    assert code == 2 and "--refine-probe needs --refine" in capsys.readouterr().err
+
+
 @pytest.mark.parity
 def test_reconstruct_in_the_other_backend_matches(cli_runs, data, tmp_path, capsys):
     r = cli_runs("tensorflow")

@@ -156,3 +156,55 @@ def test_reference_model_trains_with_the_core_driver():
     hist = fit(model, data, cfg)
     losses = hist.losses("total")
     assert len(losses) == 3 and losses[-1] < losses[0]
+
+
+@pytest.mark.parametrize("probe_mask, masked", [(False, False), (True, True)])
+def test_refinement_gradients_match_float64_finite_differences(probe_mask, masked):
+    """parity.reference.refine_gradients (hand-derived) against central differences of the
+    NLL, in object and probe pixels, real and imaginary parts, for sub-pixel positions
+    (one reaching past the object's edge) and a bad-pixel mask."""
+    rng = np.random.default_rng(3)
+    n = 8
+    obj = (0.5 + 0.2 * rng.normal(size=(20, 22))) * np.exp(1j * rng.normal(size=(20, 22)))
+    probe = (rng.normal(size=(n, n)) + 1j * rng.normal(size=(n, n))) * 0.5
+    positions = np.array([[6.3, 7.7], [11.0, 9.25], [15.5, 14.0], [19.6, 4.1]])
+    truth = obj * np.exp(0.1j)
+    patches = R._extraction(positions, n, truth.shape)[0](truth)
+    obs = np.sqrt(rng.poisson(40 * P.far_field_amplitude(probe * patches) ** 2 + 1))
+    mask = (rng.uniform(size=(n, n)) > 0.2) if masked else None
+    lis = 0.3
+    g = R.refine_gradients(obj, probe, lis, positions, obs, 1e-6, mask, probe_mask)
+
+    def nll(o, p):
+        return R.refine_gradients(o, p, lis, positions, obs, 1e-6, mask, probe_mask)["nll"]
+
+    h = 1e-6
+    for name, index in (("object", (7, 6)), ("object", (3, 14)), ("object", (9, 11)),
+                        ("probe", (3, 4)), ("probe", (6, 1))):
+        for part in (1.0, 1j):
+            d = np.zeros(obj.shape if name == "object" else probe.shape, complex)
+            d[index] = part * h
+            args = [(obj + d, probe), (obj - d, probe)] if name == "object" else \
+                [(obj, probe + d), (obj, probe - d)]
+            fd = (nll(*args[0]) - nll(*args[1])) / (2 * h)
+            got = g[name][index].real if part == 1.0 else g[name][index].imag
+            assert got == pytest.approx(fd, rel=1e-5, abs=1e-7 * np.abs(g[name]).max()), \
+                (name, index, part)
+    assert np.abs(g["object"]).max() > 0
+    if probe_mask:      # outside the disk the probe has no gradient
+        assert np.all(g["probe"][P.probe_disk_mask(n) == 0] == 0)
+
+
+def test_refinement_extraction_and_its_adjoint():
+    """The reference's extraction is the simulator's (same bilinear convention) and its
+    adjoint satisfies <E x, g> = <x, E^T g>, with patches reaching past the edges."""
+    from ptycho.simulate.dataset import object_patches
+    rng = np.random.default_rng(8)
+    obj = rng.normal(size=(20, 24)) + 1j * rng.normal(size=(20, 24))
+    inside = np.array([[6.3, 7.7], [12.0, 9.25], [15.5, 14.0]])
+    extract, adjoint = R._extraction(inside, 8, obj.shape)
+    np.testing.assert_allclose(extract(obj), object_patches(obj, inside, 8), rtol=0, atol=1e-6)
+    edge = np.array([[2.5, 3.25], [21.7, 17.1]])
+    extract, adjoint = R._extraction(edge, 8, obj.shape)
+    g = rng.normal(size=(2, 8, 8)) + 1j * rng.normal(size=(2, 8, 8))
+    assert np.vdot(extract(obj), g) == pytest.approx(np.vdot(obj, adjoint(g)), rel=1e-12)

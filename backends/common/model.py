@@ -25,7 +25,7 @@ import numpy as np
 from backends.common import network, physics
 from backends.common.adam import Adam
 from backends.common.gradients import sharded_value_and_grad
-from backends.common.refine import Refiner
+from backends.common.refine import REGULARISATION, STEP, Refiner
 from ptycho.batch import Batch
 from ptycho.config.schema import ModelConfig, TrainingConfig
 from ptycho.physics.losses import LossSettings
@@ -298,15 +298,14 @@ class Model:
                 ops.tensor(patches, "complex64", self.device),
                 ops.tensor(rel_offsets, "float32", self.device), int(canvas_size)))
 
-    def refiner(self, obj: np.ndarray, *, refine_probe: bool = False,
-                learning_rate: Optional[float] = None,
-                probe_learning_rate: Optional[float] = None, epsilon: float = 1e-6) -> Refiner:
+    def refiner(self, obj: np.ndarray, *, refine_probe: bool = False, step: float = STEP,
+                regularisation: float = REGULARISATION, epsilon: float = 1e-6) -> Refiner:
         """A physics refinement of ``obj`` (H, W) with this model's probe and intensity scale
         (see :mod:`backends.common.refine`; drive it with ``refine.run``)."""
         return Refiner(self.ops, self.device, obj, self.get_weights()["probe"],
                        float(self.ops.read(self._log_scale)), self._disk,
-                       refine_probe=refine_probe, learning_rate=learning_rate,
-                       probe_learning_rate=probe_learning_rate, epsilon=epsilon)
+                       refine_probe=refine_probe, step=step, regularisation=regularisation,
+                       epsilon=epsilon)
 
     def losses(self, batch: Batch, settings: LossSettings) -> dict[str, float]:
         """``nll``, ``mae``, ``realspace``, ``total`` for this batch (no update)."""

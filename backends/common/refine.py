@@ -4,17 +4,22 @@ Starting from an object (the network's stitched reconstruction), optimise the ob
 optionally the probe, directly against the measured amplitudes with the training loss's
 Poisson likelihood: for each pattern, the object patch at its scan position
 (:func:`~backends.common.physics.extract_at`, bilinear) times the effective probe, the
-far-field amplitude times ``exp(log_intensity_scale)``, and
+far-field amplitude times ``s = exp(log_intensity_scale)``, and
 :func:`~backends.common.physics.poisson_nll` against the counts (bad pixels masked). The
 same differentiable physics as training, so no third copy: only the unknowns differ (object
 pixels instead of network weights).
 
-Optimiser: Adam (:mod:`~backends.common.adam`, the Keras 3 form) on minibatches of
-patterns, one separate Adam for the probe; an *iteration* is one pass over every pattern in
-a seeded order. Adam's per-pixel normalisation makes the step size about ``learning_rate``
-per pixel whatever the illumination, which is what ptychographic engines get from their
-``|P|^2`` preconditioners; the default rate is a fixed fraction of the starting object's
-RMS amplitude (:data:`LEARNING_RATE_FRACTION`), so it is dimensionless.
+The step is the likelihood's gradient, preconditioned the way ptychographic engines do
+(PIE): on a minibatch of patterns, ``O -= step * G / (4 s^2 (illumination + reg max))``,
+where ``G`` is the gradient of the summed NLL and ``illumination`` the sum of the probe
+intensities ``|P|^2`` over the batch's positions (likewise for the probe, with the patches'
+intensities). Why these constants: near the optimum the Poisson NLL of an amplitude ``a``
+against counts ``k`` curves like ``4 (a - sqrt(k))^2``, so with the orthonormal FFT the
+Gauss-Newton curvature of one pattern in its exit wave is ``4 s^2``: ``step = 1`` moves each
+exit wave to its measured amplitudes (the projection of error reduction), and the object
+update averages those corrections where patterns overlap. The step is dimensionless (no
+object-scale learning rate), and the truth is a fixed point (a zero gradient moves nothing).
+An *iteration* is one pass over every pattern in seeded minibatches.
 """
 
 from __future__ import annotations
@@ -25,32 +30,18 @@ from typing import Callable, Optional, Union
 import numpy as np
 
 from backends.common import physics
-from backends.common.adam import Adam
 from backends.common.gradients import sharded_value_and_grad
 
-#: Default Adam step for the object: this fraction of the starting object's RMS amplitude
-#: (over its non-zero pixels); for the probe, of the probe's RMS amplitude.
-LEARNING_RATE_FRACTION = 0.05
-PROBE_LEARNING_RATE_FRACTION = 0.005
-#: The learning rates follow a cosine from their start to this fraction of it over the run's
-#: iterations: large steps while far from the optimum, small ones near it (with a constant
-#: rate Adam's steps keep the object jittering about the optimum at ~rate per pixel).
-FINAL_RATE_FRACTION = 0.05
-#: Adam's moments for refinement (the same form as training's; explicit, never a default).
-ADAM_BETA1, ADAM_BETA2, ADAM_EPSILON = 0.9, 0.999, 1e-8
+#: Step of each minibatch update (1: a full projection step, see the module docstring).
+STEP = 1.0
+#: Regularisation of the preconditioner: ``illumination + REGULARISATION * max``, which
+#: damps the steps where the batch barely lights the object (its edges, the probe's tails),
+#: where the gradient is mostly noise. Measured (N=64 GRF, defocused probe, 400 patterns, 10
+#: iterations from a flat start): 0.01 is fastest at 1e9 photons but fits the noise at 1e6
+#: (amplitude SSIM 0.79-0.92); 0.1 gives 0.999 at 1e9 and 0.97-0.98 at 1e6.
+REGULARISATION = 0.1
 
 DiffractionLike = Union[np.ndarray, Callable[[np.ndarray], np.ndarray]]
-
-
-def rms_amplitude(x: np.ndarray) -> float:
-    """RMS of ``|x|`` over its non-zero elements (1.0 when all are zero).
-
-    >>> rms_amplitude(np.array([0.0, 3.0, 4.0j]))
-    3.5355339059327378
-    """
-    a = np.abs(np.asarray(x))
-    nz = a[a > 0]
-    return float(np.sqrt(np.mean(nz ** 2))) if nz.size else 1.0
 
 
 def corners_and_fractions(positions: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
@@ -67,14 +58,17 @@ def corners_and_fractions(positions: np.ndarray, n: int) -> tuple[np.ndarray, np
 
 
 class Refiner:
-    """The state of one refinement: object (and probe) variables, their Adam states, and the
-    compiled step. ``obj`` (H, W) and ``probe`` (N, N) complex; ``log_intensity_scale`` and
-    ``disk_mask`` (N, N) float32 or None as in the model."""
+    """The state of one refinement: the object (and probe) variables and the compiled step.
+
+    ``obj`` (H, W) and ``probe`` (N, N) complex (the raw probe; ``disk_mask`` (N, N) float32
+    or None makes the effective one, as in the model); ``log_intensity_scale`` as the
+    model's. ``step`` and ``regularisation``: see the module docstring.
+    """
 
     def __init__(self, ops, device, obj: np.ndarray, probe: np.ndarray,
                  log_intensity_scale: float, disk_mask=None, *, refine_probe: bool = False,
-                 learning_rate: Optional[float] = None,
-                 probe_learning_rate: Optional[float] = None, epsilon: float = 1e-6):
+                 step: float = STEP, regularisation: float = REGULARISATION,
+                 epsilon: float = 1e-6):
         obj = np.asarray(obj)
         probe = np.asarray(probe)
         if obj.ndim != 2 or not np.all(np.isfinite(obj)):
@@ -84,44 +78,44 @@ class Refiner:
             raise ValueError(f"probe must be a finite (N, N) array, got shape {probe.shape}")
         if min(obj.shape) < n:
             raise ValueError(f"the object {obj.shape} is smaller than a patch ({n} x {n})")
+        for name, value in (("step", step), ("regularisation", regularisation)):
+            if not (math.isfinite(float(value)) and float(value) > 0):
+                raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
         self.ops, self.device, self.n = ops, device, n
         self.refine_probe = bool(refine_probe)
-        self.epsilon = float(epsilon)
+        self.epsilon, self.step_size, self.regularisation = float(epsilon), float(step), \
+            float(regularisation)
 
         def var(x, trainable):
             return ops.variable(np.ascontiguousarray(x, np.float32), trainable, device)
 
         self._obj = [var(obj.real, True), var(obj.imag, True)]
         self._probe = [var(probe.real, self.refine_probe), var(probe.imag, self.refine_probe)]
+        # a canvas of ones: the illumination is the gradient of sum |P E(ones)|^2 / 2 in it
+        self._ones = var(np.ones(obj.shape), True)
         self._log_scale = ops.tensor(np.float32(log_intensity_scale), "float32", device)
+        # 4 s^2: the curvature of the NLL per unit exit-wave change near the optimum
+        self._curvature = ops.tensor(np.float32(4.0 * math.exp(2.0 * log_intensity_scale)),
+                                     "float32", device)
         self._disk = disk_mask
-        lr = learning_rate if learning_rate is not None else (
-            LEARNING_RATE_FRACTION * rms_amplitude(obj))
-        self._adam = [Adam(ops, self._obj, ADAM_BETA1, ADAM_BETA2, ADAM_EPSILON, lr)]
-        if self.refine_probe:
-            plr = probe_learning_rate if probe_learning_rate is not None else (
-                PROBE_LEARNING_RATE_FRACTION * rms_amplitude(probe))
-            self._adam.append(Adam(ops, self._probe, ADAM_BETA1, ADAM_BETA2, ADAM_EPSILON, plr))
-        self.initial_learning_rates = [a.learning_rate for a in self._adam]
         self._compiled: dict = {}
-
-    def scale_learning_rates(self, factor: float) -> None:
-        """Learning rates of the following steps: ``factor`` times the initial ones."""
-        for adam, lr in zip(self._adam, self.initial_learning_rates):
-            adam.set_learning_rate(lr * factor)
 
     @property
     def variables(self) -> list:
         return self._obj + (self._probe if self.refine_probe else [])
 
     # -------------------------------------------------------------- the loss and the step
+    def _probe_eff(self):
+        ops = self.ops
+        return physics.effective_probe(
+            ops, ops.complex(ops.value(self._probe[0]), ops.value(self._probe[1])), self._disk)
+
     def _terms(self, corners, fractions, diffraction, pixel_count, mask=None):
         ops = self.ops
         canvas = ops.complex(ops.value(self._obj[0]), ops.value(self._obj[1]))
-        probe = physics.effective_probe(
-            ops, ops.complex(ops.value(self._probe[0]), ops.value(self._probe[1])), self._disk)
         patches = physics.extract_at(ops, canvas, corners, fractions, self.n)
-        pred = physics.far_field_amplitude(ops, physics.illuminate(ops, probe, patches))
+        pred = physics.far_field_amplitude(ops, physics.illuminate(ops, self._probe_eff(),
+                                                                   patches))
         nll = physics.poisson_nll(ops, pred * ops.exp(self._log_scale), diffraction,
                                   self.epsilon, mask, pixel_count)
         return {"nll": nll, "total": nll}
@@ -131,15 +125,41 @@ class Refiner:
         return sharded_value_and_grad(self.ops, self._terms, self.variables, args,
                                       (0, 1, 2, 4) if per_pattern_mask else (0, 1, 2))
 
+    def _illumination(self, corners, fractions):
+        """Sum over the batch of |P_eff|^2 placed at each position, on the object grid."""
+        ops = self.ops
+        intensity = ops.square(ops.abs(self._probe_eff()))
+
+        def energy():
+            lit = physics.extract_at(ops, ops.as_complex(ops.value(self._ones)), corners,
+                                     fractions, self.n)
+            total = 0.5 * ops.sum(intensity * ops.square(ops.abs(lit)))
+            return {"total": total}
+
+        return ops.value_and_grad(energy, [self._ones])[1][0]
+
+    def _precondition(self, grad, illumination, count):
+        ops = self.ops
+        floor = self.regularisation * ops.maximum(ops.amax(illumination), 1e-30)
+        return grad * (self.step_size * count) / (self._curvature * (illumination + floor))
+
     def _step(self, *args):
+        ops = self.ops
+        corners, fractions, _, count = args[:4]
         terms, grads = self._value_and_grad(*args)
+        illumination = self._illumination(corners, fractions)
+        updates = [self._precondition(g, illumination, count) for g in grads[:2]]
+        if self.refine_probe:
+            canvas = ops.complex(ops.value(self._obj[0]), ops.value(self._obj[1]))
+            patches = physics.extract_at(ops, canvas, corners, fractions, self.n)
+            lit = ops.sum(ops.square(ops.abs(patches)), axis=0)          # sum_k |O_k|^2
+            updates += [self._precondition(g, lit, count) for g in grads[2:]]
 
-        def update():
-            self._adam[0].apply(grads[:2])
-            if self.refine_probe:
-                self._adam[1].apply(grads[2:])
+        def apply():
+            for var, delta in zip(self.variables, updates):
+                ops.assign_sub(var, delta)
 
-        self.ops.run_if(self.ops.all_finite([terms["nll"]]), update)
+        ops.run_if(ops.all_finite([terms["nll"]]), apply)
         return terms
 
     def _fn(self, what: str, mask: Optional[np.ndarray]):
@@ -170,7 +190,7 @@ class Refiner:
 
     def step(self, positions: np.ndarray, diffraction: np.ndarray,
              mask: Optional[np.ndarray] = None) -> float:
-        """One Adam step on a batch of patterns; returns their NLL before the step."""
+        """One preconditioned step on a batch of patterns; returns their NLL before it."""
         terms = self._fn("step", mask)(*self._args(positions, diffraction, mask))
         return float(self.ops.read(terms["nll"]))
 
@@ -191,19 +211,6 @@ class Refiner:
         obj = ops.read(self._obj[0]) + 1j * ops.read(self._obj[1])
         probe = ops.read(self._probe[0]) + 1j * ops.read(self._probe[1])
         return obj.astype(np.complex64), probe.astype(np.complex64)
-
-
-def schedule(iteration: int, iterations: int) -> float:
-    """Learning-rate factor of ``iteration`` (0-based): a cosine from 1 to
-    :data:`FINAL_RATE_FRACTION`.
-
-    >>> [round(schedule(i, 3), 3) for i in range(3)]
-    [1.0, 0.525, 0.05]
-    """
-    if iterations <= 1:
-        return 1.0
-    cosine = 0.5 * (1.0 + math.cos(math.pi * iteration / (iterations - 1)))
-    return FINAL_RATE_FRACTION + (1.0 - FINAL_RATE_FRACTION) * cosine
 
 
 def run(refiner: Refiner, positions: np.ndarray, diffraction: DiffractionLike, iterations: int,
@@ -227,7 +234,6 @@ def run(refiner: Refiner, positions: np.ndarray, diffraction: DiffractionLike, i
     read = diffraction if callable(diffraction) else (lambda rows: diffraction[rows])
     history = []
     for it in range(int(iterations)):
-        refiner.scale_learning_rates(schedule(it, int(iterations)))
         order = np.random.default_rng([seed, it]).permutation(m)
         total = 0.0
         for start in range(0, m, batch_size):

@@ -123,6 +123,11 @@ zeros_like, ones_like = tf.zeros_like, tf.ones_like
 real, imag, complex = tf.math.real, tf.math.imag, tf.complex
 
 
+def amax(x):
+    """The largest element (a scalar)."""
+    return tf.reduce_max(x)
+
+
 def mean(x):
     return tf.reduce_mean(x)
 

@@ -166,6 +166,11 @@ def maximum(x, floor: float):
     return torch.clamp(x, min=floor)
 
 
+def amax(x):
+    """The largest element (a scalar)."""
+    return torch.max(x)
+
+
 def mean(x):
     return torch.mean(x)
 
