@@ -30,3 +30,15 @@ class BundleError(PtychoError, ValueError):
 
 class TrainingError(PtychoError, RuntimeError):
     """Training stopped because something went wrong (e.g. a non-finite loss)."""
+
+
+class ResourceLimitError(PtychoError, ValueError):
+    """An input would need more memory than the budget allows (see :mod:`ptycho.limits`)."""
+
+
+class DataLimitError(DataError, ResourceLimitError):
+    """A dataset (its declared sizes, or the canvas its positions imply) exceeds the budget."""
+
+
+class OutputFolderBusyError(PtychoError, OSError):
+    """Another run holds the output folder's lock (the message names its pid)."""
