@@ -5,7 +5,13 @@ fsync'ed, and is then renamed onto the target with :func:`os.replace` (atomic on
 Windows when both names are on the same file system, which a same-folder temporary ensures).
 If anything fails before the rename, the temporary file is removed and an existing target is
 left exactly as it was: a reader sees either the old file or the complete new one, never a
-partial file.
+partial file. A write that fails for lack of space (or quota, or a file-size limit) raises an
+:class:`OSError` whose ``filename`` is the target, so the message says which file it was.
+
+A process that is killed while writing leaves its temporary file,
+``.tmp-<name>.<pid>@<host>.<random>.part``; :func:`remove_stale_parts` removes those whose
+writer (a process of this host) is no longer running (the ``ptycho`` commands call it when they
+take an output folder, :mod:`ptycho.outdir`).
 
 >>> import os, tempfile
 >>> folder = tempfile.mkdtemp()
@@ -19,7 +25,10 @@ partial file.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
+import re
+import socket
 import tempfile
 from typing import IO, Any, Iterator, Union
 
@@ -84,8 +93,11 @@ def atomic_write(path: PathLike, mode: str = "wb") -> Iterator[IO[Any]]:
         file_mode = os.stat(target).st_mode & 0o7777
     except FileNotFoundError:
         file_mode = _default_file_mode()
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=TMP_PREFIX + os.path.basename(target) + ".",
-                               suffix=".part")
+    try:
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=_part_prefix(target), suffix=".part")
+    except OSError as err:
+        raise OSError(err.errno, f"{err.strerror} (creating a temporary file in {folder!r} to "
+                                 "write it)", target) from err
     try:
         encoding = None if "b" in mode else "utf-8"
         with os.fdopen(fd, mode, encoding=encoding) as f:
@@ -94,11 +106,81 @@ def atomic_write(path: PathLike, mode: str = "wb") -> Iterator[IO[Any]]:
             os.fsync(f.fileno())
         os.chmod(tmp, file_mode)
         os.replace(tmp, target)
+    except OSError as err:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        if err.filename is None and err.errno in _WRITE_ERRNOS:
+            raise OSError(err.errno, f"{err.strerror} while writing it (nothing was written; an "
+                                     "earlier file of that name is unchanged)", target) from err
+        raise
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
     _fsync_folder(folder)
+
+
+#: Errors of a write itself (no space, quota, file size limit, I/O): reported with the file name.
+_WRITE_ERRNOS = frozenset(getattr(errno, name) for name in ("ENOSPC", "EDQUOT", "EFBIG", "EIO")
+                          if hasattr(errno, name))
+
+#: A temporary file of :func:`atomic_write`: target name, writer's pid and host, random part.
+_PART = re.compile(r"^\.tmp-(?P<target>.+)\.(?P<pid>[0-9]+)@(?P<host>[A-Za-z0-9-]*)"
+                   r"\.[A-Za-z0-9_]+\.part$")
+
+
+def _host_tag() -> str:
+    """This host's name as it appears in temporary file names (first label, [A-Za-z0-9-])."""
+    return re.sub(r"[^A-Za-z0-9-]", "", socket.gethostname().split(".")[0])[:32]
+
+
+def _part_prefix(target: str) -> str:
+    return f"{TMP_PREFIX}{os.path.basename(target)}.{os.getpid()}@{_host_tag()}."
+
+
+def _writer_alive(pid: int) -> bool:
+    """Whether process ``pid`` of this host runs (conservatively True when unsure)."""
+    if os.name != "posix" or pid == os.getpid():
+        return True       # (os.kill(pid, 0) would send CTRL_C_EVENT on Windows)
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:       # PermissionError: it exists, it belongs to someone else
+        return True
+    return True
+
+
+def remove_stale_parts(folder: PathLike, targets=None) -> list[str]:
+    """Remove the temporary files that killed writers left in ``folder``; return their names.
+
+    Only temporaries of :func:`atomic_write` written by a process of this host that no longer
+    runs are removed (a live writer's file, another host's, or a file of another name pattern
+    is never touched). ``targets``: only temporaries of these file names (default: all).
+
+    >>> import os, tempfile
+    >>> folder = tempfile.mkdtemp()
+    >>> dead = f".tmp-model.zip.{2 ** 22 + 12345}@{_host_tag()}.abc123_x.part"
+    >>> open(os.path.join(folder, dead), "wb").close()
+    >>> remove_stale_parts(folder) == [dead], os.listdir(folder)
+    (True, [])
+    """
+    host = _host_tag()
+    removed = []
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return removed
+    for name in sorted(names):
+        match = _PART.match(name)
+        if (match is None or match["host"] != host
+                or (targets is not None and match["target"] not in targets)
+                or _writer_alive(int(match["pid"]))):
+            continue
+        with contextlib.suppress(FileNotFoundError, IsADirectoryError, PermissionError):
+            os.unlink(os.path.join(folder, name))
+            removed.append(name)
+    return removed
 
 
 def _fsync_folder(folder: str) -> None:
