@@ -199,6 +199,20 @@ def input_errors(prog: str) -> Iterator[None]:
         raise UsageError(prog, " ".join(str(err).split())) from None
 
 
+@contextlib.contextmanager
+def about_file(path: str) -> Iterator[None]:
+    """Name the data file ``path`` in a :class:`ptycho.errors.DataError` raised inside (a
+    canvas too large for the budget, a grouping problem) that does not name it already."""
+    from ptycho.errors import DataError
+
+    try:
+        yield
+    except DataError as err:
+        if path in str(err):
+            raise
+        raise type(err)(f"{path!r}: {err}") from None
+
+
 def load_model_config_file(path: Optional[str], cls):
     """``(cls(), None)`` when ``path`` is None, else the file (JSON or YAML) read once as
     ``cls``, with the document as read (see :func:`document_sets_key`)."""

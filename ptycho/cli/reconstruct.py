@@ -105,16 +105,17 @@ def run(args: argparse.Namespace) -> int:
     """Reconstruct as ``args`` say; print a summary; return 0.
 
     The bundle is verified (once), the scan read, and the memory the reconstruction will take
-    (object canvas, overlap-constraint canvases, the network for one batch) checked before a
-    framework is imported and before the output folder is created and locked
-    (:func:`ptycho.outdir.output_folder`).
+    (object canvas, overlap-constraint canvases, the network for one batch) checked before the
+    output folder is created and locked (:func:`ptycho.outdir.output_folder`) and a framework
+    imported; a run that fails before writing anything leaves no folder behind.
     """
     import dataclasses
 
     from ptycho.bundle import read_bundle
-    from ptycho.cli.options import (backend_ready, check_input_file, check_output_dir,
-                                    document_sets_key, input_errors, load_model_config_file,
-                                    prepare_framework_environment, resolve_backend)
+    from ptycho.cli.options import (about_file, backend_ready, check_input_file,
+                                    check_output_dir, document_sets_key, input_errors,
+                                    load_model_config_file, prepare_framework_environment,
+                                    resolve_backend)
     from ptycho.config import InferenceConfig, TrainingConfig
     from ptycho.data.contract import load_npz
     from ptycho.outdir import output_folder
@@ -140,15 +141,17 @@ def run(args: argparse.Namespace) -> int:
                     else TrainingConfig(model=contents.model_config))
     if args.seed is not None or document_sets_key(loaded[1], "seed"):
         train_config = dataclasses.replace(train_config, seed=config.seed)
-    plan = plan_reconstruction(train_config, raw, batch_size=config.batch_size,
-                               chunk_groups=CHUNK_BATCHES * config.batch_size)
+    with about_file(config.test_data_file):
+        plan = plan_reconstruction(train_config, raw, batch_size=config.batch_size,
+                                   chunk_groups=CHUNK_BATCHES * config.batch_size)
     from_file = config.backend if document_sets_key(loaded[1], "backend") else None
     backend, why = resolve_backend(args.backend, from_file, args.config)
-    with input_errors(prog):
-        prepare_framework_environment()
-        backend_ready(backend)
+    # the lock first: a second run finds the folder busy before a framework is imported; a
+    # missing framework then ends the run with the folder removed again (it is empty)
     with output_folder(config.output_dir, prog):
         with input_errors(prog):
+            prepare_framework_environment()
+            backend_ready(backend)
             return _reconstruct_and_report(prog, config, bundle, contents, train_config, raw,
                                            plan, (backend, why), args, t0)
 

@@ -151,11 +151,12 @@ def run(args: argparse.Namespace) -> int:
     """Train as ``args`` say; print a summary; return the exit status (1 if training failed).
 
     Every input is read and checked (the files, the config, the memory the training and the
-    test reconstruction will take, the backend) before the output folder is created and
-    locked (:func:`ptycho.outdir.output_folder`).
+    test reconstruction will take) before the output folder is created and locked
+    (:func:`ptycho.outdir.output_folder`); a run that fails before writing anything leaves no
+    folder behind.
     """
-    from ptycho.cli.options import (backend_ready, check_input_file, check_output_dir,
-                                    input_errors, load_model_config_file,
+    from ptycho.cli.options import (about_file, backend_ready, check_input_file,
+                                    check_output_dir, input_errors, load_model_config_file,
                                     prepare_framework_environment)
     from ptycho.config import TrainingConfig
     from ptycho.data.contract import load_npz
@@ -191,18 +192,21 @@ def run(args: argparse.Namespace) -> int:
     backend, why = _backend_choice(args, config, loaded[1])
     # what the run will allocate, checked before anything is written
     t_prepare = time.perf_counter()
-    grouped = prepare(raw_train, config)
-    grouped_test = prepare(raw_test, config) if raw_test is not None else None
-    check_training_memory(config, grouped)
-    test_plan = None
+    with about_file(train_file):
+        grouped = prepare(raw_train, config)
+        check_training_memory(config, grouped)
+    grouped_test, test_plan = None, None
     if raw_test is not None:
-        test_plan = plan_reconstruction(config, raw_test, chunk_groups=_chunk_groups(config))
+        with about_file(config.test_data_file):
+            grouped_test = prepare(raw_test, config)
+            test_plan = plan_reconstruction(config, raw_test, chunk_groups=_chunk_groups(config))
     prepare_s = time.perf_counter() - t_prepare
-    with input_errors(prog):
-        prepare_framework_environment()
-        backend_ready(backend)
+    # the lock first: a second run finds the folder busy before a framework is imported; a
+    # missing framework then ends the run with the folder removed again (it is empty)
     with output_folder(config.output_dir, prog):
         with input_errors(prog):
+            prepare_framework_environment()
+            backend_ready(backend)
             return _train_and_report(prog, config, (raw_train, grouped), (raw_test, grouped_test),
                                      test_plan, (backend, why), args.quiet, t0, prepare_s)
 
