@@ -30,7 +30,7 @@ import os
 import re
 import socket
 import tempfile
-from typing import IO, Any, Iterator, Union
+from typing import IO, Any, Iterator, Optional, Union
 
 import numpy as np
 
@@ -193,6 +193,83 @@ def _fsync_folder(folder: str) -> None:
             os.fsync(dfd)
         finally:
             os.close(dfd)
+
+
+#: Byte locked on platforms without flock (Windows: msvcrt locks a range, and reading a locked
+#: range fails, so the lock sits past the holder's description).
+_MSVCRT_LOCK_OFFSET = 1 << 20
+
+
+def _try_lock(fd: int) -> bool:
+    """Take an exclusive, non-blocking lock on ``fd``; False when another process holds it."""
+    try:
+        import fcntl
+    except ImportError:                          # Windows (not tested in CI)
+        import msvcrt
+
+        os.lseek(fd, _MSVCRT_LOCK_OFFSET, os.SEEK_SET)
+        try:
+            msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
+        except OSError:
+            return False
+        return True
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as err:
+        if err.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+            return False
+        raise
+    return True
+
+
+def lock_file(path: PathLike, description: str) -> Optional[int]:
+    """Take the lock file ``path`` (created if needed) for this process and write
+    ``description`` into it; return its descriptor, or None when another process holds it.
+
+    The lock is an exclusive ``flock`` on the open file: the kernel releases it when the
+    process ends, however it ends, so a killed holder never leaves a stale lock. A lock file
+    is the one write that cannot be atomic (its identity is the lock); it holds only the
+    holder's description, for the message a second process shows. Release with
+    :func:`unlock_file`.
+
+    >>> import os, tempfile
+    >>> p = os.path.join(tempfile.mkdtemp(), ".lock")
+    >>> fd = lock_file(p, "pid 1")
+    >>> open(p).read(), lock_file(p, "pid 2")
+    ('pid 1', None)
+    >>> unlock_file(fd, p); os.path.exists(p)
+    False
+    """
+    name = os.fspath(path)
+    for _ in range(100):
+        fd = os.open(name, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o644)
+        try:
+            if not _try_lock(fd):
+                os.close(fd)
+                return None
+            try:
+                same = os.path.samestat(os.fstat(fd), os.stat(name))
+            except FileNotFoundError:
+                same = False
+            if same:
+                os.ftruncate(fd, 0)
+                os.lseek(fd, 0, os.SEEK_SET)
+                os.write(fd, description.encode())
+                return fd
+        except BaseException:
+            os.close(fd)
+            raise
+        os.close(fd)              # its holder removed that file on the way out: lock the new one
+    raise OSError(errno.EBUSY, "could not take the lock", name)
+
+
+def unlock_file(fd: int, path: PathLike) -> None:
+    """Remove the lock file ``path`` (while still holding it: nobody locks a file on its way
+    out) and release the lock taken by :func:`lock_file`."""
+    with contextlib.suppress(OSError):
+        if os.path.samestat(os.fstat(fd), os.stat(path)):
+            os.unlink(path)
+    os.close(fd)
 
 
 def atomic_save_npz(path: PathLike, /, **arrays: Any) -> None:

@@ -38,36 +38,11 @@ import socket
 import time
 from typing import Iterator, Optional
 
-from ptycho.atomic import PathLike, remove_stale_parts
+from ptycho.atomic import PathLike, lock_file, remove_stale_parts, unlock_file
 from ptycho.errors import OutputFolderBusyError
 
 #: Name of the lock file inside an output folder.
 LOCK_NAME = ".ptycho.lock"
-#: Byte locked on platforms without flock (Windows: msvcrt locks a range, readers of a locked
-#: range fail, so the lock sits past the holder's description).
-_MSVCRT_LOCK_OFFSET = 1 << 20
-
-
-def _try_lock(fd: int) -> bool:
-    """Take an exclusive, non-blocking lock on ``fd``; False when another process holds it."""
-    try:
-        import fcntl
-    except ImportError:                          # Windows
-        import msvcrt
-
-        os.lseek(fd, _MSVCRT_LOCK_OFFSET, os.SEEK_SET)
-        try:
-            msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
-        except OSError:
-            return False
-        return True
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError as err:
-        if err.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-            return False
-        raise
-    return True
 
 
 def _holder(lock_path: str) -> dict:
@@ -101,41 +76,18 @@ def _describe_holder(holder: dict) -> str:
 
 
 def _acquire(folder: str, command: str) -> tuple[int, str]:
-    """Open and lock ``folder``'s lock file; return (fd, path). The file is the one at the path
-    (a lock on a file another run has just removed would lock nothing)."""
+    """Lock ``folder``'s lock file, describing this run in it; return (fd, path)."""
     lock_path = os.path.join(folder, LOCK_NAME)
-    for _ in range(100):
-        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o644)
-        try:
-            if not _try_lock(fd):
-                raise OutputFolderBusyError(
-                    errno.EBUSY, f"the output folder is in use by another run: "
-                    f"{_describe_holder(_holder(lock_path))}; wait for it to finish or choose "
-                    "another output folder", folder)
-            try:
-                same = os.path.samestat(os.fstat(fd), os.stat(lock_path))
-            except FileNotFoundError:
-                same = False
-            if same:
-                description = {"pid": os.getpid(), "host": socket.gethostname(),
-                               "command": command,
-                               "started": datetime.datetime.now().isoformat(timespec="seconds")}
-                os.ftruncate(fd, 0)
-                os.lseek(fd, 0, os.SEEK_SET)
-                os.write(fd, (json.dumps(description) + "\n").encode())
-                return fd, lock_path
-        except BaseException:
-            os.close(fd)
-            raise
-        os.close(fd)              # the previous holder removed that file: lock the new one
-    raise OutputFolderBusyError(errno.EBUSY, "could not take the output folder's lock", folder)
-
-
-def _release(fd: int, lock_path: str) -> None:
-    with contextlib.suppress(OSError):
-        if os.path.samestat(os.fstat(fd), os.stat(lock_path)):
-            os.unlink(lock_path)     # before the lock goes: nobody locks a file on its way out
-    os.close(fd)
+    description = json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
+                              "command": command,
+                              "started": datetime.datetime.now().isoformat(timespec="seconds")})
+    fd = lock_file(lock_path, description + "\n")
+    if fd is None:
+        raise OutputFolderBusyError(
+            errno.EBUSY, "the output folder is in use by another run: "
+            f"{_describe_holder(_holder(lock_path))}; wait for it to finish or choose another "
+            "output folder", folder)
+    return fd, lock_path
 
 
 @contextlib.contextmanager
@@ -165,7 +117,7 @@ def output_folder(path: PathLike, command: str = "ptycho") -> Iterator[str]:
         yield folder
         ok = True
     finally:
-        _release(fd, lock_path)
+        unlock_file(fd, lock_path)
         if not ok:
             _remove_if_empty(created)
 

@@ -88,10 +88,9 @@ def open_regular(path: PathLike, error: type, expected: str = "a regular file") 
         raise error(f"{name!r}: cannot be read ({_reason(exc)})") from None
     if not stat.S_ISREG(st.st_mode):
         raise error(_not_regular(name, expected, st.st_mode))
-    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0) \
-        | getattr(os, "O_NOCTTY", 0) | getattr(os, "O_BINARY", 0)
     try:
-        fd = os.open(name, flags)
+        fd = os.open(name, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
+                     | getattr(os, "O_NOCTTY", 0) | getattr(os, "O_BINARY", 0))
     except FileNotFoundError:
         raise FileNotFoundError(errno.ENOENT, "no such file", name) from None
     except OSError as exc:
