@@ -374,6 +374,21 @@ def build_cases(folder: str) -> tuple[list[Case], list[Callable[[], None]]]:
     cases.append(Case("end-record-65535-members-load_npz", "lying sizes", "call",
                       "zip directory declares", module="ptycho.data", function="load_npz",
                       args=[many], error="DataError"))
+    from ptycho.config.io import MAX_CONFIG_BYTES
+    yaml_bomb = j("empty-mappings.yaml")                       # as large as allowed, costly
+    with open(yaml_bomb, "w") as f:
+        f.write("[" + "{}, " * (MAX_CONFIG_BYTES // 4 - 1) + "{}]")
+    sparse_cfg = j("sparse-1GiB.yaml")
+    with open(sparse_cfg, "wb") as f:
+        f.truncate(1 << 30)
+    cases += [
+        Case("config-64KiB-of-empty-mappings-load_config", "lying sizes", "call",
+             "more than 10000 nodes", module="ptycho.config", function="load_config",
+             args=[yaml_bomb], error="ConfigError"),
+        Case("config-sparse-1GiB-cli-train", "lying sizes", "cli", "is larger than",
+             argv=["train", "--train-data", good_scan, "--config", sparse_cfg, "--output-dir",
+                   out.format(13)], absent=[out.format(13)]),
+    ]
     huge_npy = j("huge-object.npy")
     with open(huge_npy, "wb") as f:
         f.write(npy_header((1 << 20, 1 << 20), "<c16") + bytes(64))
@@ -407,6 +422,17 @@ def build_cases(folder: str) -> tuple[list[Case], list[Callable[[], None]]]:
                    out.format(7)], absent=[out.format(7)]),
     ]
 
+    # a manifest as large as allowed, of the JSON that takes the most memory per byte
+    from ptycho.bundle import MAX_MANIFEST_BYTES
+    text = ("[" + "{}," * (MAX_MANIFEST_BYTES // 3 - 1) + "{}]").encode()
+    c = zlib.compressobj(9, zlib.DEFLATED, -15)
+    json_bomb = j("manifest-of-empty-objects.zip")
+    write_zip(json_bomb, [Member("manifest.json", c.compress(text) + c.flush(), method=8,
+                                 file_size=len(text), crc=zlib.crc32(text))])
+    cases.append(Case("bundle-4MiB-manifest-of-empty-objects-read_bundle", "compression ratio",
+                      "call", "not a ptycho-pinn-bundle", module="ptycho.bundle",
+                      function="read_bundle", args=[json_bomb], error="NotABundleError"))
+
     # extra bundle entries: two 1 GiB members, listed in the manifest (sparse on disk)
     manifest, members = _bundle_members(bundle)
     for k in ("bonus.a", "bonus.b"):
@@ -416,7 +442,20 @@ def build_cases(folder: str) -> tuple[list[Case], list[Callable[[], None]]]:
                                   "dtype": "float32", "sha256": "0" * 64}
     extra = j("extra-entries.zip")
     write_zip(extra, [Member("manifest.json", json.dumps(manifest).encode()), *members])
+    manifest, members = _bundle_members(bundle)                 # the same, deflated: 2 MB
+    for k in ("bonus.a", "bonus.b"):
+        hdr = npy_header((1 << 28,), "<f4")
+        members.append(Member(f"weights/{k}.npy", deflated_zeros(hdr, 1 << 30), method=8,
+                              file_size=len(hdr) + (1 << 30), crc=0))
+        manifest["entries"][k] = {"member": f"weights/{k}.npy", "shape": [1 << 28],
+                                  "dtype": "float32", "sha256": "0" * 64}
+    extra_deflated = j("extra-entries-deflated.zip")
+    write_zip(extra_deflated, [Member("manifest.json", json.dumps(manifest).encode()),
+                               *members])
     cases += [
+        Case("bundle-2x1GiB-deflated-extra-entries-read_bundle", "extra bundle entries", "call",
+             "would inflate", module="ptycho.bundle", function="read_bundle",
+             args=[extra_deflated], error="BundleLimitError"),
         Case("bundle-2x1GiB-extra-entries-read_bundle", "extra bundle entries", "call",
              "unexpected entries ['bonus.a', 'bonus.b']", module="ptycho.bundle",
              function="read_bundle", args=[extra], error="WeightsError"),

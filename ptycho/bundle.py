@@ -9,10 +9,14 @@ Layout of a bundle (format ``ptycho-pinn-bundle``, version :data:`FORMAT_VERSION
 Nothing in a bundle is code: the manifest is JSON and every array is a plain .npy read by
 :func:`_read_npy` (the header is parsed and checked against the manifest, then the bytes are
 copied into a numeric array; nothing is ever unpickled). Reading checks, in this order and before any model is
-built: that the file is a zip holding exactly the expected members (no absolute or ``..`` paths),
-the format name and version, member and declared tensor sizes against :data:`MAX_MEMBER_BYTES`
-(and their total against :data:`MAX_TOTAL_BYTES`) before reading any weight member,
-every sha256, then the config and the canonical weight spec. Writing is atomic.
+built: that the path is a regular file (not a FIFO or a device), that it is a zip whose directory
+is of bounded size, member names (no absolute or ``..`` paths) and declared sizes (inside the file,
+no zip-bomb compression ratio), the format name and version, declared tensor sizes against
+:data:`MAX_MEMBER_BYTES` (and their total against :data:`MAX_TOTAL_BYTES`), the config, the
+manifest's entries against the config's canonical weight spec, the memory the model needs
+(:func:`ptycho.model_memory.check_model_memory`), that the file holds exactly the expected
+members; only then is any weight member read: every sha256, every ``.npy`` header, the values.
+Writing is atomic.
 
 >>> import tempfile, os
 >>> from ptycho.config import ModelConfig, TrainingConfig
@@ -50,15 +54,18 @@ from ptycho.config.schema import InferenceConfig, ModelConfig, TrainingConfig
 from ptycho.errors import BundleError, ConfigError, PtychoError, ResourceLimitError, WeightsError
 from ptycho.model_memory import check_model_memory
 from ptycho.training import History
-from ptycho.untrusted import check_zip_directory, check_zip_member, open_regular
+from ptycho.untrusted import (check_zip_directory, check_zip_member, open_regular,
+                              read_npy_header)
 from ptycho.weights import validate_weights, weight_spec
 
 FORMAT_NAME = "ptycho-pinn-bundle"
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 WEIGHTS_DIR = "weights/"
-#: Largest manifest we read (bytes); a real one is a few hundred kB at most.
-MAX_MANIFEST_BYTES = 16 << 20
+#: Largest manifest we read (bytes): a training history of ~12,000 epochs (350 bytes each).
+#: Parsed JSON can take ~30 times its size in Python objects (``[{}, {}, ...]``), so this
+#: bounds what a hostile manifest costs to ~120 MiB.
+MAX_MANIFEST_BYTES = 4 << 20
 #: Largest single weight member (bytes); far above any network this library builds.
 MAX_MEMBER_BYTES = 1 << 30
 #: Largest total of all declared weight tensors (bytes), checked before any member is read.
@@ -217,13 +224,7 @@ def _read_npy(data: bytes, shape: list, dtype: str) -> np.ndarray:
     anything that is not a .npy file (a nested zip, say) are refused too.
     """
     f = io.BytesIO(data)
-    version = np.lib.format.read_magic(f)
-    if version == (1, 0):
-        got_shape, fortran, got_dtype = np.lib.format.read_array_header_1_0(f)
-    elif version == (2, 0):
-        got_shape, fortran, got_dtype = np.lib.format.read_array_header_2_0(f)
-    else:
-        raise ValueError(f"unsupported .npy format version {version}")
+    got_shape, fortran, got_dtype = read_npy_header(f)
     if list(got_shape) != shape or got_dtype != np.dtype(dtype) or fortran:
         raise ValueError(f"the .npy header declares {got_dtype}{list(got_shape)}"
                          f"{' (Fortran order)' if fortran else ''}")

@@ -34,6 +34,8 @@ import struct
 import zipfile
 from typing import BinaryIO, Optional, Union
 
+import numpy as np
+
 PathLike = Union[str, "os.PathLike[str]"]
 
 #: A compressed zip member may inflate to at most this many times its compressed size ...
@@ -118,6 +120,28 @@ def _reason(exc: BaseException, limit: int = 200) -> str:
     text = (exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)) \
         or type(exc).__name__
     return text if len(text) <= limit else text[:limit] + " ..."
+
+
+def read_npy_header(f) -> tuple[tuple, bool, np.dtype]:
+    """``(shape, fortran_order, dtype)`` of the ``.npy`` file that ``f`` is positioned at,
+    leaving ``f`` at the start of the data (nothing of the data is read, nothing unpickled).
+
+    Raises ``ValueError`` (or numpy's parser's ``SyntaxError`` / ``tokenize.TokenError`` for a
+    mangled header) for anything but a version 1.0 or 2.0 header.
+
+    >>> import io
+    >>> buf = io.BytesIO(); np.save(buf, np.zeros((2, 3), np.float32)); _ = buf.seek(0)
+    >>> read_npy_header(buf)
+    ((2, 3), False, dtype('float32'))
+    """
+    version = np.lib.format.read_magic(f)
+    if version == (1, 0):
+        shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
+    elif version == (2, 0):
+        shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
+    else:
+        raise ValueError(f"unsupported .npy format version {version}")
+    return tuple(shape), bool(fortran), dtype
 
 
 # --------------------------------------------------------------------------------------------

@@ -432,6 +432,36 @@ def test_backend_reason_names_the_config_file(tmp_path):
 
 
 @pytest.mark.torch
+def test_two_real_training_runs_into_one_folder(tmp_path):
+    """The second `ptycho train` is refused naming the first one's pid; the first finishes."""
+    scan = tmp_path / "scan.npz"
+    H._save_scan(str(scan), H._scan_arrays(m=64))
+    run = tmp_path / "run"
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    argv = [sys.executable, "-m", "ptycho", "train", "--train-data", str(scan), "--output-dir",
+            str(run), "--backend", "torch", "--base-filters", "1", "--n-filters-scale", "1",
+            "--quiet", "--nepochs"]
+    first = subprocess.Popen(argv + ["200"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                             text=True, env=env)
+    try:
+        deadline = time.monotonic() + 120
+        while not (run / "model.zip").exists():        # it holds the folder and is training
+            assert first.poll() is None and time.monotonic() < deadline, first.stderr.read()
+            time.sleep(0.1)
+        second = subprocess.run(argv + ["1"], capture_output=True, text=True, env=env,
+                                timeout=120)
+        assert second.returncode == 2
+        err = second.stderr.strip()
+        assert f"pid {first.pid}" in err and "in use by another run" in err and "\n" not in err
+        assert first.poll() is None                   # the first run goes on, untouched
+    finally:
+        first.send_signal(signal.SIGINT)              # ends after saving the epoch (exit 130)
+        first.wait(timeout=120)
+    assert first.returncode == 130
+    assert not (run / ".ptycho.lock").exists()
+
+
+@pytest.mark.torch
 def test_reconstruct_verifies_the_bundle_once(tmp_path, monkeypatch, capsys):
     from ptycho import bundle as B
 

@@ -49,7 +49,8 @@ import numpy as np
 from ptycho.atomic import atomic_save_npz
 from ptycho.errors import DataError, DataLimitError
 from ptycho.limits import check_bytes
-from ptycho.untrusted import check_zip_directory, check_zip_member, open_regular
+from ptycho.untrusted import (check_zip_directory, check_zip_member, open_regular,
+                              read_npy_header)
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -377,14 +378,8 @@ def _npy_header(zf: zipfile.ZipFile, info: zipfile.ZipInfo) -> Optional[_NpyHead
         if f.read(len(_NPY_MAGIC)) != _NPY_MAGIC:
             return None
         f.seek(0)
-        version = np.lib.format.read_magic(f)
-        if version == (1, 0):
-            shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
-        elif version == (2, 0):
-            shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
-        else:
-            raise ValueError(f"unsupported .npy format version {version}")
-        return _NpyHeader(tuple(shape), bool(fortran), dtype, f.tell())
+        shape, fortran, dtype = read_npy_header(f)
+        return _NpyHeader(shape, fortran, dtype, f.tell())
 
 
 def _memmap_member(f, info: zipfile.ZipInfo, header: _NpyHeader,
@@ -536,13 +531,17 @@ def load_npz(path: PathLike, mmap_mode: Optional[str] = None) -> RawData:
     read into memory; compressed members, and members that need a dtype cast, are read.
 
     Only the contract members (:data:`CONTRACT_KEYS`) are read; every member's .npy header is
-    checked first, so an object (pickled) member is refused and a header declaring more data
-    than its member holds is refused before anything is allocated.
+    checked first, so an object (pickled) member is refused, and a header declaring more data
+    than its member holds, a member whose declared sizes lie or whose compression ratio is a
+    zip bomb's (:mod:`ptycho.untrusted`), or members whose reading would exceed the memory
+    budget (:mod:`ptycho.limits`) are refused before anything is allocated.
 
-    Raises :class:`DataError` (naming the file) when the path is not a readable file, is not
-    an NPZ archive, holds an object (pickled) member, a corrupt, encrypted or duplicated
-    contract member, or violates the contract (:func:`validate_raw`); nothing else for any
-    content of the file (see docs/reliability.md).
+    Raises :class:`DataError` (naming the file) when the path is missing or not a regular
+    file (a folder, a FIFO, a device, a socket: never opened), is not an NPZ archive, holds an
+    object (pickled) member, a corrupt, encrypted or duplicated contract member, declares too
+    much (:class:`ptycho.errors.DataLimitError`), or violates the contract
+    (:func:`validate_raw`); nothing else for any content of the file (see
+    docs/reliability.md).
 
     >>> import os, tempfile
     >>> p = os.path.join(tempfile.mkdtemp(), "scan.npz")

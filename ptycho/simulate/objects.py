@@ -22,7 +22,7 @@ import scipy.fft
 import scipy.ndimage
 
 from ptycho.limits import check_bytes
-from ptycho.untrusted import open_regular
+from ptycho.untrusted import open_regular, read_npy_header
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -230,13 +230,7 @@ IMAGE_BYTES_PER_PIXEL = 48
 def _read_npy_image(f, name: str) -> np.ndarray:
     """A numeric .npy array, its header checked (object arrays, the memory budget) first."""
     try:
-        version = np.lib.format.read_magic(f)
-        if version == (1, 0):
-            shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
-        elif version == (2, 0):
-            shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
-        else:
-            raise ValueError(f"unsupported .npy format version {version}")
+        shape, _, dtype = read_npy_header(f)
     except (ValueError, OSError, SyntaxError, EOFError, tokenize.TokenError) as exc:
         raise ValueError(f"cannot read {name!r} as a numeric .npy array ({exc})") from None
     if dtype.hasobject or dtype.kind not in "biufc":
