@@ -29,12 +29,14 @@ import errno
 import os
 import re
 import socket
+import stat
 import tempfile
 from typing import IO, Any, Iterator, Optional, Union
 
 import numpy as np
 
 from ptycho.errors import DataError
+from ptycho.untrusted import file_kind
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -90,9 +92,15 @@ def atomic_write(path: PathLike, mode: str = "wb") -> Iterator[IO[Any]]:
     if os.path.isdir(target):
         raise IsADirectoryError(f"cannot write {target!r}: it is a directory")
     try:
-        file_mode = os.stat(target).st_mode & 0o7777
+        st = os.stat(target)
     except FileNotFoundError:
         file_mode = _default_file_mode()
+    else:
+        if not stat.S_ISREG(st.st_mode):
+            # the rename would put a file where a device, FIFO or socket was (/dev/null!)
+            raise OSError(errno.EINVAL, f"not a regular file ({file_kind(st.st_mode)}); writing "
+                                        "replaces the file, which would destroy it", target)
+        file_mode = st.st_mode & 0o7777
     try:
         fd, tmp = tempfile.mkstemp(dir=folder, prefix=_part_prefix(target), suffix=".part")
     except OSError as err:
@@ -242,8 +250,21 @@ def lock_file(path: PathLike, description: str) -> Optional[int]:
     """
     name = os.fspath(path)
     for _ in range(100):
-        fd = os.open(name, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o644)
+        # never through a link, never blocking (a FIFO planted there), never a non-file: the
+        # description is written over what is there (a link to /etc/passwd must not be truncated)
         try:
+            fd = os.open(name, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0)
+                         | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0), 0o644)
+        except OSError as err:
+            if err.errno == errno.ELOOP:
+                raise OSError(errno.ELOOP, "the lock file is a symbolic link; remove it", name) \
+                    from None
+            raise
+        try:
+            mode = os.fstat(fd).st_mode
+            if not stat.S_ISREG(mode):
+                raise OSError(errno.EINVAL, f"the lock file is not a regular file "
+                                            f"({file_kind(mode)}); remove it", name)
             if not _try_lock(fd):
                 os.close(fd)
                 return None

@@ -74,9 +74,11 @@ def parse_bytes(text: str) -> int:
 def format_bytes(n: float) -> str:
     """``n`` bytes in binary units, three significant digits.
 
-    >>> format_bytes(512), format_bytes(3 << 20), format_bytes(1.5e12)
-    ('512 B', '3 MiB', '1.36 TiB')
+    >>> format_bytes(512), format_bytes(3 << 20), format_bytes(1.5e12), format_bytes(10 ** 400)
+    ('512 B', '3 MiB', '1.36 TiB', 'more than 1e+300 B')
     """
+    if n > 1e300:                  # an int a float cannot hold (an absurd request)
+        return "more than 1e+300 B"
     n = float(n)
     for unit in ("B", "KiB", "MiB", "GiB", "TiB", "PiB"):
         if abs(n) < 1024 or unit == "PiB":

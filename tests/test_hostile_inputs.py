@@ -477,3 +477,50 @@ def test_reconstruct_verifies_the_bundle_once(tmp_path, monkeypatch, capsys):
         capsys.readouterr().err
     assert len(calls) == 1 and time.perf_counter() - t0 > 0
     assert (tmp_path / "out" / "reconstruction.npz").exists()
+
+
+# --------------------------------------------------------------------------------------------
+# writers never replace what is not a regular file, and the lock never follows a link
+
+
+def test_writes_refuse_to_replace_a_fifo_or_a_socket(tmp_path, capsys):
+    import socket
+    import stat
+
+    from ptycho.atomic import atomic_write
+
+    fifo = tmp_path / "sim.npz"
+    os.mkfifo(fifo)
+    with pytest.raises(OSError, match=r"not a regular file \(a FIFO") as info:
+        with atomic_write(fifo):
+            pass
+    assert info.value.filename == str(fifo)
+    sock_path = tmp_path / "s.npz"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.bind(str(sock_path))
+        with pytest.raises(OSError, match=r"a socket"):
+            with atomic_write(sock_path):
+                pass
+    assert main(["simulate", "-o", str(fifo), "--n-patterns", "4", "--N", "16"]) == 2
+    assert "would destroy it" in capsys.readouterr().err
+    assert stat.S_ISFIFO(os.stat(fifo).st_mode)            # still the FIFO it was
+    assert sorted(os.listdir(tmp_path)) == ["s.npz", "sim.npz"]
+
+
+def test_the_lock_file_is_never_a_link_or_a_fifo(tmp_path):
+    from ptycho.outdir import LOCK_NAME, output_folder
+
+    victim = tmp_path / "precious.txt"
+    victim.write_text("keep me")
+    run = tmp_path / "run"
+    run.mkdir()
+    os.symlink(victim, run / LOCK_NAME)
+    with pytest.raises(OSError, match="symbolic link"):
+        with output_folder(run):
+            pass
+    assert victim.read_text() == "keep me"                  # not truncated through the link
+    os.unlink(run / LOCK_NAME)
+    os.mkfifo(run / LOCK_NAME)
+    with pytest.raises(OSError, match=r"not a regular file \(a FIFO"):
+        with output_folder(run):
+            pass

@@ -106,7 +106,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except UsageError as exc:
         _report(exc.prog, str(exc))
         return EXIT_USAGE
-    except (ValueError, OSError) as exc:   # library errors (ptycho.errors) are ValueErrors
+    except (ValueError, OSError, OverflowError) as exc:   # ptycho.errors are ValueErrors
         _report(prog, _one_line(exc))
         return EXIT_USAGE
     except MemoryError as exc:
