@@ -193,8 +193,12 @@ def test_model_estimate_counts_every_parameter():
     w = init_weights(cfg, 0, np.ones((32, 32), np.complex64), 0.0)
     mem = estimate_model_memory(cfg)
     assert mem.parameter_bytes == sum(a.nbytes for a in w.values())
-    # at least the input, every conv output and the physics, in float32
+    # training keeps at least the input, every conv output and the physics, in float32;
+    # inference at least the widest layer's input and output (enc0.conv2: 3 x 32 x 32 each)
     assert mem.activation_bytes_per_group > 4 * (4 * 32 * 32) * 10
+    assert 4 * 2 * 3 * 32 * 32 < mem.inference_bytes_per_group < mem.activation_bytes_per_group
+    assert mem.inference_bytes(10) == mem.parameter_bytes + 10 * mem.inference_bytes_per_group
+    assert mem.training_bytes(10) == 4 * mem.parameter_bytes + 20 * mem.activation_bytes_per_group
 
 
 # --------------------------------------------------------------------------------------------
