@@ -341,7 +341,7 @@ def build_cases(folder: str) -> tuple[list[Case], list[Callable[[], None]]]:
     write_zip(lying, members, zip64=True)
     cases += [
         Case("zip64-32TiB-load_npz", "lying sizes", "call", "'diffraction.npy'",
-             module="ptycho.data", function="load_npz", args=[lying], error="DataError"),
+             module="ptycho.data", function="load_npz", args=[lying], error="DataLimitError"),
         Case("zip64-32TiB-cli-train", "lying sizes", "cli", "'diffraction.npy'",
              argv=["train", "--train-data", lying, "--output-dir", out.format(6)],
              absent=[out.format(6)]),
@@ -373,7 +373,7 @@ def build_cases(folder: str) -> tuple[list[Case], list[Callable[[], None]]]:
         f.write(_END.pack(*fields))
     cases.append(Case("end-record-65535-members-load_npz", "lying sizes", "call",
                       "zip directory declares", module="ptycho.data", function="load_npz",
-                      args=[many], error="DataError"))
+                      args=[many], error="DataLimitError"))
     from ptycho.config.io import MAX_CONFIG_BYTES
     yaml_bomb = j("empty-mappings.yaml")                       # as large as allowed, costly
     with open(yaml_bomb, "w") as f:
@@ -416,7 +416,7 @@ def build_cases(folder: str) -> tuple[list[Case], list[Callable[[], None]]]:
     write_zip(bomb, members)
     cases += [
         Case("compressed-1GiB-zeros-load_npz", "compression ratio", "call", "ratio",
-             module="ptycho.data", function="load_npz", args=[bomb], error="DataError"),
+             module="ptycho.data", function="load_npz", args=[bomb], error="DataLimitError"),
         Case("compressed-1GiB-zeros-cli-reconstruct", "compression ratio", "cli", "ratio",
              argv=["reconstruct", "--model", bundle, "--data", bomb, "--output-dir",
                    out.format(7)], absent=[out.format(7)]),

@@ -387,7 +387,8 @@ def _read_verified(zf: zipfile.ZipFile, path: str, file_size: int,
         infos = zf.infolist()
         _check_member_names(infos)
         for info in infos:
-            check_zip_member(info, file_size, path, BundleLimitError)
+            check_zip_member(info, file_size, path, NotABundleError,
+                             limit_error=BundleLimitError)
         by_name = {i.filename: i for i in infos}
         if MANIFEST not in by_name:
             raise NotABundleError(f"{path}: not a bundle (no {MANIFEST} inside)")

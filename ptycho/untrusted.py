@@ -208,8 +208,9 @@ def check_zip_directory(f: BinaryIO, name: str, error: type, max_entries: int,
 
 
 def check_zip_member(info: zipfile.ZipInfo, file_size: int, name: str, error: type,
-                     whole: bool = True) -> None:
-    """Refuse a member whose declared sizes lie or whose compression ratio is a bomb's.
+                     whole: bool = True, limit_error: Optional[type] = None) -> None:
+    """Refuse a member whose declared sizes lie (``error``) or whose compression ratio is a
+    bomb's (``limit_error``, default ``error``).
 
     ``file_size`` is the archive's size in bytes; ``whole``: the member is about to be read
     whole (False: only its first bytes, so only that it lies inside the file is checked).
@@ -231,7 +232,7 @@ def check_zip_member(info: zipfile.ZipInfo, file_size: int, name: str, error: ty
     if (info.file_size > RATIO_GRACE_BYTES
             and info.file_size > MAX_COMPRESSION_RATIO * max(info.compress_size, 1)):
         ratio = info.file_size / max(info.compress_size, 1)
-        raise error(f"{name!r}: member {member!r} would inflate {info.compress_size} bytes to "
+        raise (limit_error or error)(f"{name!r}: member {member!r} would inflate {info.compress_size} bytes to "
                     f"{info.file_size} (ratio {ratio:.0f}:1, more than the limit of "
                     f"{MAX_COMPRESSION_RATIO}:1 for members over {RATIO_GRACE_BYTES >> 20} MiB); "
                     "a zip bomb, or data to store uncompressed (np.savez, ptycho.data.save_npz)")

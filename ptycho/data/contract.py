@@ -445,7 +445,7 @@ def _open_archive(f, name: str) -> zipfile.ZipFile:
         if head == _NPY_MAGIC:
             raise DataError(f"{name!r}: expected an NPZ archive (a zip of .npy members), got a "
                             "single ndarray (a .npy file); save it with save_npz")
-        check_zip_directory(f, name, DataError, MAX_NPZ_MEMBERS)
+        check_zip_directory(f, name, DataLimitError, MAX_NPZ_MEMBERS)
         f.seek(0)
         return zipfile.ZipFile(f, "r")
     except DataError:
@@ -484,7 +484,8 @@ def _read_members(f, name: str, mmap_mode: Optional[str]) -> dict[str, np.ndarra
                     raise DataError(f"{name!r}: member {key!r} is encrypted; expected a plain "
                                     ".npy array")
                 continue
-            check_zip_member(info, file_size, name, DataError, whole=key in CONTRACT_KEYS)
+            check_zip_member(info, file_size, name, DataError, whole=key in CONTRACT_KEYS,
+                             limit_error=DataLimitError)
             try:
                 header = _npy_header(zf, info)
             except _READ_ERRORS as exc:
