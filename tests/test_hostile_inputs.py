@@ -433,6 +433,19 @@ def test_backend_reason_names_the_config_file(tmp_path):
     assert resolve_backend(None, "pytorch", "run.yaml") == ("torch", "config run.yaml")
     name, why = resolve_backend(None, None, "run.yaml")
     assert why != "argument" and not why.startswith("config")
+    from ptycho.cli.main import build_parser
+    from ptycho.cli.options import load_model_config_file
+    from ptycho.cli.train import _backend_choice, build_config
+    from ptycho.config import TrainingConfig
+
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text("kind: training\nbackend: torch\n")
+    for argv, expected in ((["--config", str(cfg)], ("torch", f"config {cfg}")),
+                           (["--config", str(cfg), "--backend", "tf"], ("tensorflow", "argument")),
+                           (["--backend", "tf", "--set", "backend=torch"], ("torch", "argument"))):
+        args = build_parser().parse_args(["train", *argv])
+        loaded = load_model_config_file(args.config, TrainingConfig)
+        assert _backend_choice(args, build_config(args, 16, loaded), loaded[1]) == expected
 
 
 @pytest.mark.torch

@@ -140,11 +140,11 @@ def _backend_choice(args: argparse.Namespace, config, document) -> tuple[str, st
     one from the config file reported as such."""
     from ptycho.cli.options import document_sets_key, resolve_backend
 
-    flag = args.backend or next((v for k, v in reversed(args.assignments) if k == "backend"),
-                                None)
+    from_args = args.backend is not None or any(k == "backend" for k, _ in args.assignments)
+    if from_args:            # config.backend holds the flags' outcome (--set after --backend)
+        return resolve_backend(config.backend, None)
     from_file = config.backend if document_sets_key(document, "backend") else None
-    return resolve_backend(flag if flag is not None else None,
-                           None if flag is not None else from_file, args.config)
+    return resolve_backend(None, from_file, args.config)
 
 
 def run(args: argparse.Namespace) -> int:
