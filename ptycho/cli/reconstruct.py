@@ -91,12 +91,16 @@ def _bundle_path(path: str) -> str:
     return path
 
 
-def build_config(args: argparse.Namespace):
-    """The InferenceConfig of this run: defaults < --config < flags."""
+def build_config(args: argparse.Namespace, loaded=None):
+    """The InferenceConfig of this run: defaults < --config < flags.
+
+    ``loaded``: the ``(config, document)`` of ``--config`` when already read.
+    """
     from ptycho.cli.options import apply_overrides, load_model_config_file
     from ptycho.config import InferenceConfig
 
-    base = load_model_config_file(args.config, InferenceConfig)
+    base, _ = loaded if loaded is not None else load_model_config_file(args.config,
+                                                                        InferenceConfig)
     overrides = {key: value for key, value in (
         ("model_path", args.model), ("test_data_file", args.data), ("output_dir", args.output_dir),
         ("batch_size", args.batch_size), ("precision", args.precision), ("backend", args.backend),
@@ -105,59 +109,87 @@ def build_config(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
-    """Reconstruct as ``args`` say; print a summary; return 0."""
-    from ptycho.cli.options import check_input_file, check_output_dir, input_errors
+    """Reconstruct as ``args`` say; print a summary; return 0.
+
+    The bundle is verified (once), the scan read, and the memory the reconstruction will take
+    (object canvas, overlap-constraint canvases, the network for one batch) checked before the
+    output folder is created and locked (:func:`ptycho.outdir.output_folder`) and a framework
+    imported; a run that fails before writing anything leaves no folder behind.
+    """
+    import dataclasses
+
+    from ptycho.bundle import read_bundle
+    from ptycho.cli.options import (about_file, backend_ready, check_input_file,
+                                    check_output_dir, document_sets_key, input_errors,
+                                    load_model_config_file, prepare_framework_environment,
+                                    resolve_backend)
+    from ptycho.config import InferenceConfig, TrainingConfig
     from ptycho.data.contract import load_npz
+    from ptycho.outdir import output_folder
+    from ptycho.workflows.reconstruct import plan_reconstruction
 
     t0 = time.perf_counter()
     prog = f"ptycho {NAME}"
-    config = build_config(args)
+    if args.refine_probe and not args.refine:
+        raise ValueError("--refine-probe needs --refine K (K > 0)")
+    loaded = load_model_config_file(args.config, InferenceConfig)
+    config = build_config(args, loaded)
     for value, flag in ((config.model_path, "--model"), (config.test_data_file, "--data"),
                         (config.output_dir, "--output-dir")):
         if value is None:
             raise ValueError(f"{flag} is required")
     bundle = _bundle_path(config.model_path)
     check_input_file(config.test_data_file, "--data")
-    raw = load_npz(config.test_data_file, mmap_mode="r")
     check_output_dir(config.output_dir)
-    with input_errors(prog):
-        return _reconstruct_and_report(prog, config, bundle, raw, args, t0)
-
-
-def _reconstruct_and_report(prog, config, bundle, raw, args, t0) -> int:
-    import dataclasses
-
-    from backends.registry import configure_process, framework_version
-    from ptycho.bundle import read_bundle
-    from ptycho.cli import summary as S
-    from ptycho.cli.options import file_sets_key, prepare_framework_environment, selected_backend
-    from ptycho.cli.progress import ChunkProgress, RefineProgress, bars_enabled
-    from ptycho.workflows.cdi import evaluate_against_truth, write_outputs
-    from ptycho.workflows.inference import load_inference_bundle
-    from ptycho.workflows.reconstruct import reconstruct
-
-    # Verify the bundle (and compare N) before the framework is imported.
-    contents = read_bundle(bundle)
+    raw = load_npz(config.test_data_file, mmap_mode="r")
+    contents = read_bundle(bundle, batch_size=config.batch_size)   # verified before any import
     n_model = contents.model_config.N
     if raw.N != n_model:
         raise ValueError(f"the data has N={raw.N} but the model in {bundle} expects N={n_model}")
-    backend, why = selected_backend(args, config)
-    prepare_framework_environment()
-    configure_process(backend)
+    train_config = (contents.config if isinstance(contents.config, TrainingConfig)
+                    else TrainingConfig(model=contents.model_config))
+    if args.seed is not None or document_sets_key(loaded[1], "seed"):
+        train_config = dataclasses.replace(train_config, seed=config.seed)
+    with about_file(config.test_data_file):
+        plan = plan_reconstruction(train_config, raw, batch_size=config.batch_size,
+                                   chunk_groups=CHUNK_BATCHES * config.batch_size)
+    from_file = config.backend if document_sets_key(loaded[1], "backend") else None
+    backend, why = resolve_backend(args.backend, from_file, args.config)
+    # the lock first: a second run finds the folder busy before a framework is imported; a
+    # missing framework then ends the run with the folder removed again (it is empty)
+    with output_folder(config.output_dir, prog):
+        with input_errors(prog):
+            prepare_framework_environment()
+            backend_ready(backend)
+            return _reconstruct_and_report(prog, config, bundle, contents, train_config, raw,
+                                           plan, (backend, why), args, t0)
+
+
+def _reconstruct_and_report(prog, config, bundle, contents, train_config, raw, plan, choice,
+                            args, t0) -> int:
+    import dataclasses
+
+    from backends.registry import configure_process, framework_version
+    from ptycho.cli import summary as S
+    from ptycho.cli.progress import ChunkProgress, RefineProgress, bars_enabled
+    from ptycho.workflows.cdi import evaluate_against_truth, write_outputs
+    from ptycho.workflows.inference import build_inference_model
+    from ptycho.workflows.reconstruct import reconstruct
+
+    backend, why = choice
+    configure_process(backend)          # deterministic kernels, TF32 off
     t_load = time.perf_counter()
-    model, train_config = load_inference_bundle(bundle, backend=backend)
-    if args.seed is not None or (args.config is not None and file_sets_key(args.config, "seed")):
-        model.config = dataclasses.replace(train_config, seed=config.seed)
+    model, _ = build_inference_model(contents, backend=backend)
+    model.config = train_config
     load_s = time.perf_counter() - t_load
     bars = bars_enabled(args.quiet)
     chunk = ChunkProgress("reconstruct", enabled=bars)
     refining = RefineProgress(args.refine, enabled=bars)
-    if args.refine_probe and not args.refine:
-        raise ValueError("--refine-probe needs --refine K (K > 0)")
     recon = reconstruct(model, raw, batch_size=config.batch_size, precision=config.precision,
                         keep_patches=False, progress=chunk,
-                        chunk_groups=CHUNK_BATCHES * config.batch_size, refine=args.refine,
-                        refine_probe=args.refine_probe, refine_progress=refining)
+                        chunk_groups=CHUNK_BATCHES * config.batch_size, plan=plan,
+                        refine=args.refine, refine_probe=args.refine_probe,
+                        refine_progress=refining)
     chunk.close()
     refining.close()
     truth = raw.object_guess

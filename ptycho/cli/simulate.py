@@ -83,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
 
     import numpy as np
 
-    from ptycho.atomic import atomic_save_npz
+    from ptycho.atomic import atomic_save_npz, remove_stale_parts
     from ptycho.data.contract import save_npz
     from ptycho.simulate import load_image, simulate_dataset
 
@@ -93,6 +93,9 @@ def run(args: argparse.Namespace) -> int:
         if os.path.abspath(args.ground_truth) == os.path.abspath(args.output):
             raise ValueError("--ground-truth must differ from --output (the dataset already "
                              "holds the object as objectGuess)")
+    for target in filter(None, (args.output, args.ground_truth)):
+        # what an earlier, killed run left while writing this file
+        remove_stale_parts(os.path.dirname(os.path.abspath(target)), {os.path.basename(target)})
     if args.object in OBJECT_CHOICES:
         obj, obj_name = args.object, args.object
     else:
@@ -109,7 +112,10 @@ def run(args: argparse.Namespace) -> int:
     if args.ground_truth is not None:
         atomic_save_npz(args.ground_truth, objectGuess=truth)
     elapsed = time.perf_counter() - t0
-    mean_counts = float(np.mean(np.sum(raw.diffraction.astype(np.float64) ** 2, axis=(1, 2))))
+    mean_counts = float(sum(np.sum(np.square(chunk, dtype=np.float64))
+                            for chunk in np.array_split(raw.diffraction,
+                                                        max(1, len(raw.diffraction) // 1024)))
+                        / raw.n_patterns)      # chunk by chunk: no float64 copy of the scan
     print(f"simulated {raw.n_patterns} patterns, N={raw.N}, nphotons={args.nphotons:g} "
           f"(mean counts {mean_counts:.4g}), {args.scan} scan, {args.probe} probe, {obj_name} "
           f"object {truth.shape[0]}x{truth.shape[1]}, seed {args.seed} -> {args.output} "

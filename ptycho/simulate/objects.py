@@ -14,11 +14,15 @@ from __future__ import annotations
 
 import math
 import os
+import tokenize
 from typing import Sequence, Union
 
 import numpy as np
 import scipy.fft
 import scipy.ndimage
+
+from ptycho.limits import check_bytes
+from ptycho.untrusted import open_regular, read_npy_header
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -219,6 +223,46 @@ def image_object(image: np.ndarray, amplitude_range: Sequence[float] = AMPLITUDE
     return complex_object(normalise_unit(img), None, amplitude_range, phase_range)
 
 
+#: Bytes per pixel an image takes while it is read and converted (float64 RGB(A) and luminance).
+IMAGE_BYTES_PER_PIXEL = 48
+
+
+def _read_npy_image(f, name: str) -> np.ndarray:
+    """A numeric .npy array, its header checked (object arrays, the memory budget) first."""
+    try:
+        shape, _, dtype = read_npy_header(f)
+    except (ValueError, OSError, SyntaxError, EOFError, tokenize.TokenError) as exc:
+        raise ValueError(f"cannot read {name!r} as a numeric .npy array ({exc})") from None
+    if dtype.hasobject or dtype.kind not in "biufc":
+        raise ValueError(f"{name!r}: expected a numeric .npy array, got dtype {dtype}")
+    count = math.prod(shape)
+    check_bytes(count * max(dtype.itemsize, 8) * 2, f"object image {name!r} (shape {shape})")
+    f.seek(0)
+    try:
+        return np.load(f, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as exc:
+        raise ValueError(f"cannot read {name!r} as a numeric .npy array ({exc})") from None
+
+
+def _read_picture(f, name: str) -> np.ndarray:
+    """An image file read with matplotlib (Pillow), its size checked against the budget first."""
+    import matplotlib.image  # local: only when an image file is actually read
+    from PIL import Image
+
+    try:
+        with Image.open(f) as img:
+            width, height = img.size
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+        raise ValueError(f"cannot read image {name!r} ({exc})") from None
+    check_bytes(width * height * IMAGE_BYTES_PER_PIXEL,
+                f"object image {name!r} ({width} x {height} pixels)")
+    f.seek(0)
+    try:
+        return matplotlib.image.imread(f, format=os.path.splitext(name)[1].lower()[1:])
+    except (ValueError, OSError, SyntaxError, Image.DecompressionBombError) as exc:
+        raise ValueError(f"cannot read image {name!r} ({exc})") from None
+
+
 def load_image(path: PathLike) -> np.ndarray:
     """Read a 2-D image from ``.npy`` (numeric, never pickled) or an image file (PNG, ...).
 
@@ -232,20 +276,15 @@ def load_image(path: PathLike) -> np.ndarray:
     (3, 3)
     """
     name = os.fspath(path)
-    if not os.path.isfile(name):
-        raise ValueError(f"object image {name!r} does not exist or is not a file")
-    if name.lower().endswith(".npy"):
-        try:
-            arr = np.load(name, allow_pickle=False)
-        except (ValueError, OSError) as exc:
-            raise ValueError(f"cannot read {name!r} as a numeric .npy array ({exc})") from None
-    else:
-        import matplotlib.image  # local: only when an image file is actually read
-
-        try:
-            arr = matplotlib.image.imread(name)
-        except (ValueError, OSError, SyntaxError) as exc:
-            raise ValueError(f"cannot read image {name!r} ({exc})") from None
+    try:
+        f = open_regular(name, ValueError, "an image file")
+    except FileNotFoundError:
+        raise ValueError(f"object image {name!r} does not exist") from None
+    with f:
+        if name.lower().endswith(".npy"):
+            arr = _read_npy_image(f, name)
+        else:
+            arr = _read_picture(f, name)
     arr = np.asarray(arr)
     if arr.ndim == 3 and arr.shape[-1] in (3, 4) and arr.dtype.kind != "c":
         arr = arr[..., :3].astype(np.float64) @ np.array([0.299, 0.587, 0.114])
