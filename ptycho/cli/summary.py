@@ -65,14 +65,24 @@ def loss_line(loss: Mapping[str, float], keys: Sequence[str] = ("total", "nll", 
 
 
 def metrics_lines(metrics: Optional[Mapping[str, Any]]) -> list[str]:
-    """One line per quantity: PSNR, SSIM, MAE and FRC 0.5 resolution of amplitude and phase."""
+    """One line per quantity: PSNR, SSIM, MAE and FRC 0.5 resolution of amplitude and phase.
+
+    An FRC that is below 0.5 from the first ring on reads "not resolved".
+
+    >>> metrics_lines({"amplitude": {"psnr": 20.0, "ssim": 0.5, "mae": 0.1, "frc50_px": 4.0},
+    ...                "phase": {"frc50_px": float("inf")}})[1]
+    'phase    : PSNR - dB, SSIM -, MAE - rad, FRC(0.5) not resolved'
+    """
+    from ptycho.metrics import describe_resolution
+
     if not metrics:
         return []
     lines = []
     for part, unit in (("amplitude", ""), ("phase", " rad")):
         m = metrics.get(part) or {}
+        frc = describe_resolution(m["frc50_px"]) if "frc50_px" in m else "-"
         lines.append(f"{part:9s}: PSNR {_g(m.get('psnr'))} dB, SSIM {_g(m.get('ssim'), 3)}, "
-                     f"MAE {_g(m.get('mae'), 3)}{unit}, FRC(0.5) {_g(m.get('frc50_px'), 3)} px")
+                     f"MAE {_g(m.get('mae'), 3)}{unit}, FRC(0.5) {frc}")
     return lines
 
 
@@ -103,7 +113,12 @@ def recon_lines(recon: Mapping[str, Any], metrics: Optional[Mapping[str, Any]],
              f"({recon['patterns_per_s']:.0f} patterns/s), object "
              f"{recon['object_shape'][0]}x{recon['object_shape'][1]}"]
     if metrics:
-        lines.append("  against objectGuess (covered region, after amplitude scale and phase "
+        where = "covered region"
+        if metrics.get("region") is not None:
+            r0, r1, c0, c1 = metrics["region"]
+            where = (f"rows {r0}:{r1}, cols {c0}:{c1}, where coverage >= "
+                     f"{metrics.get('coverage_threshold', 0):g} of its maximum")
+        lines.append(f"  against objectGuess ({where}; after amplitude scale and phase "
                      "offset alignment):")
         lines += ["    " + line for line in metrics_lines(metrics)]
     elif truth_known:
