@@ -91,6 +91,25 @@ def test_image_object_from_real_rgb_and_complex_images():
         image_object(np.zeros((2, 2, 2, 2)))
 
 
+def test_image_object_takes_separate_amplitude_and_phase_images():
+    amp_img = np.array([[0.0, 1.0], [2.0, 4.0]])
+    ph_img = np.array([[10.0, 30.0], [20.0, 10.0]])          # its own range: 10 .. 30
+    o = image_object(amp_img, (0.5, 1.0), (-1.0, 1.0), phase_image=ph_img)
+    np.testing.assert_allclose(np.abs(o), 0.5 + 0.5 * amp_img / 4, atol=1e-6)
+    np.testing.assert_allclose(np.angle(o), -1.0 + 2.0 * (ph_img - 10) / 20, atol=1e-6)
+    rgb = np.stack([ph_img] * 3, axis=-1)
+    np.testing.assert_allclose(image_object(amp_img, phase_image=rgb),
+                               image_object(amp_img, phase_image=ph_img), atol=1e-6)
+    with pytest.raises(ValueError, match=r"amplitude image \(2, 2\) and phase image \(2, 3\)"):
+        image_object(amp_img, phase_image=np.zeros((2, 3)))
+    with pytest.raises(ValueError, match="already is an object"):
+        image_object(amp_img.astype(complex), phase_image=ph_img)
+    with pytest.raises(ValueError, match="phase image must be real"):
+        image_object(amp_img, phase_image=ph_img.astype(complex))
+    with pytest.raises(ValueError, match="phase image must be a numeric"):
+        image_object(amp_img, phase_image=np.array([["a", "b"]]))
+
+
 def test_load_image_reads_png_and_npy(tmp_path):
     import matplotlib.image
 
