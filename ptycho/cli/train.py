@@ -178,6 +178,7 @@ def _train_and_report(prog, config, raw_train, raw_test, quiet: bool, t0: float)
     from ptycho.config import config_to_dict
     from ptycho.errors import TrainingError
     from ptycho.figures import save_loss_figure
+    from ptycho.physics.losses import LossSettings
     from ptycho.workflows.cdi import FIGURE_NAMES, evaluate_against_truth, write_outputs
     from ptycho.workflows.reconstruct import reconstruct
     from ptycho.workflows.train import BUNDLE_NAME, train
@@ -213,11 +214,12 @@ def _train_and_report(prog, config, raw_train, raw_test, quiet: bool, t0: float)
         chunk.close()
         truth = raw_test.object_guess
         metrics = evaluate_against_truth(recon, truth)
-        paths.update(write_outputs(config.output_dir, recon, history, truth))
+        paths.update(write_outputs(config.output_dir, recon, history, truth,
+                                   LossSettings.from_config(config)))
         recon_info = S.reconstruction_summary(recon)
     elif history.epochs:
         paths["loss_figure"] = os.path.join(config.output_dir, FIGURE_NAMES["loss"])
-        save_loss_figure(paths["loss_figure"], history)
+        save_loss_figure(paths["loss_figure"], history, LossSettings.from_config(config))
 
     timings = dict(result.timings)
     timings["wall_s"] = time.perf_counter() - t0

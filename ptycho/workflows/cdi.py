@@ -11,6 +11,7 @@ from ptycho.atomic import atomic_save_npz
 from ptycho.config.schema import TrainingConfig
 from ptycho.figures import save_comparison_figure, save_loss_figure, save_object_figure
 from ptycho.metrics import METRIC_COVERAGE_THRESHOLD, compare_objects, metric_mask, metric_region
+from ptycho.physics.losses import LossSettings
 from ptycho.workflows.reconstruct import Reconstruction, reconstruct
 from ptycho.workflows.train import DataLike, train
 
@@ -46,8 +47,16 @@ def evaluate_against_truth(recon: Reconstruction, truth: Optional[np.ndarray]) -
 
 
 def write_outputs(output_dir: str, recon: Reconstruction, history=None,
-                  truth: Optional[np.ndarray] = None) -> dict[str, str]:
-    """Reconstruction NPZ and PNG figures into ``output_dir``; returns their paths by kind."""
+                  truth: Optional[np.ndarray] = None,
+                  loss_settings: Optional[LossSettings] = None) -> dict[str, str]:
+    """Reconstruction NPZ and PNG figures into ``output_dir``; returns their paths by kind.
+
+    With a ``history`` the loss figure is drawn too; it needs the ``loss_settings`` the
+    model was trained with (their weights say which terms were part of the loss).
+    """
+    if history is not None and history.epochs and loss_settings is None:
+        raise ValueError("write_outputs: drawing the loss of a history needs its loss_settings "
+                         "(LossSettings.from_config(config))")
     os.makedirs(output_dir, exist_ok=True)
     paths = {"reconstruction": os.path.join(output_dir, RECONSTRUCTION_NAME)}
     save_reconstruction(paths["reconstruction"], recon)
@@ -56,7 +65,7 @@ def write_outputs(output_dir: str, recon: Reconstruction, history=None,
     save_object_figure(paths["object_figure"], recon.obj, mask=covered)
     if history is not None and history.epochs:
         paths["loss_figure"] = os.path.join(output_dir, FIGURE_NAMES["loss"])
-        save_loss_figure(paths["loss_figure"], history)
+        save_loss_figure(paths["loss_figure"], history, loss_settings)
     if truth is not None and truth.shape == recon.obj.shape:
         paths["comparison_figure"] = os.path.join(output_dir, FIGURE_NAMES["comparison"])
         save_comparison_figure(paths["comparison_figure"], recon.obj, truth, mask=covered)
@@ -79,7 +88,8 @@ def run_cdi_example(train_data: DataLike, test_data: Optional[DataLike], config:
     metrics = evaluate_against_truth(recon, truth)
     paths: dict[str, str] = {}
     if config.output_dir:
-        paths = write_outputs(config.output_dir, recon, result.history, truth)
+        paths = write_outputs(config.output_dir, recon, result.history, truth,
+                              LossSettings.from_config(config))
         paths["bundle"] = result.bundle_path
     results = {"train_result": result, "reconstruction": recon, "metrics": metrics, "paths": paths}
     return recon.amplitude, recon.phase, results
