@@ -96,10 +96,23 @@ def history_summary(history) -> dict[str, Any]:
             "interrupted": history.interrupted}
 
 
-def reconstruction_summary(recon) -> dict[str, Any]:
+def reconstruction_summary(recon, n_channels: int = 1) -> dict[str, Any]:
+    """Time, distinct patterns (and at gridsize > 1 the patches predicted), object shape."""
+    seconds = max(recon.seconds, 1e-9)
+    n_patches = recon.n_patches if recon.n_patches is not None else recon.n_patterns
     return {"seconds": recon.seconds, "n_patterns": recon.n_patterns,
-            "patterns_per_s": recon.n_patterns / max(recon.seconds, 1e-9),
-            "object_shape": list(recon.obj.shape)}
+            "patterns_per_s": recon.n_patterns / seconds, "n_patches": n_patches,
+            "n_channels": n_channels, "object_shape": list(recon.obj.shape)}
+
+
+def patterns_phrase(n_patterns: int, n_groups: int, n_channels: int) -> str:
+    """``"1000 patterns"``, or at gridsize > 1 ``"1000 patterns in 1000 groups of 4"``.
+
+    >>> patterns_phrase(100, 100, 1), patterns_phrase(100, 98, 4)
+    ('100 patterns', '100 patterns in 98 groups of 4')
+    """
+    text = f"{n_patterns} pattern{'' if n_patterns == 1 else 's'}"
+    return text if n_channels == 1 else f"{text} in {n_groups} groups of {n_channels}"
 
 
 def print_lines(lines: Sequence[str]) -> None:
@@ -109,7 +122,9 @@ def print_lines(lines: Sequence[str]) -> None:
 
 def recon_lines(recon: Mapping[str, Any], metrics: Optional[Mapping[str, Any]],
                 truth_known: bool) -> list[str]:
-    lines = [f"  reconstruction: {recon['n_patterns']} patterns in {recon['seconds']:.2f} s "
+    c = recon.get("n_channels", 1)
+    what = patterns_phrase(recon["n_patterns"], recon.get("n_patches", 0) // c, c)
+    lines = [f"  reconstruction: {what} in {recon['seconds']:.2f} s "
              f"({recon['patterns_per_s']:.0f} patterns/s), object "
              f"{recon['object_shape'][0]}x{recon['object_shape'][1]}"]
     if metrics:

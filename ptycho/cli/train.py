@@ -176,6 +176,7 @@ def _train_and_report(prog, config, raw_train, raw_test, quiet: bool, t0: float)
     from ptycho.cli.options import prepare_framework_environment
     from ptycho.cli.progress import ChunkProgress, TrainingProgress, bars_enabled
     from ptycho.config import config_to_dict
+    from ptycho.data.grouping import distinct_patterns
     from ptycho.errors import TrainingError
     from ptycho.figures import save_loss_figure
     from ptycho.physics.losses import LossSettings
@@ -216,7 +217,7 @@ def _train_and_report(prog, config, raw_train, raw_test, quiet: bool, t0: float)
         metrics = evaluate_against_truth(recon, truth)
         paths.update(write_outputs(config.output_dir, recon, history, truth,
                                    LossSettings.from_config(config)))
-        recon_info = S.reconstruction_summary(recon)
+        recon_info = S.reconstruction_summary(recon, config.model.n_channels)
     elif history.epochs:
         paths["loss_figure"] = os.path.join(config.output_dir, FIGURE_NAMES["loss"])
         save_loss_figure(paths["loss_figure"], history, LossSettings.from_config(config))
@@ -234,13 +235,16 @@ def _train_and_report(prog, config, raw_train, raw_test, quiet: bool, t0: float)
     summary["paths"] = paths
     S.write_summary(config.output_dir, summary)
 
+    used = distinct_patterns(result.train_data.indices)
+    seen = S.patterns_phrase(used, len(result.train_data), config.model.n_channels)
+    if used != raw_train.n_patterns:       # n_groups drew a subset of the scan
+        seen += f", of the scan's {raw_train.n_patterns}"
     ended = ("interrupted (Ctrl-C); the last completed epoch was kept" if history.interrupted
              else "stopped early" if history.stopped_early else "done")
     lines = [f"{prog}: {ended} in {timings['wall_s']:.1f} s on {backend} "
              f"{summary['framework_version'] or ''}".rstrip(),
              f"  training: {hist['epochs']} epoch{'' if hist['epochs'] == 1 else 's'} in {timings['train_s']:.1f} s, "
-             f"{timings['patterns_per_s']:.0f} patterns/s ({raw_train.n_patterns} patterns, "
-             f"{len(result.train_data)} groups of {config.model.n_channels})"]
+             f"{timings['patterns_per_s']:.0f} patterns/s ({seen})"]
     if hist["final_loss"]:
         lines.append(f"  final loss (epoch {hist['epochs']}): {S.loss_line(hist['final_loss'])}")
     if hist["final_val_loss"]:

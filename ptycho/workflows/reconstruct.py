@@ -15,7 +15,7 @@ import numpy as np
 
 from backends import get_backend
 from ptycho.data.contract import RawData
-from ptycho.data.grouping import GroupedData, group_scan
+from ptycho.data.grouping import GroupedData, distinct_patterns, group_scan
 from ptycho.data.scaling import intensity_scale, normalisation_factor
 from ptycho.physics.model import effective_probe
 from ptycho.physics.patches import canvas_size, central_mask, object_support, overlap_constraint
@@ -36,7 +36,9 @@ class Reconstruction:
     amplitude, phase: ``|obj|`` and ``angle(obj)`` (radians);
     coverage: (H, W) stitching weight per pixel; patches: (B, C, N, N) complex64 network
     output, or None when not kept; positions: (B, C, 2) (x, y) object pixels of each patch;
-    seconds: wall time; n_patterns: patches predicted (B * C).
+    seconds: wall time; n_patterns: distinct diffraction patterns used; n_patches: patches
+    predicted (B * C; at gridsize > 1 each pattern is in about C groups, so about
+    C * n_patterns), None when not recorded.
     """
 
     obj: np.ndarray
@@ -45,6 +47,7 @@ class Reconstruction:
     patches: Optional[np.ndarray]
     seconds: float
     n_patterns: int
+    n_patches: Optional[int] = None
 
     @property
     def amplitude(self) -> np.ndarray:
@@ -56,14 +59,15 @@ class Reconstruction:
 
 
 def _plan(model: PtychoModel, data: DataLike):
-    """(positions (B, C, 2), a reader of scaled diffraction chunks, number of groups)."""
+    """(positions (B, C, 2), a reader of scaled diffraction chunks, number of groups,
+    number of distinct patterns in the groups)."""
     cfg = model.config
     if isinstance(data, GroupedData):
         pos = data.global_offsets[:, None, :] + data.rel_offsets.astype(np.float64)
 
         def read_grouped(sl: slice) -> np.ndarray:
             return data.diffraction[sl]
-        return pos, read_grouped, len(data)
+        return pos, read_grouped, len(data), distinct_patterns(data.indices)
     if not isinstance(data, RawData):
         raise TypeError(f"expected RawData or GroupedData, got {type(data).__name__}")
     if data.N != cfg.model.N:
@@ -79,7 +83,8 @@ def _plan(model: PtychoModel, data: DataLike):
         # fancy indexing copies only these rows, also from a memory-mapped scan
         chunk = np.asarray(data.diffraction[idx.reshape(-1)], dtype=np.float32)
         return chunk.reshape(idx.shape + (data.N, data.N)) * scale
-    return pos, read, len(groups)
+    return pos, read, len(groups), distinct_patterns(groups)
+
 
 
 def stitch_window(model: PtychoModel) -> np.ndarray:
@@ -174,7 +179,7 @@ def reconstruct(model: PtychoModel, data: DataLike, *, batch_size: Optional[int]
     ``progress(done, total)`` is called after each chunk (counts of groups).
     """
     start = time.perf_counter()
-    positions, read, n_groups = _plan(model, data)
+    positions, read, n_groups, n_distinct = _plan(model, data)
     n = model.model_config.N
     guess = getattr(data, "object_guess", None)
     if object_shape is None:
@@ -195,5 +200,5 @@ def reconstruct(model: PtychoModel, data: DataLike, *, batch_size: Optional[int]
             progress(sl.stop, n_groups)
     return Reconstruction(obj=stitcher.result(), coverage=stitcher.coverage,
                           positions=positions, patches=np.concatenate(kept) if kept else None,
-                          seconds=time.perf_counter() - start,
-                          n_patterns=int(n_groups * model.model_config.n_channels))
+                          seconds=time.perf_counter() - start, n_patterns=n_distinct,
+                          n_patches=int(n_groups * model.model_config.n_channels))
