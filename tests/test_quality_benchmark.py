@@ -80,7 +80,7 @@ def test_a_new_reconstruct_argument_is_a_new_column(monkeypatch, tmp_path):
     from ptycho.training import EpochRecord, History
     from ptycho.workflows.reconstruct import Reconstruction
 
-    calls = []
+    calls, warmed = [], []
 
     class Result:
         history = History(epochs=[EpochRecord(0, 1e-3, {"total": 1.0})])
@@ -88,6 +88,10 @@ def test_a_new_reconstruct_argument_is_a_new_column(monkeypatch, tmp_path):
         model = object()
 
     def fake_reconstruct(model, raw, keep_patches=True, **kwargs):
+        if raw.object_guess is None:          # the untimed warm-up call on a few patterns
+            warmed.append(kwargs)
+            assert raw.n_patterns <= 16
+            return None
         calls.append(kwargs)
         truth = raw.object_guess
         obj = truth if kwargs.get("refine") else np.ones_like(truth)
@@ -98,7 +102,7 @@ def test_a_new_reconstruct_argument_is_a_new_column(monkeypatch, tmp_path):
     monkeypatch.setattr(workflows, "reconstruct", fake_reconstruct)
     config = dataclasses.replace(SMOKE, variants={"network": {}, "refined": {"refine": 7}})
     rows = network_rows(config, "torch", str(tmp_path), lambda msg: None)
-    assert calls == [{}, {"refine": 7}]
+    assert calls == [{}, {"refine": 7}] and warmed == [{}, {"refine": 7}]
     row = rows[0]
     assert row["refined"]["kwargs"] == {"refine": 7} and row["refined"]["amplitude"]["ssim"] == 1.0
     assert row["network"]["amplitude"]["ssim"] < 0.5
