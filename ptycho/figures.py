@@ -80,7 +80,8 @@ def save_loss_figure(path: PathLike, history: History, settings: LossSettings) -
     ax.plot(epochs, history.losses("total"), marker="o", label="train total")
     for key, weight in loss_term_weights(settings).items():
         if weight != 0:
-            ax.plot(epochs, history.losses(key), marker="o", label=f"train {key} (weight {weight:g})")
+            ax.plot(epochs, history.losses(key), marker="o",
+                    label=f"train {key} (weight {weight:g})")
     val = history.losses("total", split="val")
     if val:
         ax.plot(epochs[:len(val)], val, marker="s", label="validation total")

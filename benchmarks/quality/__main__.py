@@ -88,7 +88,8 @@ def run(config_name: str, out: str, backends=None, reference: bool = True,
         rows = report.merge(network, references, floor_rows(config), variants)
         results = {"benchmark": "quality", "config": config.to_dict(), "started": started,
                    "machine": machine_info(), "versions": versions(),
-                   "ptychi_version": _ptychi_version(), "command": " ".join(["python -m benchmarks.quality", *sys.argv[1:]]),
+                   "ptychi_version": _ptychi_version(),
+                   "command": " ".join(["python -m benchmarks.quality", *sys.argv[1:]]),
                    "rows": rows, "references": references}
         fig_dir = os.path.join(out, "figures")
         figures = report.save_figures(rows, heldout_truths(config), variants, work, fig_dir)

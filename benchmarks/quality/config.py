@@ -31,7 +31,8 @@ class ObjectSpec:
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
-            raise ValueError(f"object {self.name!r}: kind must be one of {KINDS}, got {self.kind!r}")
+            raise ValueError(f"object {self.name!r}: kind must be one of {KINDS}, "
+                             f"got {self.kind!r}")
         if (self.kind == "natural") != bool(self.amplitude_image and self.phase_image):
             raise ValueError(f"object {self.name!r}: a natural object needs amplitude_image and "
                              "phase_image, the others neither")

@@ -76,4 +76,5 @@ def training_scan(config: QualityConfig, dose: float) -> RawData:
                    probe=parts[0].probe,
                    xcoords=np.concatenate([p.xcoords + k * shift for k, p in enumerate(parts)]),
                    ycoords=np.concatenate([p.ycoords for p in parts]),
-                   scan_index=np.concatenate([np.full(p.n_patterns, k) for k, p in enumerate(parts)]))
+                   scan_index=np.concatenate([np.full(p.n_patterns, k)
+                                              for k, p in enumerate(parts)]))

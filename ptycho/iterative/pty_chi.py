@@ -217,7 +217,8 @@ def _restore_global_state():
     import torch
 
     device, dtype = torch.get_default_device(), torch.get_default_dtype()
-    torch_rng, np_rng, py_rng = torch.random.get_rng_state(), np.random.get_state(), random.getstate()
+    torch_rng = torch.random.get_rng_state()
+    np_rng, py_rng = np.random.get_state(), random.getstate()
     try:
         yield
     finally:
@@ -278,18 +279,21 @@ def reconstruct_ptychi(raw: RawData, *, engine: str = DEFAULT_ENGINE, epochs: in
         noise model). epochs, batch_size: pty-chi's (patterns per update).
     object_shape: our object grid (default ``raw.object_guess.shape``, else the scan's extent).
     truth, region: with a ground truth (H, W), the amplitude and phase SSIM over ``region``
-        (row0, row1, col0, col1; default :func:`ptycho.metrics.metric_region` of the scan's
-        coverage, :func:`ptycho.stitching.scan_coverage`) are recorded every ``checkpoint_every`` epochs (0: only at the end) into
-        :attr:`IterativeResult.curve`.
+        (row0, row1, col0, col1; default :func:`ptycho.metrics.metric_region` of
+        :func:`ptycho.stitching.scan_coverage`) are recorded every ``checkpoint_every``
+        epochs (0: only at the end) into :attr:`IterativeResult.curve`.
     seed: pty-chi's random seed (batch order). device: ``"cpu"`` or ``"gpu"``.
     probe_optimizable: refine the probe too (default: keep the known probe fixed, as the
         network does unless it trains its probe).
 
     Example (needs pty-chi)::
 
-        raw, truth = simulate_dataset(256, 64, object="grf", probe="defocus", step=6, seed=1)
+        raw, truth = simulate_dataset(256, 64, object="grf", probe="defocus", step=6.0)
         ref = reconstruct_ptychi(raw, epochs=50, truth=truth, checkpoint_every=10)
-        compare_objects(ref.obj, truth, region=metric_region(coverage))
+        ref.seconds, ref.curve[-1]["amplitude_ssim"]     # wall time, SSIM at the end
+        xy = np.stack([raw.xcoords, raw.ycoords], 1)
+        compare_objects(ref.obj, truth, region=metric_region(scan_coverage(raw.probe, xy,
+                                                                           truth.shape)))
     """
     from ptycho.metrics import compare_objects, metric_region
     from ptycho.stitching import extent_of, scan_coverage
@@ -317,7 +321,7 @@ def reconstruct_ptychi(raw: RawData, *, engine: str = DEFAULT_ENGINE, epochs: in
         if region is None:
             raise ValueError("the scan covers less than the SSIM window: no region to score")
 
-    api, PtychographyTask = import_ptychi()
+    api, task_cls = import_ptychi()
     counts = intensities_for_ptychi(raw.diffraction)
     probe, probe_scale = probe_for_ptychi(raw.probe, raw.diffraction)
     origin = position_origin(n)
@@ -327,15 +331,14 @@ def reconstruct_ptychi(raw: RawData, *, engine: str = DEFAULT_ENGINE, epochs: in
 
     def crop(task) -> np.ndarray:
         full = task.get_data_to_cpu("object", as_numpy=True)[0]
-        return np.ascontiguousarray(full[MARGIN:MARGIN + h, MARGIN:MARGIN + w]).astype(np.complex64)
+        return np.array(full[MARGIN:MARGIN + h, MARGIN:MARGIN + w], dtype=np.complex64)
 
     step = checkpoint_every or epochs
     curve: list[dict[str, float]] = []
     with _restore_global_state():
         start = time.perf_counter()
-        task = PtychographyTask(options, diffraction_data=counts, object_data=obj0,
-                                probe_data=probe, probe_position_x_px=xy[:, 0].copy(),
-                                probe_position_y_px=xy[:, 1].copy())
+        task = task_cls(options, diffraction_data=counts, object_data=obj0, probe_data=probe,
+                        probe_position_x_px=xy[:, 0].copy(), probe_position_y_px=xy[:, 1].copy())
         spent, done = time.perf_counter() - start, 0
         while done < epochs:
             k = min(step, epochs - done)
