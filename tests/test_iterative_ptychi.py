@@ -87,6 +87,7 @@ def _predicted_counts(raw, truth, probe_scale, origin_shift=(0.0, 0.0), swap_xy=
 
 
 @pytest.mark.slow      # importing pty-chi and its first task take ~10-30 s (torch._dynamo, sklearn)
+@pytest.mark.filterwarnings("ignore:Converting a tensor with requires_grad:UserWarning")
 def test_ptychis_forward_model_reproduces_our_counts_on_an_integer_grid():
     # a non-square object and scan, so that swapping x and y or shifting by a pixel shows
     raw, truth = simulate_dataset(20, 32, object="grf", probe="defocus", step=(5.0, 3.0),
