@@ -63,9 +63,9 @@ def _ptychi():
 
 def _predicted_counts(raw, truth, probe_scale, origin_shift=(0.0, 0.0), swap_xy=False):
     """pty-chi's forward model on the true object: predicted counts in our (centred) layout."""
+    api, task_cls = _ptychi()
     import torch
 
-    api, task_cls = _ptychi()
     n = raw.N
     h, w = truth.shape
     m = P.MARGIN
@@ -107,6 +107,7 @@ def test_ptychis_forward_model_reproduces_our_counts_on_an_integer_grid():
 
 @pytest.mark.slow
 def test_reconstruct_ptychi_recovers_a_known_object_and_restores_torch_state():
+    _ptychi()
     import random
 
     import torch
