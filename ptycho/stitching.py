@@ -424,3 +424,30 @@ def stitch_patches(patches: np.ndarray, global_offsets: np.ndarray, rel_offsets:
     st = Stitcher(shape, n, window=window, subpixel=subpixel)
     st.add(patches.reshape(b * c, n, n), pos)
     return st.result(fill_value=fill_value)
+
+
+def scan_coverage(probe: np.ndarray, positions: np.ndarray, shape: Sequence[int]) -> np.ndarray:
+    """(H, W) coverage of a scan: the probe's intensity ``|P|^2 / max``, summed at every position.
+
+    What :class:`Stitcher` accumulates when :func:`ptycho.workflows.reconstruct` stitches with
+    this probe; it depends only on the scan, so every reconstruction of that scan (network,
+    iterative, a constant) can be scored over one region
+    (:func:`ptycho.metrics.metric_region` of it). ``positions`` (M, 2) = (x, y).
+
+    >>> cov = scan_coverage(np.ones((4, 4)), np.array([[2.0, 2.0], [4.0, 2.0]]), (8, 8))
+    >>> cov[2].tolist()
+    [1.0, 1.0, 2.0, 2.0, 1.0, 1.0, 0.0, 0.0]
+    """
+    p = np.asarray(probe)
+    if p.ndim != 2 or p.shape[0] != p.shape[1]:
+        raise ValueError(f"probe must be a square (N, N) array, got shape {p.shape}")
+    n = p.shape[0]
+    intensity = np.abs(p.astype(np.complex128)) ** 2
+    if not intensity.max() > 0:
+        raise ValueError("the probe is zero everywhere")
+    pos = np.asarray(positions, dtype=np.float64).reshape(-1, 2)
+    stitcher = Stitcher(shape, n, window=intensity / intensity.max())
+    for lo in range(0, len(pos), CHUNK):
+        chunk = pos[lo:lo + CHUNK]
+        stitcher.add(np.ones((len(chunk), n, n), np.complex64), chunk)
+    return stitcher.coverage

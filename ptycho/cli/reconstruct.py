@@ -195,7 +195,7 @@ def _reconstruct_and_report(prog, config, bundle, contents, train_config, raw, p
     truth = raw.object_guess
     metrics = evaluate_against_truth(recon, truth)
     paths = write_outputs(config.output_dir, recon, None, truth)
-    recon_info = S.reconstruction_summary(recon)
+    recon_info = S.reconstruction_summary(recon, model.model_config.n_channels)
     wall = time.perf_counter() - t0
     summary = {"command": "reconstruct", "backend": backend, "backend_reason": why,
                "framework_version": framework_version(backend), "bundle": bundle,

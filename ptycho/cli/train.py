@@ -222,8 +222,10 @@ def _train_and_report(prog, config, train_data, test_data, test_plan, choice, qu
     from ptycho.cli import summary as S
     from ptycho.cli.progress import ChunkProgress, TrainingProgress, bars_enabled
     from ptycho.config import config_to_dict
+    from ptycho.data.grouping import distinct_patterns
     from ptycho.errors import TrainingError
     from ptycho.figures import save_loss_figure
+    from ptycho.physics.losses import LossSettings
     from ptycho.workflows.cdi import FIGURE_NAMES, evaluate_against_truth, write_outputs
     from ptycho.workflows.reconstruct import reconstruct
     from ptycho.workflows.train import BUNDLE_NAME, train
@@ -259,11 +261,12 @@ def _train_and_report(prog, config, train_data, test_data, test_plan, choice, qu
         chunk.close()
         truth = raw_test.object_guess
         metrics = evaluate_against_truth(recon, truth)
-        paths.update(write_outputs(config.output_dir, recon, history, truth))
-        recon_info = S.reconstruction_summary(recon)
+        paths.update(write_outputs(config.output_dir, recon, history, truth,
+                                   LossSettings.from_config(config)))
+        recon_info = S.reconstruction_summary(recon, config.model.n_channels)
     elif history.epochs:
         paths["loss_figure"] = os.path.join(config.output_dir, FIGURE_NAMES["loss"])
-        save_loss_figure(paths["loss_figure"], history)
+        save_loss_figure(paths["loss_figure"], history, LossSettings.from_config(config))
 
     timings = dict(result.timings)
     timings["prepare_s"] = timings.get("prepare_s", 0.0) + prepare_s   # grouping ran up front
@@ -279,13 +282,16 @@ def _train_and_report(prog, config, train_data, test_data, test_plan, choice, qu
     summary["paths"] = paths
     S.write_summary(config.output_dir, summary)
 
+    used = distinct_patterns(result.train_data.indices)
+    seen = S.patterns_phrase(used, len(result.train_data), config.model.n_channels)
+    if used != raw_train.n_patterns:       # n_groups drew a subset of the scan
+        seen += f", of the scan's {raw_train.n_patterns}"
     ended = ("interrupted (Ctrl-C); the last completed epoch was kept" if history.interrupted
              else "stopped early" if history.stopped_early else "done")
     lines = [f"{prog}: {ended} in {timings['wall_s']:.1f} s on {backend} "
              f"{summary['framework_version'] or ''}".rstrip(),
              f"  training: {hist['epochs']} epoch{'' if hist['epochs'] == 1 else 's'} in {timings['train_s']:.1f} s, "
-             f"{timings['patterns_per_s']:.0f} patterns/s ({raw_train.n_patterns} patterns, "
-             f"{len(result.train_data)} groups of {config.model.n_channels})"]
+             f"{timings['patterns_per_s']:.0f} patterns/s ({seen})"]
     if hist["final_loss"]:
         lines.append(f"  final loss (epoch {hist['epochs']}): {S.loss_line(hist['final_loss'])}")
     if hist["final_val_loss"]:

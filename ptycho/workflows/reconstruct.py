@@ -15,7 +15,7 @@ import numpy as np
 
 from ptycho.config.schema import TrainingConfig
 from ptycho.data.contract import RawData
-from ptycho.data.grouping import GroupedData, group_scan
+from ptycho.data.grouping import GroupedData, distinct_patterns, group_scan
 from ptycho.data.scaling import intensity_scale, normalisation_factor
 from ptycho.limits import check_bytes
 from ptycho.model_memory import check_model_memory
@@ -39,7 +39,9 @@ class Reconstruction:
     amplitude, phase: ``|obj|`` and ``angle(obj)`` (radians);
     coverage: (H, W) stitching weight per pixel; patches: (B, C, N, N) complex64 network
     output, or None when not kept; positions: (B, C, 2) (x, y) object pixels of each patch;
-    seconds: wall time of everything; n_patterns: patches predicted (B * C);
+    seconds: wall time of everything; n_patterns: distinct diffraction patterns used;
+    n_patches: patches predicted (B * C; at gridsize > 1 each pattern is in about C groups,
+    so about C * n_patterns), None when not recorded;
     network_obj: the network's stitched object (the refinement's start; ``obj`` itself when
     no refinement ran); refinement: None, or what the refinement did (``iterations``,
     ``nll`` per iteration, ``seconds``, ``probe`` (N, N) complex64, refined or not).
@@ -51,6 +53,7 @@ class Reconstruction:
     patches: Optional[np.ndarray]
     seconds: float
     n_patterns: int
+    n_patches: Optional[int] = None
     network_obj: Optional[np.ndarray] = None
     refinement: Optional[dict] = None
 
@@ -331,5 +334,6 @@ def reconstruct(model: PtychoModel, data: DataLike, *, batch_size: Optional[int]
                           coverage=stitcher.coverage,
                           positions=positions, patches=np.concatenate(kept) if kept else None,
                           seconds=time.perf_counter() - start,
-                          n_patterns=int(n_groups * model.model_config.n_channels),
+                          n_patterns=distinct_patterns(plan.indices),
+                          n_patches=int(n_groups * model.model_config.n_channels),
                           network_obj=network_obj, refinement=refinement)

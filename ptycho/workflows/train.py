@@ -13,7 +13,7 @@ import numpy as np
 from backends import configure_process, resolve_backend_name
 from ptycho.config.schema import TrainingConfig
 from ptycho.data.contract import RawData
-from ptycho.data.grouping import GroupedData, group_data_for_training
+from ptycho.data.grouping import GroupedData, distinct_patterns, group_data_for_training
 from ptycho.errors import ConfigError
 from ptycho.limits import check_bytes
 from ptycho.model_memory import check_model_memory
@@ -157,9 +157,13 @@ def train(config: TrainingConfig, train_data: DataLike, test_data: Optional[Data
         tracker.close("FAILED")
         raise
     tracker.close("KILLED" if history.interrupted else "FINISHED")
-    n_seen = len(history.epochs) * len(grouped) * grouped.n_channels
+    # patterns: distinct scan points per epoch; patches: groups x C the network processed
+    # (at gridsize > 1 each pattern sits in about C groups)
+    train_s = max(t_train - t_build, 1e-9)
+    n_epochs = len(history.epochs)
     timings = {"prepare_s": t_prepare - t0, "build_s": t_build - t_prepare,
                "train_s": t_train - t_build, "total_s": time.perf_counter() - t0,
-               "patterns_per_s": n_seen / max(t_train - t_build, 1e-9)}
+               "patterns_per_s": n_epochs * distinct_patterns(grouped.indices) / train_s,
+               "patches_per_s": n_epochs * len(grouped) * grouped.n_channels / train_s}
     return TrainResult(model=model, history=history, timings=timings, train_data=grouped,
                        test_data=grouped_test, bundle_path=bundle_path)
