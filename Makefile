@@ -20,6 +20,12 @@ $(STAMP): pyproject.toml
 	# 1.7.0 (and h5py) for the ptychodus integration; the reference and quality extras
 	# (pty-chi, scikit-image) keep that torch: their tests are quick, make quality needs them.
 	$(PY) -m pip install --quiet -e ".[torch,tensorflow,test,tracking,hdf5,ptychodus,reference,quality]"
+	# pty-chi pulls torchvision, whose PyPI wheel is a CUDA build: beside the CPU torch its ops
+	# do not load and `import torchvision` raises RuntimeError, which takes down any program
+	# that imports pty-chi (ptychodus included: it expects ImportError). pty-chi uses it only
+	# for random initial guesses; without it, ptychodus disables its pty-chi backend and our
+	# adaptor (ptycho/iterative/pty_chi.py) stands in for the one class pty-chi imports.
+	$(PY) -m pip uninstall --quiet --yes torchvision
 	rm -f $(VENV)/.installed-*
 	touch $(STAMP)
 
