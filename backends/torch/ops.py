@@ -16,9 +16,7 @@ the same names). Where the frameworks differ:
   compile time is counted); gradients by ``torch.autograd.grad``;
 * threads: a batch is split into one shard per intra-op thread, each shard running in its own
   Python thread with one intra-op thread (torch releases the GIL inside its ops), instead of
-  splitting every op over OpenMP threads;
-* Adam's moment and weight updates run as ``torch._foreach_*`` list ops (one call per list
-  instead of one per tensor), an override of the shared :func:`~backends.common.adam.adam_update`.
+  splitting every op over OpenMP threads.
 
 The figures behind these choices are in ``benchmarks/README.md``.
 
@@ -399,21 +397,3 @@ def add_lists(lists: Sequence[Sequence]) -> list:
     for more in lists[1:]:
         out = torch._foreach_add(out, list(more))
     return out
-
-
-@torch.no_grad()
-def adam_update(ops, variables, grads, m, v, alpha, beta1, beta2, epsilon) -> None:
-    """:func:`backends.common.adam.adam_update` as list ops, in the same operation order."""
-    alpha = float(alpha)
-    d = torch._foreach_sub(list(grads), m)
-    torch._foreach_mul_(d, 1.0 - beta1)
-    torch._foreach_add_(m, d)
-    g2 = torch._foreach_mul(list(grads), list(grads))
-    torch._foreach_sub_(g2, v)
-    torch._foreach_mul_(g2, 1.0 - beta2)
-    torch._foreach_add_(v, g2)
-    step = torch._foreach_mul(m, alpha)
-    den = torch._foreach_sqrt(v)
-    torch._foreach_add_(den, epsilon)
-    torch._foreach_div_(step, den)
-    torch._foreach_sub_(variables, step)
