@@ -29,6 +29,8 @@ from scipy.spatial import cKDTree
 #: Pairs whose weighted overlap is below this fraction of the largest pair's are ignored
 #: (a sliver of shared edge carries no reliable phase).
 MIN_PAIR_WEIGHT = 1e-3
+#: Pairs whose overlap sums are computed at once (bounds the temporary arrays).
+_PAIR_BLOCK = 128
 
 
 def _window_box(window: np.ndarray) -> tuple[int, int, int, int]:
@@ -48,7 +50,8 @@ def pair_overlaps(patches: np.ndarray, positions: np.ndarray, window: np.ndarray
     p = len(patches)
     r0, r1, c0, c1 = _window_box(window)
     h, w = r1 - r0, c1 - c0
-    weighted = patches[:, r0:r1, c0:c1] * window[r0:r1, c0:c1]
+    weighted = (patches[:, r0:r1, c0:c1] * window[r0:r1, c0:c1].astype(np.float32)
+                ).astype(np.complex64, copy=False)
     pos = np.rint(np.asarray(positions, np.float64)).astype(np.int64)
     if p < 2:
         return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.complex128)
@@ -60,14 +63,18 @@ def pair_overlaps(patches: np.ndarray, positions: np.ndarray, window: np.ndarray
     pairs, d = pairs[keep], d[keep]
     sums = np.zeros(len(pairs), np.complex128)
     offsets, group = np.unique(d, axis=0, return_inverse=True)
+    order = np.argsort(group.reshape(-1), kind="stable")
+    starts = np.searchsorted(group.reshape(-1)[order], np.arange(len(offsets) + 1))
     for g, (dx, dy) in enumerate(offsets):
-        sel = np.flatnonzero(group.reshape(-1) == g)
-        k, j = pairs[sel, 0], pairs[sel, 1]
         # box pixel (a, b) of k and (a - dy, b - dx) of j are the same object pixel
         ak, aj = (slice(dy, h), slice(0, h - dy)) if dy >= 0 else (slice(0, h + dy), slice(-dy, h))
         bk, bj = (slice(dx, w), slice(0, w - dx)) if dx >= 0 else (slice(0, w + dx), slice(-dx, w))
-        sums[sel] = np.einsum("pab,pab->p", weighted[k][:, ak, bk],
-                              np.conj(weighted[j][:, aj, bj]))
+        members = order[starts[g]:starts[g + 1]]
+        for lo in range(0, len(members), _PAIR_BLOCK):      # bounded temporaries
+            sel = members[lo:lo + _PAIR_BLOCK]
+            k, j = pairs[sel, 0], pairs[sel, 1]
+            sums[sel] = np.einsum("pab,pab->p", weighted[k, ak, bk],
+                                  np.conj(weighted[j, aj, bj]))
     return pairs[:, 0], pairs[:, 1], sums
 
 

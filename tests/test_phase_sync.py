@@ -76,8 +76,8 @@ def test_overlap_with_reads_the_chunk_phase_against_the_object_so_far():
 
 def test_reconstruct_synchronises_the_networks_free_phases(numpy_backend, monkeypatch):
     """A stand-in network that returns the true patches, each with a random constant phase
-    (what a pattern cannot see): stitched without synchronisation the phase is scrambled,
-    with it (the default) the object comes back."""
+    (what a pattern cannot see): stitched as they are (the default) the phase is scrambled,
+    synchronised (in chunks smaller than the scan) the object comes back."""
     from ptycho.config import ModelConfig, TrainingConfig
     from ptycho.simulate import simulate_dataset
     from ptycho.simulate.dataset import object_patches
@@ -105,7 +105,8 @@ def test_reconstruct_synchronises_the_networks_free_phases(numpy_backend, monkey
                 ).astype(np.complex64)
 
     monkeypatch.setattr(W, "predict_chunk", fake_chunk)
-    plain = evaluate_against_truth(reconstruct(model, raw, phase_sync=False), truth)
-    synced = evaluate_against_truth(reconstruct(model, raw, chunk_groups=50), truth)
+    plain = evaluate_against_truth(reconstruct(model, raw), truth)
+    synced = evaluate_against_truth(reconstruct(model, raw, chunk_groups=50, phase_sync=True),
+                                    truth)
     assert synced["phase"]["ssim"] > 0.95 and synced["amplitude"]["ssim"] > 0.95
     assert plain["phase"]["ssim"] < 0.5

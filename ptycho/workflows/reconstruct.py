@@ -281,7 +281,7 @@ def reconstruct(model: PtychoModel, data: DataLike, *, batch_size: Optional[int]
                 precision: str = "float32", keep_patches: bool = True,
                 object_shape: Optional[Sequence[int]] = None, chunk_groups: int = DEFAULT_CHUNK_GROUPS,
                 progress: Optional[Callable[[int, int], None]] = None,
-                plan: Optional[ReconstructionPlan] = None, phase_sync: bool = True,
+                plan: Optional[ReconstructionPlan] = None, phase_sync: bool = False,
                 refine: int = 0,
                 refine_probe: bool = False,
                 refine_progress: Optional[Callable[[int, int, float], None]] = None
@@ -300,10 +300,13 @@ def reconstruct(model: PtychoModel, data: DataLike, *, batch_size: Optional[int]
     and options); by default it is made here. Either way the memory the run takes is checked
     against the budget before the object canvas is allocated.
 
-    ``phase_sync`` (default on): the network is free to give each patch (each group at
-    gridsize > 1) its own constant phase, which its diffraction pattern cannot see; before
-    stitching, the patches of a chunk are brought to a common phase from their overlaps, and
-    the chunk to the object stitched so far (:mod:`ptycho.phase_sync`).
+    ``phase_sync``: the network is free to give each patch (each group at gridsize > 1) its
+    own constant phase, which its diffraction pattern cannot see; with ``phase_sync`` the
+    patches of a chunk are brought to a common phase from their overlaps before stitching,
+    and the chunk to the object stitched so far (:mod:`ptycho.phase_sync`). Off by default:
+    the chunks' alignment depends on where the chunks meet, so the result then depends
+    slightly on ``chunk_groups`` (and on the number of processes); without it, streaming
+    changes nothing in the result.
 
     ``refine=K``: then ``K`` iterations of physics refinement (:func:`refine_object`) from
     the stitched object, in the model's backend, with the model's probe (refined too with
