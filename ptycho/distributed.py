@@ -31,13 +31,15 @@ World(rank=1, size=2, local_rank=0, local_size=1, master='node0:29500', workers=
 from __future__ import annotations
 
 import json
+import numbers
 import os
 from dataclasses import dataclass
-from typing import Mapping, Optional, Protocol, Sequence, runtime_checkable
-
-import numpy as np
+from typing import TYPE_CHECKING, Mapping, Optional, Protocol, Sequence, runtime_checkable
 
 from ptycho.errors import ConfigError
+
+if TYPE_CHECKING:       # numpy only for annotations: the CLI's parsers import this module
+    import numpy as np
 
 #: Seconds a collective may wait for the other ranks before the group gives up (a rank that
 #: died is usually noticed much sooner: its connections close).
@@ -177,7 +179,7 @@ def shard(n: int, rank: int, size: int) -> slice:
     >>> [shard(3, r, 4) for r in range(4)]
     [slice(0, 1, None), slice(1, 2, None), slice(2, 3, None), slice(3, 3, None)]
     """
-    if not (isinstance(size, (int, np.integer)) and size >= 1 and 0 <= rank < size):
+    if not (isinstance(size, numbers.Integral) and size >= 1 and 0 <= rank < size):
         raise ValueError(f"need 0 <= rank < size, got rank={rank!r}, size={size!r}")
     return slice(_start(int(n), int(rank), int(size)), _start(int(n), int(rank) + 1, int(size)))
 

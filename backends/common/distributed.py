@@ -14,6 +14,7 @@ A failed collective (a rank died, or did not answer within ``timeout_s``) raises
 from __future__ import annotations
 
 import contextlib
+import re
 from typing import Iterator, Sequence
 
 import numpy as np
@@ -65,7 +66,7 @@ class ProcessGroup:
             raise DistributedError(
                 f"rank {self.rank} of {self.size}: {what} failed in a collective operation "
                 f"with the other ranks: a rank died or stopped, or did not answer within "
-                f"{self.timeout_s:g} s (see the other ranks' output); {_last_line(err)}") from err
+                f"{self.timeout_s:g} s (see the other ranks' output); {_framework_message(err)}") from err
 
     # ------------------------------------------------------------------ numpy (the driver)
     def all_reduce_sum(self, arrays: Sequence[np.ndarray]) -> list[np.ndarray]:
@@ -115,7 +116,14 @@ class ProcessGroup:
             self.ops.stop_process_group(self._handle)
 
 
-def _last_line(err: BaseException) -> str:
-    """The framework's message, its last meaningful line (TensorFlow prepends a trace)."""
-    lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
-    return lines[-1] if lines else type(err).__name__
+#: Lines of a framework's message that say where, not what (TensorFlow's graph trace).
+_TRACE_LINES = ("Graph execution error", "Detected at node", "File ", "[[")
+
+
+def _framework_message(err: BaseException, limit: int = 400) -> str:
+    """The framework's own words on one line, without TensorFlow's trace of graph nodes."""
+    lines = [ln.strip() for ln in str(err).splitlines()]
+    text = " ".join(ln for ln in lines if ln and not ln.startswith(_TRACE_LINES))
+    text = re.sub(r"\{\{function_node [^}]*\}\}\s*", "", text)
+    text = text or type(err).__name__
+    return text if len(text) <= limit else text[:limit - 3] + "..."

@@ -11,6 +11,7 @@ Registering a new command is one line in :data:`COMMANDS`. Modules must be cheap
 
 Exit status: what ``run`` returns (0 success); 2 for a usage error or a bad input (a missing
 file, an invalid value), reported as one line on stderr, ``ptycho <command>: error: ...``;
+1 when another rank of a multi-process run failed (:class:`ptycho.errors.DistributedError`);
 130 when interrupted.
 
 >>> main(["--version"])  # doctest: +ELLIPSIS
@@ -90,6 +91,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             raise UsageError(prog, "a command is required: one of "
                              f"{_command_names(parser)} (see 'ptycho --help')")
         prog = f"ptycho {args.command}"
+        args._ptycho_argv = args_list      # what ``--nproc`` runs again in each process
         return int(run(args))
     except UsageError as exc:
         _report(exc.prog, str(exc))
@@ -100,6 +102,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except KeyboardInterrupt:
         _report(prog, "interrupted")
         return 130
+    except RuntimeError as exc:
+        from ptycho.errors import DistributedError
+
+        if not isinstance(exc, DistributedError):
+            raise
+        _report(prog, _one_line(exc))
+        return 1
 
 
 def _command_names(parser: argparse.ArgumentParser) -> str:

@@ -102,6 +102,32 @@ def selected_backend(args: argparse.Namespace, config) -> tuple[str, str]:
     return resolve_backend_name(config.backend, source=source)
 
 
+def add_distributed_options(p: argparse.ArgumentParser) -> None:
+    """``--nproc K`` and ``--collective-timeout SECONDS`` (see :mod:`ptycho.cli.launch`)."""
+    from ptycho.distributed import DEFAULT_TIMEOUT_S
+
+    p.add_argument("--nproc", type=positive_int, default=1, metavar="K",
+                   help="run as K processes of one data-parallel run on this machine (PyTorch: "
+                        "through torchrun; TensorFlow: K processes with TF_CONFIG); for several "
+                        "machines launch the ranks yourself (docs/distributed.md)")
+    p.add_argument("--collective-timeout", type=positive_float, default=DEFAULT_TIMEOUT_S,
+                   metavar="SECONDS",
+                   help="in a multi-process run, how long a rank waits for the others before "
+                        f"giving up (default {DEFAULT_TIMEOUT_S:g})")
+
+
+def launch_backend(args: argparse.Namespace, config_cls) -> str:
+    """The backend of a run, without reading its data: ``--backend``, ``--set backend=``,
+    the ``--config`` file's, then ``PTYCHO_BACKEND`` or the default (for ``--nproc``)."""
+    from backends.registry import resolve_backend_name
+
+    name = args.backend or next((v for k, v in reversed(getattr(args, "assignments", []))
+                                 if k == "backend"), None)
+    if name is None and args.config is not None:
+        name = load_model_config_file(args.config, config_cls).backend
+    return resolve_backend_name(name)[0]
+
+
 def add_quiet_option(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", "-q", action="store_true",
                    help="no progress bars (they are also off when stdout is not a terminal); "

@@ -9,6 +9,10 @@ the model in chunks, so memory is bounded by the object and one chunk.
 The bundle may come from either backend; it is verified before the framework is imported.
 Diffraction is scaled with the ``nphotons`` the model was trained with.
 
+``--nproc K`` splits the scan over K processes (``docs/distributed.md``): each predicts and
+stitches its part, the stitching sums are added up, rank 0 normalises, refines (``--refine``,
+alone) and writes.
+
 Examples::
 
     ptycho reconstruct --model run1/model.zip --data scan.npz --output-dir recon1
@@ -22,8 +26,8 @@ import argparse
 import os
 import time
 
-from ptycho.cli.options import (add_backend_option, add_quiet_option, nonnegative_int,
-                                positive_int, seed_int)
+from ptycho.cli.options import (add_backend_option, add_distributed_options, add_quiet_option,
+                                nonnegative_int, positive_int, seed_int)
 
 NAME = "reconstruct"
 HELP = "reconstruct a scan (NPZ) with a trained model bundle; write the object and figures"
@@ -39,7 +43,8 @@ config), flags."""
 EXAMPLES = """examples:
   ptycho reconstruct --model run1/model.zip --data scan.npz --output-dir recon1
   ptycho reconstruct --model run1 --data scan.npz --output-dir recon2 --backend torch \\
-      --batch-size 256 --precision bfloat16"""
+      --batch-size 256 --precision bfloat16
+  ptycho reconstruct --model run1 --data big_scan.npz --output-dir recon3 --nproc 4"""
 
 #: Groups streamed per chunk, in units of the prediction batch (one progress update each).
 CHUNK_BATCHES = 4
@@ -74,6 +79,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                         "(default 0: the network alone)")
     p.add_argument("--refine-probe", action="store_true",
                    help="with --refine, refine the probe too")
+    add_distributed_options(p)
     add_quiet_option(p)
     return p
 
@@ -109,6 +115,8 @@ def run(args: argparse.Namespace) -> int:
     from ptycho.cli.options import check_input_file, check_output_dir, input_errors
     from ptycho.data.contract import load_npz
 
+    from ptycho.cli.launch import check_nproc, launch, launched_as_rank
+
     t0 = time.perf_counter()
     prog = f"ptycho {NAME}"
     config = build_config(args)
@@ -118,6 +126,15 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError(f"{flag} is required")
     bundle = _bundle_path(config.model_path)
     check_input_file(config.test_data_file, "--data")
+    world = launched_as_rank()
+    check_nproc(args.nproc, world)
+    if args.nproc > 1 and world is None:
+        from backends.registry import resolve_backend_name
+        with input_errors(prog):
+            return launch(prog, args._ptycho_argv, args.nproc,
+                          resolve_backend_name(config.backend)[0])
+    if world is not None and world.rank != 0:
+        prog = f"{prog} [rank {world.rank}]"
     raw = load_npz(config.test_data_file, mmap_mode="r")
     check_output_dir(config.output_dir)
     with input_errors(prog):
@@ -125,16 +142,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _reconstruct_and_report(prog, config, bundle, raw, args, t0) -> int:
-    import dataclasses
-
-    from backends.registry import configure_process, framework_version
     from ptycho.bundle import read_bundle
-    from ptycho.cli import summary as S
-    from ptycho.cli.options import file_sets_key, prepare_framework_environment, selected_backend
-    from ptycho.cli.progress import ChunkProgress, RefineProgress, bars_enabled
-    from ptycho.workflows.cdi import evaluate_against_truth, write_outputs
-    from ptycho.workflows.inference import load_inference_bundle
-    from ptycho.workflows.reconstruct import reconstruct
+    from ptycho.cli.options import prepare_framework_environment, selected_backend
+    from ptycho.workflows.distributed import process_group
 
     # Verify the bundle (and compare N) before the framework is imported.
     contents = read_bundle(bundle)
@@ -143,13 +153,31 @@ def _reconstruct_and_report(prog, config, bundle, raw, args, t0) -> int:
         raise ValueError(f"the data has N={raw.N} but the model in {bundle} expects N={n_model}")
     backend, why = selected_backend(args, config)
     prepare_framework_environment()
-    configure_process(backend)
+    with process_group(backend, timeout_s=args.collective_timeout) as group:
+        return _reconstruct_in_group(prog, config, bundle, raw, args, t0, contents, backend,
+                                     why, group)
+
+
+def _reconstruct_in_group(prog, config, bundle, raw, args, t0, contents, backend, why,
+                          group) -> int:
+    """Reconstruct (as one rank of ``group``, when given); rank 0 writes and prints."""
+    import dataclasses
+
+    from backends.registry import framework_version
+    from ptycho.cli import summary as S
+    from ptycho.cli.options import file_sets_key
+    from ptycho.cli.progress import ChunkProgress, RefineProgress, bars_enabled
+    from ptycho.workflows.cdi import evaluate_against_truth, write_outputs
+    from ptycho.workflows.inference import load_inference_bundle
+    from ptycho.workflows.reconstruct import reconstruct
+
+    lead = group is None or group.rank == 0
     t_load = time.perf_counter()
-    model, train_config = load_inference_bundle(bundle, backend=backend)
+    model, train_config = load_inference_bundle(bundle, backend=backend, group=group)
     if args.seed is not None or (args.config is not None and file_sets_key(args.config, "seed")):
         model.config = dataclasses.replace(train_config, seed=config.seed)
     load_s = time.perf_counter() - t_load
-    bars = bars_enabled(args.quiet)
+    bars = bars_enabled(args.quiet) and lead
     chunk = ChunkProgress("reconstruct", enabled=bars)
     refining = RefineProgress(args.refine, enabled=bars)
     if args.refine_probe and not args.refine:
@@ -160,6 +188,8 @@ def _reconstruct_and_report(prog, config, bundle, raw, args, t0) -> int:
                         refine_probe=args.refine_probe, refine_progress=refining)
     chunk.close()
     refining.close()
+    if not lead:                # rank 0 holds the object and writes every file
+        return 0
     truth = raw.object_guess
     metrics = evaluate_against_truth(recon, truth)
     paths = write_outputs(config.output_dir, recon, None, truth)
@@ -169,6 +199,7 @@ def _reconstruct_and_report(prog, config, bundle, raw, args, t0) -> int:
                "framework_version": framework_version(backend), "bundle": bundle,
                "bundle_backend": contents.backend, "data": config.test_data_file,
                "precision": config.precision, "batch_size": config.batch_size,
+               "processes": 1 if group is None else group.size,
                "timings": {"load_model_s": load_s, "reconstruct_s": recon.seconds, "wall_s": wall},
                "reconstruction": recon_info, "metrics": metrics}
     if recon.refinement is not None:

@@ -13,13 +13,15 @@ from ptycho.workflows.model import PtychoModel
 
 
 def load_inference_bundle(path: PathLike, backend: Optional[str] = None,
-                          legacy_dict: Optional[dict] = None) -> tuple[PtychoModel, TrainingConfig]:
+                          legacy_dict: Optional[dict] = None,
+                          group=None) -> tuple[PtychoModel, TrainingConfig]:
     """Load a bundle into ``backend`` (whichever backend wrote it); return ``(model, config)``.
 
     The bundle is verified before anything else (see :func:`ptycho.bundle.read_bundle`).
     With ``legacy_dict`` (a dictionary in the older flattened-key API), it is updated from
     the bundle's config through :func:`ptycho.config.legacy.update_legacy_dict` *before* the
-    model is built, the ordering older callers rely on.
+    model is built, the ordering older callers rely on. ``group``: a started process group
+    of ``backend``; the model is then one rank of it (reconstruction splits the scan).
     """
     contents = read_bundle(path)
     config = contents.config
@@ -28,5 +30,6 @@ def load_inference_bundle(path: PathLike, backend: Optional[str] = None,
     if legacy_dict is not None:
         update_legacy_dict(legacy_dict, config)
     impl = get_backend(backend)
-    backend_model = impl.build_model(config.model, contents.weights)
+    backend_model = (impl.build_model(config.model, contents.weights) if group is None
+                     else impl.build_model(config.model, contents.weights, group=group))
     return PtychoModel(backend_model, config, contents.history), config

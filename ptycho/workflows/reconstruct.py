@@ -3,6 +3,12 @@
 Streams: patterns are read, scaled, predicted and stitched one chunk at a time, so a scan held
 in a memory-mapped NPZ is never loaded whole, and memory stays bounded by the object canvas,
 one chunk, and (only when ``keep_patches``) the patches themselves.
+
+With a model that is one rank of a process group (built with ``group=``, see
+:mod:`ptycho.distributed`), the ranks split the scan into contiguous parts, each predicts and
+stitches its part chunk by chunk onto its own accumulators, and the accumulators (weighted
+sum and coverage) are summed over the ranks before the normalisation: the object equals one
+process's up to float32 rounding, and memory per rank stays the canvas and one chunk.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ import numpy as np
 from ptycho.data.contract import RawData
 from ptycho.data.grouping import GroupedData, group_scan
 from ptycho.data.scaling import intensity_scale, normalisation_factor
+from ptycho.distributed import shard
 from ptycho.physics.model import effective_probe
 from ptycho.physics.patches import canvas_size, central_mask
 from ptycho.stitching import Stitcher, extent_of
@@ -210,7 +217,7 @@ def reconstruct(model: PtychoModel, data: DataLike, *, batch_size: Optional[int]
                 progress: Optional[Callable[[int, int], None]] = None, refine: int = 0,
                 refine_probe: bool = False,
                 refine_progress: Optional[Callable[[int, int, float], None]] = None
-                ) -> Reconstruction:
+                ) -> Optional[Reconstruction]:
     """Reconstruct the object seen by ``data`` with a trained ``model``.
 
     Raw data is grouped (one group per scan point for gridsize > 1) and scaled with the
@@ -226,9 +233,20 @@ def reconstruct(model: PtychoModel, data: DataLike, *, batch_size: Optional[int]
     the stitched object, in the model's backend, with the model's probe (refined too with
     ``refine_probe``); ``refine_progress(done, K, nll)`` after each iteration. The network's
     object stays in ``network_obj``.
+
+    In a process group (``model.backend_model.process_group``; every rank calls with the
+    same data and arguments) each rank predicts its contiguous part of the groups, the
+    stitching accumulators are summed over the ranks, and rank 0 returns the
+    :class:`Reconstruction` (refined there alone when ``refine``); the other ranks return
+    None. ``progress`` then counts this rank's groups. ``keep_patches`` must be False (no
+    rank holds all the patches).
     """
     if isinstance(refine, bool) or not isinstance(refine, (int, np.integer)) or refine < 0:
         raise ValueError(f"refine must be an int >= 0 (iterations), got {refine!r}")
+    group = getattr(model.backend_model, "process_group", None)
+    if group is not None and keep_patches:
+        raise ValueError("keep_patches=True needs a single process: in a process group each "
+                         "rank predicts only its part of the scan; pass keep_patches=False")
     start = time.perf_counter()
     positions, read, n_groups = _plan(model, data)
     n = model.model_config.N
@@ -238,8 +256,9 @@ def reconstruct(model: PtychoModel, data: DataLike, *, batch_size: Optional[int]
     stitcher = Stitcher(object_shape, n, window=stitch_window(model))
     canvas = constraint_canvas(model, positions)
     kept = []
-    for lo in range(0, n_groups, chunk_groups):
-        sl = slice(lo, min(lo + chunk_groups, n_groups))
+    mine = slice(0, n_groups) if group is None else shard(n_groups, group.rank, group.size)
+    for lo in range(mine.start, mine.stop, chunk_groups):
+        sl = slice(lo, min(lo + chunk_groups, mine.stop))
         patches = predict_chunk(model, read(sl), positions[sl], canvas, batch_size=batch_size,
                                 precision=precision)
         stitcher.add(patches.reshape((-1, n, n)), positions[sl].reshape(-1, 2))
@@ -248,7 +267,11 @@ def reconstruct(model: PtychoModel, data: DataLike, *, batch_size: Optional[int]
         del patches    # before the next chunk is predicted: one chunk in memory, not two
         _release_freed_memory()
         if progress is not None:
-            progress(sl.stop, n_groups)
+            progress(sl.stop - mine.start, mine.stop - mine.start)
+    if group is not None:
+        stitcher.sum_over(group.all_reduce_sum)
+        if group.rank != 0:
+            return None
     network_obj = stitcher.result()
     refinement = None
     if refine:
