@@ -71,7 +71,7 @@ def _threads_per_rank(nproc: int) -> int:
     return max(1, cores // nproc)
 
 
-def _free_ports(count: int) -> list[int]:
+def free_ports(count: int) -> list[int]:
     """``count`` distinct free TCP ports on this machine (held open together while chosen)."""
     socks = []
     try:
@@ -126,7 +126,7 @@ def _torchrun(prog: str, argv: list[str], nproc: int, env: dict) -> int:
 
 # ---------------------------------------------------------------------------- TF_CONFIG ranks
 def _spawn(prog: str, argv: list[str], nproc: int, env: dict) -> int:
-    ports = _free_ports(nproc + 1)
+    ports = free_ports(nproc + 1)
     workers = [f"localhost:{p}" for p in ports[:nproc]]
     procs = []
     for rank in range(nproc):
