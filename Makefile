@@ -7,16 +7,25 @@ STAMP     := $(VENV)/.installed-$(shell cksum pyproject.toml 2>/dev/null | cut -
 DEMO_DIR  ?= demo_output
 BACKEND   ?=
 
-.PHONY: demo test bench install clean
+QUALITY_ARGS ?=
+
+.PHONY: demo test bench quality install clean
 
 install: $(STAMP)
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	# torch is pinned to the 2.13.0 CPU wheel; tensorflow-cpu 2.21 brings Keras 3;
-	# ptychodus 1.7.0 (and h5py) for the ptychodus integration and its file tests.
-	$(PY) -m pip install --quiet -e ".[torch,tensorflow,test,tracking,hdf5,ptychodus]"
+	# torch is pinned to the 2.13.0 CPU wheel; tensorflow-cpu 2.21 brings Keras 3; ptychodus
+	# 1.7.0 (and h5py) for the ptychodus integration; the reference and quality extras
+	# (pty-chi, scikit-image) keep that torch: their tests are quick, make quality needs them.
+	$(PY) -m pip install --quiet -e ".[torch,tensorflow,test,tracking,hdf5,ptychodus,reference,quality]"
+	# pty-chi pulls torchvision, whose PyPI wheel is a CUDA build: beside the CPU torch its ops
+	# do not load and `import torchvision` raises RuntimeError, which takes down any program
+	# that imports pty-chi (ptychodus included: it expects ImportError). pty-chi uses it only
+	# for random initial guesses; without it, ptychodus disables its pty-chi backend and our
+	# adaptor (ptycho/iterative/pty_chi.py) stands in for the one class pty-chi imports.
+	$(PY) -m pip uninstall --quiet --yes torchvision
 	rm -f $(VENV)/.installed-*
 	touch $(STAMP)
 
@@ -30,5 +39,10 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(PY) -m benchmarks
 
+# Reconstruction quality on held-out objects against pty-chi and a constant image
+# (benchmarks/README.md, "Quality"); make quality QUALITY_ARGS=--quick for a short run.
+quality: $(STAMP)
+	$(PY) -m benchmarks.quality --readme benchmarks/README.md $(QUALITY_ARGS)
+
 clean:
-	rm -rf $(DEMO_DIR) .tox .pytest_cache .hypothesis
+	rm -rf $(DEMO_DIR) quality_output .tox .pytest_cache .hypothesis

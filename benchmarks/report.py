@@ -203,13 +203,15 @@ def table(records: list[dict], checks: Optional[list[dict]] = None) -> str:
     return "\n".join(lines)
 
 
-def update_readme(path: str, text: str) -> None:
-    """Replace the results section of ``path`` (between the bench markers) with ``text``."""
+def update_readme(path: str, text: str, markers: tuple[str, str] = (BEGIN, END)) -> None:
+    """Replace the results section of ``path`` (between ``markers``, by default the bench
+    markers) with ``text``; append the section when the file has none."""
+    begin, end = markers
     with open(path) as f:
         doc = f.read()
-    block = f"{BEGIN}\n{text.rstrip()}\n{END}"
-    if BEGIN in doc and END in doc:
-        doc = re.sub(re.escape(BEGIN) + ".*?" + re.escape(END), lambda _: block, doc,
+    block = f"{begin}\n{text.rstrip()}\n{end}"
+    if begin in doc and end in doc:
+        doc = re.sub(re.escape(begin) + ".*?" + re.escape(end), lambda _: block, doc,
                      flags=re.S)
     else:
         doc = doc.rstrip() + "\n\n" + block + "\n"

@@ -329,7 +329,8 @@ def _refine_gradient_check(ctx: Context) -> list[Check]:
     inp = RefineInputs(ctx)
     ref = R.refine_gradients(inp.obj, inp.probe, inp.log_scale, inp.positions, inp.diffraction,
                              ctx.settings.epsilon, inp.mask, ctx.model.probe_mask)
-    got = [ctx.build(side).refiner(inp.obj, refine_probe=True).gradients(
+    eps = ctx.settings.epsilon
+    got = [ctx.build(side).refiner(inp.obj, refine_probe=True, epsilon=eps).gradients(
         inp.positions, inp.diffraction, inp.mask) for side in (ctx.a, ctx.b)]
     qty = "refinement gradients (object, probe)"
     grads = [{k: g[k] for k in ("object", "probe")} for g in got]
@@ -352,7 +353,8 @@ def _refine_step_checks(ctx: Context) -> list[Check]:
     from backends.common import refine as shared
 
     k, inp = ctx.steps, RefineInputs(ctx)
-    sides = {s.label: ctx.build(s).refiner(inp.obj, refine_probe=True) for s in (ctx.a, ctx.b)}
+    sides = {s.label: ctx.build(s).refiner(inp.obj, refine_probe=True, epsilon=ctx.settings.epsilon)
+             for s in (ctx.a, ctx.b)}
     reference = R.ReferenceRefiner(
         inp.obj, inp.probe, inp.log_scale, ctx.model.probe_mask, refine_probe=True,
         step=shared.STEP, regularisation=shared.REGULARISATION, epsilon=ctx.settings.epsilon)

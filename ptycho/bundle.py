@@ -9,10 +9,14 @@ Layout of a bundle (format ``ptycho-pinn-bundle``, version :data:`FORMAT_VERSION
 Nothing in a bundle is code: the manifest is JSON and every array is a plain .npy read by
 :func:`_read_npy` (the header is parsed and checked against the manifest, then the bytes are
 copied into a numeric array; nothing is ever unpickled). Reading checks, in this order and before any model is
-built: that the file is a zip holding exactly the expected members (no absolute or ``..`` paths),
-the format name and version, member and declared tensor sizes against :data:`MAX_MEMBER_BYTES`
-(and their total against :data:`MAX_TOTAL_BYTES`) before reading any weight member,
-every sha256, then the config and the canonical weight spec. Writing is atomic.
+built: that the path is a regular file (not a FIFO or a device), that it is a zip whose directory
+is of bounded size, member names (no absolute or ``..`` paths) and declared sizes (inside the file,
+no zip-bomb compression ratio), the format name and version, declared tensor sizes against
+:data:`MAX_MEMBER_BYTES` (and their total against :data:`MAX_TOTAL_BYTES`), the config, the
+manifest's entries against the config's canonical weight spec, the memory the model needs
+(:func:`ptycho.model_memory.check_model_memory`), that the file holds exactly the expected
+members; only then is any weight member read: every sha256, every ``.npy`` header, the values.
+Writing is atomic.
 
 >>> import tempfile, os
 >>> from ptycho.config import ModelConfig, TrainingConfig
@@ -32,6 +36,7 @@ import hashlib
 import io
 import json
 import math
+import os
 import posixpath
 import struct
 import tokenize
@@ -46,22 +51,29 @@ import ptycho
 from ptycho.atomic import PathLike, atomic_write
 from ptycho.config.io import config_from_dict, config_to_dict
 from ptycho.config.schema import InferenceConfig, ModelConfig, TrainingConfig
-from ptycho.errors import BundleError, ConfigError, PtychoError, WeightsError
+from ptycho.errors import BundleError, ConfigError, PtychoError, ResourceLimitError, WeightsError
+from ptycho.model_memory import check_model_memory
 from ptycho.training import History
+from ptycho.untrusted import (check_zip_directory, check_zip_member, open_regular,
+                              read_npy_header)
 from ptycho.weights import validate_weights, weight_spec
 
 FORMAT_NAME = "ptycho-pinn-bundle"
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 WEIGHTS_DIR = "weights/"
-#: Largest manifest we read (bytes); a real one is a few hundred kB at most.
-MAX_MANIFEST_BYTES = 16 << 20
+#: Largest manifest we read (bytes): a training history of ~12,000 epochs (350 bytes each).
+#: Parsed JSON can take ~30 times its size in Python objects (``[{}, {}, ...]``), so this
+#: bounds what a hostile manifest costs to ~120 MiB.
+MAX_MANIFEST_BYTES = 4 << 20
 #: Largest single weight member (bytes); far above any network this library builds.
 MAX_MEMBER_BYTES = 1 << 30
 #: Largest total of all declared weight tensors (bytes), checked before any member is read.
 MAX_TOTAL_BYTES = 4 << 30
-#: Largest number of members in a bundle.
+#: Largest number of members in a bundle (checked before the zip directory is parsed).
 MAX_MEMBERS = 4096
+#: Bytes a weight member may hold beyond its tensor: the .npy header.
+_NPY_HEADER_ALLOWANCE = 4096
 #: What a corrupt or hostile zip can make zipfile, zlib and numpy's .npy parser raise.
 #: (numpy tokenizes a .npy header: a mangled one can raise tokenize.TokenError or SyntaxError).
 _READ_ERRORS = (zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError, struct.error,
@@ -91,8 +103,9 @@ class ChecksumError(BundleError):
     """A weight member's sha256 differs from the manifest (the message names the entry)."""
 
 
-class BundleLimitError(BundleError):
-    """A member or a declared tensor is larger than the safety bound (zip-bomb guard)."""
+class BundleLimitError(BundleError, ResourceLimitError):
+    """A member, a declared tensor or the model is larger than a safety bound or the memory
+    budget (zip-bomb and expensive-config guard)."""
 
 
 @dataclass
@@ -201,13 +214,7 @@ def _read_npy(data: bytes, shape: list, dtype: str) -> np.ndarray:
     anything that is not a .npy file (a nested zip, say) are refused too.
     """
     f = io.BytesIO(data)
-    version = np.lib.format.read_magic(f)
-    if version == (1, 0):
-        got_shape, fortran, got_dtype = np.lib.format.read_array_header_1_0(f)
-    elif version == (2, 0):
-        got_shape, fortran, got_dtype = np.lib.format.read_array_header_2_0(f)
-    else:
-        raise ValueError(f"unsupported .npy format version {version}")
+    got_shape, fortran, got_dtype = read_npy_header(f)
     if list(got_shape) != shape or got_dtype != np.dtype(dtype) or fortran:
         raise ValueError(f"the .npy header declares {got_dtype}{list(got_shape)}"
                          f"{' (Fortran order)' if fortran else ''}")
@@ -301,76 +308,75 @@ def _declared_nbytes(name: str, meta: Any) -> int:
     return nbytes
 
 
-def read_bundle(path: PathLike) -> BundleContents:
-    """Read and verify a bundle without building a model (no framework is imported).
+def _check_entries_against_spec(entries: Mapping[str, Any], model_config: ModelConfig,
+                                path: str) -> None:
+    """The manifest's entries must be exactly the config's canonical spec (names, shapes and
+    dtypes), checked before any weight member is read."""
+    spec = weight_spec(model_config)
+    problems = []
+    missing = [k for k in spec if k not in entries]
+    extra = [k for k in entries if k not in spec]
+    if missing:
+        problems.append(f"missing entries {missing}")
+    if extra:
+        problems.append(f"unexpected entries {extra}")
+    for name, entry in spec.items():
+        meta = entries.get(name)
+        if meta is None:
+            continue
+        if tuple(meta["shape"]) != entry.shape:
+            problems.append(f"{name!r}: expected shape {entry.shape}, got {tuple(meta['shape'])}")
+        elif meta["dtype"] != entry.dtype:
+            problems.append(f"{name!r}: expected dtype {entry.dtype}, got {meta['dtype']}")
+    if problems:
+        raise WeightsError(f"{path}: weights do not match the canonical spec for this config: "
+                           + "; ".join(problems))
 
-    Raises :class:`NotABundleError`, :class:`BundleVersionError`, :class:`ChecksumError`,
-    :class:`BundleLimitError`, :class:`ptycho.errors.ConfigError` (which field) or
-    :class:`ptycho.errors.WeightsError` (missing / extra / misshapen entry); nothing else for
-    any content of the file (a missing ``path`` is :class:`FileNotFoundError`).
-    """
-    path = str(path)
-    try:
-        zf = zipfile.ZipFile(path, "r")
-    except FileNotFoundError:
-        raise
-    except IsADirectoryError as err:
-        raise NotABundleError(f"{path}: not a bundle (it is a folder)") from err
-    except _READ_ERRORS as err:
-        raise NotABundleError(f"{path}: not a bundle (not a readable zip file: {_reason(err)})") from err
-    with zf:
-        try:
-            infos = zf.infolist()
-            _check_member_names(infos)
-            by_name = {i.filename: i for i in infos}
-            _refuse_peer_archive(list(by_name), path)
-            if MANIFEST not in by_name:
-                raise NotABundleError(f"{path}: not a bundle (no {MANIFEST} inside)")
-            manifest = _parse_manifest(_read_member(zf, by_name[MANIFEST], MAX_MANIFEST_BYTES), path)
-            entries = manifest["entries"]
-            declared = {name: _declared_nbytes(name, meta) for name, meta in entries.items()}
-            total = sum(declared.values())
-            if total > MAX_TOTAL_BYTES:
-                raise BundleLimitError(f"{path}: the manifest declares {total} bytes of weights, "
-                                       f"more than the limit of {MAX_TOTAL_BYTES}")
-            expected_members = {MANIFEST} | {meta["member"] for meta in entries.values()}
-            unexpected = sorted(set(by_name) - expected_members)
-            if unexpected:
-                raise NotABundleError(f"{path}: unexpected members {unexpected}")
-            weights: dict[str, np.ndarray] = {}
-            for name, meta in entries.items():
-                member = meta["member"]
-                if member != _member_name(name):
-                    raise NotABundleError(f"manifest entry {name!r} points at {member!r}, "
-                                          f"expected {_member_name(name)!r}")
-                if member not in by_name:
-                    raise WeightsError(f"{path}: weight entry {name!r} is listed in the manifest "
-                                       f"but its member {member!r} is missing")
-                data = _read_member(zf, by_name[member], declared[name] + 4096)
-                if hashlib.sha256(data).hexdigest() != meta["sha256"]:
-                    raise ChecksumError(f"{path}: checksum mismatch for weight entry {name!r} "
-                                        f"(member {member!r}); the file is corrupted or was altered")
-                try:
-                    weights[name] = _read_npy(data, meta["shape"], meta["dtype"])
-                except (ValueError, SyntaxError, tokenize.TokenError) as err:
-                    raise NotABundleError(f"{path}: weight entry {name!r} is not a plain .npy "
-                                          f"array of {meta['dtype']}{meta['shape']} "
-                                          f"({_reason(err)})") from err
-        except PtychoError:
-            raise
-        except RuntimeError as err:    # zipfile: an encrypted member
-            raise NotABundleError(f"{path}: unreadable member ({_reason(err)}); bundles are "
-                                  "never encrypted") from err
-        except _READ_ERRORS as err:
-            raise NotABundleError(f"{path}: corrupted zip ({type(err).__name__}: "
-                                  f"{_reason(err)})") from err
+
+def _bundle_config(manifest: dict[str, Any], path: str) -> AnyConfig:
     kind = manifest["config_kind"]
     if kind not in _CONFIG_KINDS:
         raise NotABundleError(f"{path}: unknown config_kind {kind!r}; expected one of {list(_CONFIG_KINDS)}")
     try:
-        config = config_from_dict(_CONFIG_KINDS[kind], manifest["config"])
+        return config_from_dict(_CONFIG_KINDS[kind], manifest["config"])
     except ConfigError as err:
         raise ConfigError(f"{path}: bundle config invalid: {err}") from err
+
+
+def _open_bundle(path: str):
+    """The bundle file, opened after checking that it is a regular file."""
+    return open_regular(path, NotABundleError, "a bundle (a zip file)")
+
+
+def read_bundle(path: PathLike, *, batch_size: Optional[int] = None) -> BundleContents:
+    """Read and verify a bundle without building a model (no framework is imported).
+
+    Before any weight member is read: the member names, the manifest, the config, the
+    manifest's entries against the config's canonical spec (names, shapes, dtypes), and the
+    memory the model would take (parameters and the activations of ``batch_size`` groups,
+    default the config's ``batch_size``, 1 for a bare model config) against the budget of
+    :mod:`ptycho.limits`. Then every member's checksum and ``.npy`` header.
+
+    Raises :class:`NotABundleError` (also for a path that is not a regular file: a FIFO,
+    a device, a folder), :class:`BundleVersionError`, :class:`ChecksumError`,
+    :class:`BundleLimitError`, :class:`ptycho.errors.ConfigError` (which field) or
+    :class:`ptycho.errors.WeightsError` (missing / extra / misshapen entry); nothing else for
+    any content of the file (a missing ``path`` is :class:`FileNotFoundError`).
+    """
+    path = os.fspath(path)
+    with _open_bundle(path) as f:
+        file_size = os.fstat(f.fileno()).st_size
+        try:
+            check_zip_directory(f, path, BundleLimitError, MAX_MEMBERS)
+            f.seek(0)
+            zf = zipfile.ZipFile(f, "r")
+        except PtychoError:
+            raise
+        except _READ_ERRORS as err:
+            raise NotABundleError(f"{path}: not a bundle (not a readable zip file: "
+                                  f"{_reason(err)})") from err
+        with zf:
+            manifest, config, weights = _read_verified(zf, path, file_size, batch_size)
     model_config = config if isinstance(config, ModelConfig) else config.model
     try:
         validate_weights(model_config, weights)
@@ -385,6 +391,73 @@ def read_bundle(path: PathLike) -> BundleContents:
     extra = manifest.get("extra") or {}
     return BundleContents(manifest=manifest, config=config, weights=weights, history=hist,
                           extra=extra if isinstance(extra, dict) else {})
+
+
+def _read_verified(zf: zipfile.ZipFile, path: str, file_size: int,
+                   batch_size: Optional[int]) -> tuple[dict, AnyConfig, dict[str, np.ndarray]]:
+    """Manifest, config and weights of an open bundle, every check in the documented order."""
+    try:
+        infos = zf.infolist()
+        _check_member_names(infos)
+        for info in infos:
+            check_zip_member(info, file_size, path, NotABundleError,
+                             limit_error=BundleLimitError)
+        by_name = {i.filename: i for i in infos}
+        _refuse_peer_archive(list(by_name), path)
+        if MANIFEST not in by_name:
+            raise NotABundleError(f"{path}: not a bundle (no {MANIFEST} inside)")
+        manifest = _parse_manifest(_read_member(zf, by_name[MANIFEST], MAX_MANIFEST_BYTES), path)
+        entries = manifest["entries"]
+        declared = {name: _declared_nbytes(name, meta) for name, meta in entries.items()}
+        total = sum(declared.values())
+        if total > MAX_TOTAL_BYTES:
+            raise BundleLimitError(f"{path}: the manifest declares {total} bytes of weights, "
+                                   f"more than the limit of {MAX_TOTAL_BYTES}")
+        config = _bundle_config(manifest, path)
+        model_config = config if isinstance(config, ModelConfig) else config.model
+        _check_entries_against_spec(entries, model_config, path)
+        if batch_size is None:
+            batch_size = getattr(config, "batch_size", 1)
+        check_model_memory(model_config, batch_size, error=BundleLimitError, where=f"{path}: ")
+        expected_members = {MANIFEST} | {meta["member"] for meta in entries.values()}
+        unexpected = sorted(set(by_name) - expected_members)
+        if unexpected:
+            raise NotABundleError(f"{path}: unexpected members {unexpected}")
+        for name, meta in entries.items():
+            member = meta["member"]
+            if member != _member_name(name):
+                raise NotABundleError(f"manifest entry {name!r} points at {member!r}, "
+                                      f"expected {_member_name(name)!r}")
+            if member not in by_name:
+                raise WeightsError(f"{path}: weight entry {name!r} is listed in the manifest "
+                                   f"but its member {member!r} is missing")
+            if by_name[member].file_size > declared[name] + _NPY_HEADER_ALLOWANCE:
+                raise BundleLimitError(f"{path}: member {member!r} declares "
+                                       f"{by_name[member].file_size} bytes for weight entry "
+                                       f"{name!r} of {declared[name]} bytes")
+        weights: dict[str, np.ndarray] = {}
+        for name, meta in entries.items():
+            member = meta["member"]
+            data = _read_member(zf, by_name[member], declared[name] + _NPY_HEADER_ALLOWANCE)
+            if hashlib.sha256(data).hexdigest() != meta["sha256"]:
+                raise ChecksumError(f"{path}: checksum mismatch for weight entry {name!r} "
+                                    f"(member {member!r}); the file is corrupted or was altered")
+            try:
+                weights[name] = _read_npy(data, meta["shape"], meta["dtype"])
+            except (ValueError, SyntaxError, tokenize.TokenError) as err:
+                raise NotABundleError(f"{path}: weight entry {name!r} is not a plain .npy "
+                                      f"array of {meta['dtype']}{meta['shape']} "
+                                      f"({_reason(err)})") from err
+            del data
+    except PtychoError:
+        raise
+    except RuntimeError as err:    # zipfile: an encrypted member
+        raise NotABundleError(f"{path}: unreadable member ({_reason(err)}); bundles are "
+                              "never encrypted") from err
+    except _READ_ERRORS as err:
+        raise NotABundleError(f"{path}: corrupted zip ({type(err).__name__}: "
+                              f"{_reason(err)})") from err
+    return manifest, config, weights
 
 
 def weight_payload_digest(path: PathLike) -> dict[str, str]:

@@ -44,3 +44,15 @@ class DataWarning(UserWarning):
     Emitted, for example, when :func:`ptycho.data.load_npz` skips a pickled member it will not
     unpickle, or converts PtychoPINN's normalised amplitudes to photon units.
     """
+
+
+class ResourceLimitError(PtychoError, ValueError):
+    """An input would need more memory than the budget allows (see :mod:`ptycho.limits`)."""
+
+
+class DataLimitError(DataError, ResourceLimitError):
+    """A dataset (its declared sizes, or the canvas its positions imply) exceeds the budget."""
+
+
+class OutputFolderBusyError(PtychoError, OSError):
+    """Another run holds the output folder's lock (the message names its pid)."""

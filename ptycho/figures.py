@@ -11,6 +11,7 @@ from typing import Optional
 import numpy as np
 
 from ptycho.atomic import PathLike, atomic_write
+from ptycho.physics.losses import LossSettings
 from ptycho.training import History
 
 
@@ -67,15 +68,20 @@ def save_comparison_figure(path: PathLike, obj: np.ndarray, truth: np.ndarray,
     _save(fig, path)
 
 
-def save_loss_figure(path: PathLike, history: History) -> None:
-    """Training (and validation) loss per epoch, log scale when positive."""
+def save_loss_figure(path: PathLike, history: History, settings: LossSettings) -> None:
+    """Training (and validation) loss per epoch, log scale when positive.
+
+    Draws the total and each term whose weight in ``settings`` is not 0 (a term with weight
+    0 is computed but is not part of the loss, so it is left out), labelled with its weight.
+    """
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
     epochs = [r.epoch for r in history.epochs]
-    for key in ("total", "nll", "mae"):
-        values = history.losses(key)
-        if any(values):
-            ax.plot(epochs, values, marker="o", label=f"train {key}")
+    ax.plot(epochs, history.losses("total"), marker="o", label="train total")
+    for key, weight in loss_term_weights(settings).items():
+        if weight != 0:
+            ax.plot(epochs, history.losses(key), marker="o",
+                    label=f"train {key} (weight {weight:g})")
     val = history.losses("total", split="val")
     if val:
         ax.plot(epochs[:len(val)], val, marker="s", label="validation total")
@@ -88,3 +94,13 @@ def save_loss_figure(path: PathLike, history: History) -> None:
     ax.legend()
     ax.grid(alpha=0.3)
     _save(fig, path)
+
+
+def loss_term_weights(settings: LossSettings) -> dict[str, float]:
+    """The weight of each loss term, in the order the figure draws them.
+
+    >>> loss_term_weights(LossSettings(nll_weight=1.0, mae_weight=0.0, realspace_weight=10.0))
+    {'nll': 1.0, 'mae': 0.0, 'realspace': 10.0}
+    """
+    return {"nll": settings.nll_weight, "mae": settings.mae_weight,
+            "realspace": settings.realspace_weight}

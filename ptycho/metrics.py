@@ -5,7 +5,11 @@
 * :func:`ssim`: Wang et al. (2004) with a Gaussian window of 11 taps, sigma 1.5, K1 = 0.01,
   K2 = 0.03, L = the reference's data range; the mean over the image minus a 5-pixel border.
 * :func:`frc`: Fourier ring correlation curve (frequencies in cycles per pixel, 0 to 0.5), and
-  :func:`frc_resolution` where it first drops below a threshold (0.5, or 1/7 = 0.143).
+  :func:`frc_resolution` where it first drops below a threshold (0.5, or 1/7 = 0.143); ``None``
+  ("not resolved") when it is below the threshold from the first ring on, so a resolution is
+  never coarser than the image.
+* :func:`metric_region`: the box reconstructions are scored over, the pixels whose coverage
+  reaches :data:`METRIC_COVERAGE_THRESHOLD` of the maximum.
 * Alignment before comparing: :func:`align_phase` removes a constant phase offset and
   optionally a fitted phase plane (ramp); :func:`align_amplitude` applies the least-squares
   scale. :func:`compare_objects` does both and computes every metric for amplitude and phase.
@@ -16,7 +20,7 @@ Units: amplitudes are dimensionless transmission, phases radians, positions pixe
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence, Union
+from typing import Any, Optional, Sequence, Union
 
 import numpy as np
 import scipy.ndimage
@@ -25,6 +29,15 @@ import scipy.ndimage
 SSIM_K1, SSIM_K2, SSIM_SIGMA, SSIM_WIN = 0.01, 0.03, 1.5, 11
 #: The two usual FRC thresholds.
 FRC_THRESHOLDS = {"frc50": 0.5, "frc17": 1.0 / 7.0}
+#: What summaries print for an FRC resolution of ``inf`` pixels (see :func:`frc_resolution`).
+NOT_RESOLVED = "not resolved"
+#: A pixel is scored when its coverage (the summed stitching weight, i.e. the probe intensity
+#: summed over the scan) reaches this fraction of the maximum coverage. Pixels lit only by the
+#: tails of the probe (1e-7 of the maximum for a defocused probe) carry no information about
+#: the object; at 0.1 a pixel must have seen about a tenth of the best-lit pixel's light.
+METRIC_COVERAGE_THRESHOLD = 0.1
+#: Smallest scored box (pixels per side): the SSIM window.
+MIN_METRIC_REGION = 11
 
 RegionLike = Union[None, Sequence[int], tuple]
 
@@ -177,28 +190,90 @@ def frc(image: np.ndarray, reference: np.ndarray, apodize: bool = False
     return np.arange(nrings) / n, curve
 
 
-def frc_resolution(freq: np.ndarray, curve: np.ndarray, threshold: float) -> float:
+def frc_resolution(freq: np.ndarray, curve: np.ndarray, threshold: float) -> Optional[float]:
     """First frequency (cycles/pixel) at which ``curve`` falls below ``threshold``.
 
     Linear interpolation between the ring before and the first ring below; the last
     frequency (Nyquist, 0.5) if it never does. The resolution in pixels is ``1 / freq``.
+    The zero-frequency ring (index 0) is never a crossing: when the curve is already below
+    the threshold at the first ring (index 1, one period across the image) nothing is
+    resolved and the result is ``None``, never a resolution coarser than the image.
 
     >>> frc_resolution(np.array([0.0, 0.1, 0.2, 0.3]), np.array([1.0, 0.8, 0.4, 0.1]), 0.5)
     0.175
+    >>> frc_resolution(np.array([0.0, 0.1, 0.2, 0.3]), np.array([1.0, 0.3, 0.2, 0.1]), 0.5) is None
+    True
     """
     freq = np.asarray(freq, dtype=np.float64)
     curve = np.asarray(curve, dtype=np.float64)
     if freq.shape != curve.shape or freq.ndim != 1 or freq.size < 2:
         raise ValueError(f"freq and curve must be 1-D of equal length >= 2, got {freq.shape} "
                          f"and {curve.shape}")
-    below = np.flatnonzero(curve[1:] < threshold)
+    if curve[1] < threshold:
+        return None
+    below = np.flatnonzero(curve[2:] < threshold)
     if below.size == 0:
         return float(freq[-1])
-    k = int(below[0]) + 1
+    k = int(below[0]) + 2
     c0, c1 = curve[k - 1], curve[k]
     t = 0.0 if c0 == c1 else (c0 - threshold) / (c0 - c1)
     t = min(max(t, 0.0), 1.0)
     return float(round(freq[k - 1] + t * (freq[k] - freq[k - 1]), 12))
+
+
+def describe_resolution(pixels: Optional[float], digits: int = 3) -> str:
+    """A resolution in pixels for people: ``"4.2 px"``, or :data:`NOT_RESOLVED` for ``inf``/None.
+
+    >>> describe_resolution(4.2123), describe_resolution(math.inf), describe_resolution(None)
+    ('4.21 px', 'not resolved', 'not resolved')
+    """
+    if pixels is None or (isinstance(pixels, str) and pixels == "inf"):
+        return NOT_RESOLVED
+    value = float(pixels)
+    return NOT_RESOLVED if math.isinf(value) else f"{value:.{digits}g} px"
+
+
+def metric_region(coverage: np.ndarray, threshold: float = METRIC_COVERAGE_THRESHOLD,
+                  min_side: int = MIN_METRIC_REGION) -> Optional[tuple[int, int, int, int]]:
+    """``(row0, row1, col0, col1)``: the box over which a reconstruction is scored.
+
+    The bounding box of the pixels whose ``coverage`` (the stitching weight summed over the
+    scan, :attr:`ptycho.workflows.Reconstruction.coverage`) is at least ``threshold`` times
+    its maximum (default :data:`METRIC_COVERAGE_THRESHOLD`). ``None`` when nothing is
+    covered or the box is smaller than ``min_side`` pixels on a side (default the SSIM
+    window). For a scan with holes the box may hold some pixels below the threshold.
+
+    >>> cov = np.zeros((20, 30)); cov[2:18, 3:25] = 1.0; cov[0, :] = 1e-7   # a faint tail
+    >>> metric_region(cov)
+    (2, 18, 3, 25)
+    """
+    lit = metric_mask(coverage, threshold)
+    if not lit.any():
+        return None
+    rows = np.flatnonzero(lit.any(axis=1))
+    cols = np.flatnonzero(lit.any(axis=0))
+    box = int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
+    if min(box[1] - box[0], box[3] - box[2]) < min_side:
+        return None
+    return box
+
+
+def metric_mask(coverage: np.ndarray, threshold: float = METRIC_COVERAGE_THRESHOLD) -> np.ndarray:
+    """Boolean mask of the pixels whose coverage is at least ``threshold`` of the maximum.
+
+    >>> metric_mask(np.array([[0.0, 1e-7, 0.5, 1.0]])).tolist()
+    [[False, False, True, True]]
+    """
+    cov = np.asarray(coverage, dtype=np.float64)
+    if cov.ndim != 2:
+        raise ValueError(f"coverage must be 2-D, got shape {cov.shape}")
+    if not 0 < threshold <= 1:
+        raise ValueError(f"threshold must be in (0, 1] (a fraction of the maximum coverage), "
+                         f"got {threshold}")
+    top = float(cov.max()) if cov.size else 0.0
+    if not (top > 0 and math.isfinite(top)):
+        return np.zeros(cov.shape, dtype=bool)
+    return cov >= threshold * top
 
 
 # -- alignment ---------------------------------------------------------------------------------
@@ -336,8 +411,9 @@ def _scores(image: np.ndarray, reference: np.ndarray) -> dict[str, float]:
     freq, curve = frc(image, reference)
     for name, thr in FRC_THRESHOLDS.items():
         f = frc_resolution(freq, curve, thr)
-        out[f"{name}_cycles_per_px"] = f
-        out[f"{name}_px"] = math.inf if f == 0 else 1.0 / f
+        # not resolved: 0 cycles/px and inf px (plain numbers, so JSON and parity keep working)
+        out[f"{name}_cycles_per_px"] = 0.0 if f is None else f
+        out[f"{name}_px"] = math.inf if f is None else 1.0 / f
     return out
 
 
@@ -352,7 +428,8 @@ def compare_objects(reconstruction: np.ndarray, ground_truth: np.ndarray,
     offset (and plane with ``phase_plane``); then for ``"amplitude"`` and ``"phase"`` each:
     ``mae``, ``mse``, ``psnr`` (dB, peak = the ground truth's data range), ``ssim``, and the
     FRC crossings ``frc50_cycles_per_px``, ``frc50_px`` (resolution = 1 / frequency, pixels)
-    and likewise ``frc17_*`` (threshold 1/7). Also ``amplitude_scale``, ``phase_offset``
+    and likewise ``frc17_*`` (threshold 1/7); "not resolved" (the FRC below the threshold
+    from the first ring on, :func:`frc_resolution`) is ``0.0`` cycles/px and ``inf`` px. Also ``amplitude_scale``, ``phase_offset``
     (radians at the region's pixel (0, 0)) and ``phase_ramp`` (gx, gy) radians per pixel.
 
     >>> t = np.linspace(0, 1, 256).reshape(16, 16)

@@ -27,10 +27,12 @@ how many came before.
 from __future__ import annotations
 
 import math
-from typing import Callable, Sequence, Union
+from typing import Callable, Optional, Sequence, Union
 
 import numpy as np
 
+from ptycho.errors import DataLimitError, ResourceLimitError
+from ptycho.limits import check_bytes
 from ptycho.physics.patches import central_mask
 
 #: Patches processed per internal chunk of :meth:`Stitcher.add` (bounds temporary memory).
@@ -39,6 +41,16 @@ CHUNK = 1024
 SUBPIXEL_MODES = ("bilinear", "round")
 
 WindowLike = Union[None, int, str, np.ndarray]
+
+#: Bytes one object-canvas pixel costs a reconstruction: the :class:`Stitcher`'s accumulators
+#: (complex128 + float64), its result (complex64) and coverage (float64), and what saving and
+#: drawing make of them (amplitude, phase, coverage as float32, masked float64 images).
+CANVAS_BYTES_PER_PIXEL = 80
+#: Bytes one pixel of one channel of a group's overlap-constraint canvas costs per group:
+#: the translated patch (complex64), its share of the canvas and coverage, and temporaries.
+GROUP_CANVAS_BYTES_PER_PIXEL = 32
+#: Positions named in an error about them.
+NAMED_POSITIONS = 5
 
 
 def make_window(n: int, window: WindowLike = None) -> np.ndarray:
@@ -124,6 +136,8 @@ class Stitcher:
         dtype = np.dtype(dtype)
         if dtype not in (np.dtype(np.complex64), np.dtype(np.complex128)):
             raise ValueError(f"dtype must be complex64 or complex128, got {dtype}")
+        # the two accumulators: complex numerator, real coverage
+        check_canvas(self.shape, error=ResourceLimitError, bytes_per_pixel=dtype.itemsize * 3 // 2)
         self.subpixel = subpixel
         rows = np.flatnonzero(wdw.any(axis=1))
         cols = np.flatnonzero(wdw.any(axis=0))
@@ -284,6 +298,111 @@ def _splat_ones(p: int, h: int, w: int, fy: np.ndarray, fx: np.ndarray) -> np.nd
     return wy[:, :, None] * wx[:, None, :]
 
 
+def outlying_positions(positions: np.ndarray, n: int, indices: Optional[np.ndarray] = None
+                       ) -> list[tuple[int, float, float]]:
+    """Scan positions far from the others: ``(index, x, y)``, farthest first.
+
+    A position is outlying when it lies outside Tukey's far-out fence on x or on y,
+    ``[q1 - 3 iqr - N, q3 + 3 iqr + N]`` (quartiles of that coordinate over all positions,
+    widened by one patch side N). ``indices`` (default ``0 .. P-1``) are the scan indices
+    reported for the ``positions`` (P, 2) = (x, y).
+
+    >>> pos = np.array([[10.0, 10.0], [14.0, 10.0], [18.0, 10.0], [22.0, 10.0], [12000.0, 10.0]])
+    >>> outlying_positions(pos, 16)
+    [(4, 12000.0, 10.0)]
+    """
+    pos = np.asarray(positions, dtype=np.float64).reshape(-1, 2)
+    idx = np.arange(len(pos)) if indices is None else np.asarray(indices).reshape(-1)
+    if len(pos) == 0:
+        return []
+    q1, q3 = np.percentile(pos, [25, 75], axis=0)
+    spread = 3 * (q3 - q1) + n
+    excess = np.maximum(q1 - spread - pos, pos - q3 - spread).max(axis=1)
+    out = np.flatnonzero(excess > 0)
+    out = out[np.argsort(-excess[out], kind="stable")]
+    return [(int(idx[i]), float(pos[i, 0]), float(pos[i, 1])) for i in out]
+
+
+def _name_positions(found: list[tuple[int, float, float]], intro: str) -> str:
+    named = ", ".join(f"index {i} (x={x:.6g}, y={y:.6g})" for i, x, y in found[:NAMED_POSITIONS])
+    more = f" and {len(found) - NAMED_POSITIONS} more" if len(found) > NAMED_POSITIONS else ""
+    return f"{intro}: {named}{more}"
+
+
+def _blame(positions: np.ndarray, n: int, indices: Optional[np.ndarray]) -> str:
+    """The positions to name when the canvas they imply is too large."""
+    pos = np.asarray(positions, dtype=np.float64).reshape(-1, 2)
+    idx = np.arange(len(pos)) if indices is None else np.asarray(indices).reshape(-1)
+    found = outlying_positions(pos, n, idx)
+    if found:
+        return _name_positions(found, "outlying positions (far from the others)")
+    extremes = sorted({int(np.argmax(pos[:, 0])), int(np.argmax(pos[:, 1])),
+                       int(np.argmin(pos[:, 0])), int(np.argmin(pos[:, 1]))})
+    return _name_positions([(int(idx[i]), float(pos[i, 0]), float(pos[i, 1])) for i in extremes],
+                           "no position stands out; the scan spans from")
+
+
+def check_canvas(shape: Sequence[int], positions: Optional[np.ndarray] = None, n: int = 1, *,
+                 indices: Optional[np.ndarray] = None, error: type = DataLimitError,
+                 bytes_per_pixel: int = CANVAS_BYTES_PER_PIXEL) -> tuple[int, int]:
+    """Check an (H, W) object canvas against the memory budget before it is allocated.
+
+    ``positions`` (P, 2) = (x, y), with ``indices`` their scan indices, are what implied the
+    canvas: when it is too large, the error names the outlying ones (index and value), see
+    :func:`outlying_positions`. Returns ``(H, W)``.
+
+    >>> import os
+    >>> os.environ["PTYCHO_MAX_BYTES"] = "1GiB"
+    >>> pos = np.array([[40.0, 40.0], [44.0, 40.0], [40.0, 44.0], [44.0, 44.0], [9e4, 9e4]])
+    >>> check_canvas(extent_of(pos, 64), pos, 64)
+    Traceback (most recent call last):
+    ...
+    ptycho.errors.DataLimitError: the object canvas of 90032 x 90032 pixels needs 604 GiB, more than the memory budget of 1 GiB (PTYCHO_MAX_BYTES=1GiB); outlying positions (far from the others): index 4 (x=90000, y=90000); set PTYCHO_MAX_BYTES to change it
+    >>> del os.environ["PTYCHO_MAX_BYTES"]
+    """
+    h, w = _shape(shape)
+    detail = None if positions is None else (lambda: _blame(positions, n, indices))
+    check_bytes(h * w * bytes_per_pixel, f"the object canvas of {h} x {w} pixels", error, detail)
+    return h, w
+
+
+def check_group_canvas(canvas: int, groups: int, positions: np.ndarray, n: int, *,
+                       indices: Optional[np.ndarray] = None, what: str = "",
+                       error: type = DataLimitError,
+                       bytes_per_pixel: int = GROUP_CANVAS_BYTES_PER_PIXEL) -> None:
+    """Check the overlap constraint's canvases of ``groups`` groups at once against the budget.
+
+    ``canvas`` is the side of each group's canvas (:func:`ptycho.physics.patches.canvas_size`
+    of the groups' offsets); ``positions`` (B, C, 2) = (x, y) the group members' positions,
+    ``indices`` (B, C) their scan indices, named when the canvas is too large: the outlying
+    positions, else the members of the widest group.
+    """
+    pos = np.asarray(positions, dtype=np.float64)
+    channels = pos.shape[1] if pos.ndim == 3 else 1
+
+    def blame() -> str:
+        flat = pos.reshape(-1, 2)
+        idx = None if indices is None else np.asarray(indices).reshape(-1)
+        found = outlying_positions(flat, n, idx)
+        if found:
+            seen, unique = set(), []
+            for item in found:
+                if item[0] not in seen:
+                    seen.add(item[0])
+                    unique.append(item)
+            return _name_positions(unique, "outlying positions (far from the others)")
+        rel = pos - pos.mean(axis=1, keepdims=True)
+        widest = int(np.argmax(np.abs(rel).reshape(len(pos), -1).max(axis=1)))
+        gidx = (np.arange(pos.shape[1]) if indices is None else np.asarray(indices)[widest])
+        members = [(int(i), float(x), float(y)) for i, (x, y) in zip(gidx, pos[widest])]
+        return _name_positions(members, f"the widest group ({widest}) holds")
+
+    label = what or "the overlap constraint"
+    check_bytes(groups * channels * canvas * canvas * bytes_per_pixel,
+                f"{label} on {groups} groups at once (canvas {canvas} x {canvas} pixels per "
+                "group, from the spread of each group's positions)", error, blame)
+
+
 def extent_of(positions: np.ndarray, n: int) -> tuple[int, int]:
     """(H, W) canvas that holds every N-patch at ``positions`` (P, 2) = (x, y), x, y >= N//2.
 
@@ -333,3 +452,30 @@ def stitch_patches(patches: np.ndarray, global_offsets: np.ndarray, rel_offsets:
     st = Stitcher(shape, n, window=window, subpixel=subpixel)
     st.add(patches.reshape(b * c, n, n), pos)
     return st.result(fill_value=fill_value)
+
+
+def scan_coverage(probe: np.ndarray, positions: np.ndarray, shape: Sequence[int]) -> np.ndarray:
+    """(H, W) coverage of a scan: the probe's intensity ``|P|^2 / max``, summed at every position.
+
+    What :class:`Stitcher` accumulates when :func:`ptycho.workflows.reconstruct` stitches with
+    this probe; it depends only on the scan, so every reconstruction of that scan (network,
+    iterative, a constant) can be scored over one region
+    (:func:`ptycho.metrics.metric_region` of it). ``positions`` (M, 2) = (x, y).
+
+    >>> cov = scan_coverage(np.ones((4, 4)), np.array([[2.0, 2.0], [4.0, 2.0]]), (8, 8))
+    >>> cov[2].tolist()
+    [1.0, 1.0, 2.0, 2.0, 1.0, 1.0, 0.0, 0.0]
+    """
+    p = np.asarray(probe)
+    if p.ndim != 2 or p.shape[0] != p.shape[1]:
+        raise ValueError(f"probe must be a square (N, N) array, got shape {p.shape}")
+    n = p.shape[0]
+    intensity = np.abs(p.astype(np.complex128)) ** 2
+    if not intensity.max() > 0:
+        raise ValueError("the probe is zero everywhere")
+    pos = np.asarray(positions, dtype=np.float64).reshape(-1, 2)
+    stitcher = Stitcher(shape, n, window=intensity / intensity.max())
+    for lo in range(0, len(pos), CHUNK):
+        chunk = pos[lo:lo + CHUNK]
+        stitcher.add(np.ones((len(chunk), n, n), np.complex64), chunk)
+    return stitcher.coverage

@@ -83,7 +83,39 @@ def test_simulate_from_an_image_file(tmp_path, capsys):
     assert raw.xcoords.max() + 8 <= 50 and raw.ycoords.max() + 8 <= 40
 
 
+def test_simulate_from_separate_amplitude_and_phase_images(tmp_path, capsys):
+    import matplotlib.image
+
+    rng = np.random.default_rng(1)
+    amp_img, ph_img = rng.random((40, 50)), rng.random((40, 50))
+    np.save(tmp_path / "amp.npy", amp_img)
+    matplotlib.image.imsave(tmp_path / "phase.png", ph_img, cmap="gray")
+    out = tmp_path / "sim.npz"
+    assert main(["simulate", "-o", str(out), "--object", "image",
+                 "--amplitude-image", str(tmp_path / "amp.npy"),
+                 "--phase-image", str(tmp_path / "phase.png"), "--n-patterns", "9", "--N", "16",
+                 "--no-noise", "--amplitude-range", "0.2", "0.9", "--phase-range", "-1", "1"]) == 0
+    assert "amp.npy (amplitude) / phase.png (phase) object 40x50" in capsys.readouterr().out
+    obj = load_npz(out).object_guess
+    np.testing.assert_allclose(np.abs(obj), 0.2 + 0.7 * (amp_img - amp_img.min())
+                               / np.ptp(amp_img), atol=1e-5)
+    phase = np.angle(obj)
+    assert phase.min() == pytest.approx(-1, abs=1e-5) and phase.max() == pytest.approx(1, abs=1e-5)
+    assert np.corrcoef(phase.ravel(), ph_img.ravel())[0, 1] > 0.99       # from the other image
+    assert abs(np.corrcoef(phase.ravel(), amp_img.ravel())[0, 1]) < 0.2
+    # one image for both, through the new form: the same as the old `--object FILE` form
+    one, old = tmp_path / "one.npz", tmp_path / "old.npz"
+    assert main(["simulate", "-o", str(one), "--object", "image", "--amplitude-image",
+                 str(tmp_path / "amp.npy"), "--n-patterns", "9", "--N", "16", "--no-noise"]) == 0
+    assert main(["simulate", "-o", str(old), "--object", str(tmp_path / "amp.npy"),
+                 "--n-patterns", "9", "--N", "16", "--no-noise"]) == 0
+    np.testing.assert_array_equal(load_npz(one).object_guess, load_npz(old).object_guess)
+
+
 @pytest.mark.parametrize("argv, match", [
+    (["simulate", "-o", "x.npz", "--object", "image"], "--object image needs --amplitude-image"),
+    (["simulate", "-o", "x.npz", "--phase-image", "p.png"],
+     "--phase-image needs --object image (got --object lines)"),
     (["simulate"], "the following arguments are required: --output"),
     (["simulate", "-o", "x.npz", "--N", "abc"], "argument --N: expected a positive integer"),
     (["simulate", "-o", "x.npz", "--nphotons", "-3"], "argument --nphotons"),

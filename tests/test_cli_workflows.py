@@ -418,3 +418,22 @@ def test_demo_script_parses_and_its_config_is_valid():
     assert isinstance(cfg, TrainingConfig) and cfg.model.N == 32
     for command in ("simulate", "train", "reconstruct"):
         assert f'"${{ptycho[@]}}" {command}' in text
+
+
+@pytest.mark.torch
+def test_gridsize_2_summaries_count_distinct_patterns(data, tmp_path, capsys):
+    train, test = data
+    run_dir, recon_dir = tmp_path / "g2", tmp_path / "g2-recon"
+    assert main(["train", "--train-data", str(train), "--output-dir", str(run_dir),
+                 "--backend", "torch", *TINY, "--gridsize", "2", "--quiet"]) == 0
+    text = capsys.readouterr().out
+    assert "(64 patterns in 64 groups of 4)" in text, text         # not 256 "patterns"
+    summary = json.loads((run_dir / "summary.json").read_text())
+    t = summary["timings"]
+    assert t["patches_per_s"] == pytest.approx(4 * t["patterns_per_s"])
+    assert main(["reconstruct", "--model", str(run_dir), "--data", str(test),
+                 "--output-dir", str(recon_dir), "--backend", "torch", "--quiet"]) == 0
+    text = capsys.readouterr().out
+    assert "reconstruction: 36 patterns in 36 groups of 4 in" in text, text
+    rec = json.loads((recon_dir / "summary.json").read_text())["reconstruction"]
+    assert rec["n_patterns"] == 36 and rec["n_patches"] == 144 and rec["n_channels"] == 4

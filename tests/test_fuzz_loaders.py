@@ -37,6 +37,8 @@ import struct
 import warnings
 import zipfile
 
+import sys
+
 import numpy as np
 import pytest
 import yaml
@@ -50,6 +52,10 @@ from ptycho.config import (LEGACY_KEYS, InferenceConfig, ModelConfig, TrainingCo
 from ptycho.data import RawData, load_npz, save_npz, validate_raw
 from ptycho.errors import ConfigError, DataError, PtychoError
 from ptycho.weights import init_weights, weight_spec
+
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if _ROOT not in sys.path:     # benchmarks/ (the hand-made zips of benchmarks.hostile)
+    sys.path.insert(0, _ROOT)
 
 #: Cheap cases run this many times the profile's ``max_examples`` (25 in CI, 300 in dev).
 CHEAP = 4
@@ -630,6 +636,305 @@ def test_fuzz_read_bundle_paths_and_garbage(tmp_path, tally):
 
     run()
     _require(t, 10)
+
+
+# --------------------------------------------------------------------------------------------
+# lying sizes: zip directories, end records, local headers and .npy headers that lie, zip
+# bombs, expensive bundle configs; every load runs under a small memory budget and the Python
+# heap's peak over the whole run is bounded (tracemalloc tracks numpy's buffers too)
+
+_FUZZ_BUDGET = "256MiB"
+#: Heap peak allowed over a whole lying-sizes run (the inputs are a few kB; a load that
+#: allocated what they declare would take GiB).
+_FUZZ_PEAK = 96 << 20
+
+_CD = struct.Struct("<4s4B4HL2L5H2L")       # central directory entry
+_EOCD = struct.Struct("<4s4H2LH")           # end of central directory record
+_CD_FIELDS = {"crc": 9, "compress_size": 10, "file_size": 11, "header_offset": 18,
+              "method": 6, "flags": 5}
+_LYING_SIZES = [0, 1, 7, 4095, 2 ** 31 - 1, 2 ** 31, 0xFFFFFFFE, 0xFFFFFFFF, 80 << 20, 1 << 30]
+
+
+def _directory(data: bytes) -> tuple[int, list[int]]:
+    """(offset of the end record, offsets of the central directory entries) of a zip that
+    zipfile wrote (no archive comment)."""
+    end = len(data) - _EOCD.size
+    fields = _EOCD.unpack_from(data, end)
+    entries, pos = [], fields[6]
+    for _ in range(fields[4]):
+        entries.append(pos)
+        head = _CD.unpack_from(data, pos)
+        pos += _CD.size + head[12] + head[13] + head[14]
+    return end, entries
+
+
+def _bomb_member(name: str, declared_shape, zeros: int) -> bytes:
+    """A deflate stream of a .npy header then ``zeros`` zero bytes (cheap, see
+    benchmarks.hostile.deflated_zeros)."""
+    from benchmarks.hostile import deflated_zeros, npy_header
+    return deflated_zeros(npy_header(declared_shape), zeros)
+
+
+@st.composite
+def lying_zips(draw, base: bytes):
+    """``base`` (a zip) with 1-3 of its declared sizes, offsets or counts replaced by lies."""
+    data = bytearray(base)
+    end, entries = _directory(bytes(data))
+    for _ in range(draw(st.integers(1, 3))):
+        where = draw(st.sampled_from(["entry", "entry", "entry", "end", "local"]))
+        if where == "entry":
+            pos = draw(st.sampled_from(entries))
+            field = draw(st.sampled_from(["compress_size", "file_size", "file_size",
+                                          "header_offset", "method", "crc"]))
+            values = list(_CD.unpack_from(data, pos))
+            if field == "method":
+                values[_CD_FIELDS[field]] = draw(st.sampled_from([8, 12, 14, 99]))
+            else:
+                values[_CD_FIELDS[field]] = draw(st.one_of(st.sampled_from(_LYING_SIZES),
+                                                           st.integers(0, 0xFFFFFFFF)))
+            _CD.pack_into(data, pos, *values)
+        elif where == "end":
+            values = list(_EOCD.unpack_from(data, end))
+            field = draw(st.sampled_from([3, 4, 5, 6]))   # entries (disk, total), size, offset
+            limit = 0xFFFF if field in (3, 4) else 0xFFFFFFFF
+            values[field] = draw(st.one_of(st.sampled_from([0, 1, limit, limit - 1]),
+                                           st.integers(0, limit)))
+            _EOCD.pack_into(data, end, *values)
+        else:
+            pos = draw(st.sampled_from(entries))
+            local = _CD.unpack_from(data, pos)[18]
+            if local + 30 <= len(data):
+                off = draw(st.sampled_from([18, 22]))        # local compressed / real size
+                struct.pack_into("<L", data, local + off,
+                                 draw(st.sampled_from(_LYING_SIZES)) & 0xFFFFFFFF)
+    return bytes(data)
+
+
+@st.composite
+def lying_npz_members(draw):
+    """A valid scan whose diffraction member declares (in its .npy header, compressed or
+    stored) much more than it holds, or is a zip bomb of zeros."""
+    arrays = {k: _npy_bytes(v) for k, v in _good_arrays().items()}
+    members = [[k + ".npy", v, None] for k, v in arrays.items() if k != "diffraction"]
+    kind = draw(st.sampled_from(["bomb", "bomb_small", "header", "header_deflated"]))
+    shape = draw(st.sampled_from([(1 << 16, N, N), (M, 1 << 14, 1 << 14), (1 << 30,),
+                                  (1 << 12, 64, 64)]))
+    if kind.startswith("bomb"):
+        zeros = (80 << 20) if kind == "bomb" else (16 << 20)
+        members.append(["diffraction.npy", _bomb_member("diffraction", shape, zeros), "raw"])
+        return members, zeros
+    blob = _npy_with_header(shape, data=b"\0" * draw(st.integers(0, 4096)))
+    members.append(["diffraction.npy", blob,
+                    zipfile.ZIP_DEFLATED if kind == "header_deflated" else None])
+    return members, None
+
+
+def _write_raw_deflate_zip(path, members, zeros):
+    """Like _write_zip, with members marked "raw" being already deflated streams of a .npy
+    header plus ``zeros`` zero bytes (their directory entries say so)."""
+    from benchmarks.hostile import Member, npy_header, write_zip
+    out = []
+    for name, data, how in members:
+        if how == "raw":
+            header = npy_header((1 << 16, N, N))
+            out.append(Member(name, data, method=8, file_size=len(header) + zeros, crc=0))
+        else:
+            if how == zipfile.ZIP_DEFLATED:
+                c = __import__("zlib").compressobj(6, 8, -15)
+                raw = c.compress(data) + c.flush()
+                out.append(Member(name, raw, method=8, file_size=len(data),
+                                  crc=__import__("zlib").crc32(data)))
+            else:
+                out.append(Member(name, data))
+    write_zip(str(path), out)
+
+
+def _bounded_heap(run):
+    """Run ``run()`` with tracemalloc on; fail if the heap peak exceeds _FUZZ_PEAK."""
+    import tracemalloc
+    tracemalloc.start()
+    try:
+        run()
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < _FUZZ_PEAK, f"heap peak {peak / 2 ** 20:.0f} MiB over the run"
+
+
+def test_fuzz_load_npz_lying_sizes(tmp_path, tally, monkeypatch):
+    monkeypatch.setenv("PTYCHO_MAX_BYTES", _FUZZ_BUDGET)
+    t = tally("load_npz", "lying sizes")
+    bases = [_npz_bytes(tmp_path, c, e) for c in (False, True) for e in (False, True)]
+    path = tmp_path / "scan.npz"
+
+    @_examples()
+    @given(st.one_of(st.sampled_from(bases).flatmap(lying_zips),
+                     lying_npz_members().map(lambda mz: ("members", mz))), _MMAP)
+    def run(item, mmap_mode):
+        if isinstance(item, tuple):
+            members, zeros = item[1]
+            _write_raw_deflate_zip(path, members, zeros)
+        else:
+            path.write_bytes(item)
+        t.attempt(lambda: load_npz(path, mmap_mode=mmap_mode), allowed=DataError,
+                  name_in_message=str(path), check=_check_raw)
+
+    _bounded_heap(run)
+    _require(t, 50)
+
+
+@st.composite
+def lying_bundles(draw, base: bytes):
+    """A bundle whose manifest declares an expensive network (payloads garbage), lists extra
+    or huge entries, or whose zip directory lies about sizes."""
+    import hashlib
+    kind = draw(st.sampled_from(["expensive", "extra", "directory", "directory"]))
+    if kind == "directory":
+        return "bytes", draw(lying_zips(base))
+    members = _members(base)
+    manifest = json.loads(members[0][1])
+    if kind == "expensive":
+        model = ModelConfig(N=draw(st.sampled_from([16, 64, 256, 512])),
+                            gridsize=draw(st.integers(1, 4)),
+                            base_filters=draw(st.sampled_from([1, 16, 64, 256])),
+                            n_filters_scale=draw(st.sampled_from([1, 2, 16])))
+        cfg = TrainingConfig(model=model, neighbor_count=max(4, model.gridsize ** 2),
+                             batch_size=draw(st.sampled_from([1, 16, 4096])))
+        manifest["config"] = json.loads(to_json(cfg))
+        manifest["config"].pop("kind")
+        manifest["entries"] = {n: {"member": f"weights/{n}.npy", "shape": list(e.shape),
+                                   "dtype": e.dtype, "sha256": "0" * 64}
+                               for n, e in weight_spec(model).items()}
+        members = [[B.MANIFEST, b"", None]] + [[m["member"], b"garbage", None]
+                                              for m in manifest["entries"].values()]
+    else:
+        for i in range(draw(st.integers(1, 3))):
+            n = draw(st.sampled_from([1 << 8, 1 << 20, 1 << 28, 1 << 40]))
+            blob = _npy_with_header((n,), data=b"\0" * 64)
+            name = f"bonus{i}.kernel"
+            members.append([f"weights/{name}.npy", blob, None])
+            manifest["entries"][name] = {"member": f"weights/{name}.npy", "shape": [n],
+                                         "dtype": "float32",
+                                         "sha256": hashlib.sha256(blob).hexdigest()}
+    members[0][1] = json.dumps(manifest).encode()
+    return "members", members
+
+
+def test_fuzz_read_bundle_lying_sizes(tmp_path, tally, monkeypatch):
+    monkeypatch.setenv("PTYCHO_MAX_BYTES", _FUZZ_BUDGET)
+    t = tally("read_bundle", "lying sizes")
+    base = _bundle_bytes(tmp_path)
+    path = tmp_path / "model.zip"
+
+    @_examples()
+    @given(lying_bundles(base))
+    def run(item):
+        kind, value = item
+        if kind == "bytes":
+            path.write_bytes(value)
+        else:
+            _write_bundle_zip(path, value)
+        t.attempt(lambda: B.read_bundle(path), check=_check_contents)
+
+    _bounded_heap(run)
+    _require(t, 50)
+
+
+# --------------------------------------------------------------------------------------------
+# special files: FIFOs, devices, sockets, folders, links (also with a good suffix), link loops,
+# dangling links, a huge sparse file; never a hang (an alarm fails the test instead). Every
+# kind is tried (with each mmap mode for load_npz), not drawn: there are few enough.
+
+_SPECIAL = ["fifo", "fifo_link", "dev_zero", "dev_null", "dev_urandom", "socket", "dir",
+            "dir_link", "loop", "dangling", "chain_to_fifo", "sparse_huge"]
+
+_LOADERS = {
+    "load_npz": (".npz", DataError, lambda p, mode: load_npz(p, mmap_mode=mode)),
+    "read_bundle": (".zip", B.BundleError, lambda p, mode: B.read_bundle(p)),
+    "load_config": (".yaml", ConfigError, lambda p, mode: load_config(p, TrainingConfig)),
+    "load_image": (".npy", ValueError, lambda p, mode: __import__(
+        "ptycho.simulate", fromlist=["load_image"]).load_image(p)),
+}
+
+
+def _make_special(folder, kind: str, suffix: str, keep: list):
+    """Create a special path of ``kind`` named with ``suffix`` in ``folder``; return it."""
+    import socket
+    p = folder / f"{kind}{suffix}"
+    if os.path.lexists(p):
+        return p
+    if kind == "fifo":
+        os.mkfifo(p)
+    elif kind == "fifo_link":
+        os.mkfifo(folder / "target.fifo")
+        os.symlink(folder / "target.fifo", p)
+    elif kind.startswith("dev_"):
+        os.symlink("/dev/" + kind[4:], p)
+    elif kind == "socket":
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.bind(str(p))
+        keep.append(s)
+    elif kind == "dir":
+        p.mkdir()
+    elif kind == "dir_link":
+        (folder / "a_dir").mkdir()
+        os.symlink(folder / "a_dir", p)
+    elif kind == "loop":
+        os.symlink(folder / f"loop2{suffix}", p)
+        os.symlink(p, folder / f"loop2{suffix}")
+    elif kind == "dangling":
+        os.symlink(folder / "nowhere", p)
+    elif kind == "chain_to_fifo":
+        os.mkfifo(folder / "chain.fifo")
+        os.symlink(folder / "chain.fifo", folder / "chain1")
+        os.symlink(folder / "chain1", p)
+    elif kind == "sparse_huge":
+        with open(p, "wb") as f:          # 64 GiB of zeros, no disk used
+            f.truncate(64 << 30)
+    return p
+
+
+@pytest.mark.skipif(os.name != "posix", reason="FIFOs, sockets, /dev (POSIX)")
+@pytest.mark.parametrize("loader", sorted(_LOADERS))
+def test_fuzz_special_files(tmp_path, tally, loader):
+    import signal
+    t = tally(loader, "special files")
+    suffix, error, call = _LOADERS[loader]
+    keep: list = []
+    # a short folder: AF_UNIX socket paths are limited to ~100 characters
+    short = type(tmp_path)(__import__("tempfile").mkdtemp(prefix="sp"))
+
+    def alarm(*_):
+        raise TimeoutError("the loader hung on a special file")
+
+    previous = signal.signal(signal.SIGALRM, alarm)
+    modes = [None, "r", "c"] if loader == "load_npz" else [None]
+    try:
+        def run(kind, mode):
+            p = _make_special(short, kind, suffix, keep)
+            signal.alarm(20)
+            try:
+                allowed = (error, FileNotFoundError) if kind == "dangling" else error
+                exc = t.attempt(lambda: call(p, mode), allowed=allowed, name_in_message=str(p))
+            finally:
+                signal.alarm(0)
+            assert isinstance(exc, BaseException), f"{kind} loaded"
+            if "fifo" in kind:
+                assert "not a regular file (it is a FIFO" in str(exc), str(exc)
+                assert "missing" not in str(exc)
+            if kind == "dangling" and loader == "read_bundle":
+                assert isinstance(exc, FileNotFoundError)   # the documented missing-file error
+
+        for kind in _SPECIAL:            # every kind (and mmap mode): few enough to try all
+            for mode in modes:
+                run(kind, mode)
+    finally:
+        signal.signal(signal.SIGALRM, previous)
+        for s in keep:
+            s.close()
+        import shutil
+        shutil.rmtree(short, ignore_errors=True)
+    _require(t, len(_SPECIAL) * len(modes))
 
 
 # --------------------------------------------------------------------------------------------

@@ -10,8 +10,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from ptycho.metrics import (align_amplitude, align_phase, amplitude_scale, compare_objects,
-                            data_range, fit_phase_ramp, frc, frc_resolution, mae, mse, psnr, ssim)
+from ptycho.metrics import (METRIC_COVERAGE_THRESHOLD, NOT_RESOLVED, align_amplitude, align_phase,
+                            amplitude_scale, compare_objects, data_range, describe_resolution,
+                            fit_phase_ramp, frc, frc_resolution, mae, metric_mask, metric_region,
+                            mse, psnr, ssim)
 from ptycho.simulate import gaussian_random_field, grf_object
 
 seeds = st.integers(0, 2**32 - 1)
@@ -133,6 +135,63 @@ def test_frc_resolution_interpolates_and_handles_no_crossing():
     assert frc_resolution(f, np.array([1.0, 0.9, 0.8, 0.7]), 0.5) == 0.3
     with pytest.raises(ValueError, match="equal length"):
         frc_resolution(f, np.ones(3), 0.5)
+
+
+def test_frc_below_the_threshold_from_the_first_ring_is_not_resolved():
+    f = np.array([0.0, 0.1, 0.2, 0.3])
+    # the zero-frequency ring is ~1 for any two positive images; interpolating from it gave
+    # a "resolution" of 1 / 0.03 = 33 px for a 10 px image before
+    assert frc_resolution(f, np.array([1.0, 0.45, 0.3, 0.1]), 0.5) is None
+    assert frc_resolution(f, np.array([1.0, 0.5, 0.3, 0.1]), 0.5) == pytest.approx(0.1)
+    assert describe_resolution(math.inf) == describe_resolution(None) == NOT_RESOLVED
+    assert describe_resolution(3.25) == "3.25 px"
+
+
+@given(seed=seeds, noise=st.floats(0.0, 5.0))
+def test_an_frc_resolution_is_never_coarser_than_the_image(seed, noise):
+    rng = np.random.default_rng(seed)
+    truth = grf_object((40, 56), rng)
+    rec = truth + noise * (rng.standard_normal(truth.shape) + 1j * rng.standard_normal(truth.shape))
+    m = compare_objects(rec, truth)
+    for part in ("amplitude", "phase"):
+        for name in ("frc50", "frc17"):
+            px, cycles = m[part][f"{name}_px"], m[part][f"{name}_cycles_per_px"]
+            if math.isinf(px):
+                assert cycles == 0.0                  # "not resolved"
+            else:
+                assert 2.0 <= px <= 40.0 and cycles == pytest.approx(1 / px)
+
+
+def test_compare_objects_says_not_resolved_for_an_unrelated_reconstruction():
+    rng = np.random.default_rng(7)
+    truth = grf_object((48, 48), rng, correlation_length=6.0)
+    unrelated = grf_object((48, 48), rng, correlation_length=6.0)
+    m = compare_objects(unrelated, truth)
+    assert m["amplitude"]["frc50_px"] == math.inf and m["amplitude"]["frc50_cycles_per_px"] == 0.0
+    assert m["phase"]["frc50_px"] == math.inf
+    json.dumps(m)
+
+
+# -- the scored region -------------------------------------------------------------------------
+
+def test_metric_region_leaves_out_the_faint_tails_of_the_probe():
+    cov = np.full((60, 80), 1e-7)                          # a defocused probe's tails everywhere
+    cov[10:50, 12:70] = 0.05                               # lit by the edge of the probe only
+    cov[14:46, 16:66] = 4.0                                # well lit
+    assert METRIC_COVERAGE_THRESHOLD == 0.1
+    assert metric_region(cov) == (14, 46, 16, 66)
+    assert metric_region(cov, threshold=0.01) == (10, 50, 12, 70)
+    assert metric_region(cov, threshold=1e-9) == (0, 60, 0, 80)
+    np.testing.assert_array_equal(metric_mask(cov), cov >= 0.4)
+    assert metric_region(np.zeros((20, 20))) is None
+    small = np.zeros((40, 40))
+    small[5:15, 5:30] = 1.0                                # 10 rows: below the SSIM window
+    assert metric_region(small) is None
+    assert metric_region(small, min_side=10) == (5, 15, 5, 30)
+    with pytest.raises(ValueError, match="threshold"):
+        metric_region(cov, threshold=0.0)
+    with pytest.raises(ValueError, match="2-D"):
+        metric_mask(np.ones(4))
 
 
 # -- alignment ---------------------------------------------------------------------------------

@@ -149,6 +149,30 @@ def _writer_index(name: str):
     return None, None
 
 
+#: What the flags of a read-only ``os.open`` may be made of (anything else, a variable too,
+#: makes the call a finding).
+_READ_FLAG_NAMES = {"os", "getattr", "O_RDONLY", "O_NONBLOCK", "O_CLOEXEC", "O_NOCTTY",
+                    "O_BINARY", "O_NOFOLLOW"}
+
+
+def _read_only_flags(node: ast.Call) -> bool:
+    """Whether ``os.open(path, flags)``'s flags are spelled out and open for reading only."""
+    flags = node.args[1] if len(node.args) > 1 else _kw(node, "flags")
+    if flags is None:
+        return False
+    names = set()
+    for sub in ast.walk(flags):
+        if isinstance(sub, ast.Attribute):
+            names.add(sub.attr)
+        elif isinstance(sub, ast.Name):
+            names.add(sub.id)
+        elif isinstance(sub, ast.Constant) and isinstance(sub.value, str):
+            names.add(sub.value)
+        elif isinstance(sub, ast.Constant) and sub.value != 0:
+            return False
+    return "O_RDONLY" in names and names <= _READ_FLAG_NAMES
+
+
 def _open_mode(node: ast.Call):
     mode = _kw(node, "mode") or (node.args[1] if len(node.args) > 1 else None)
     return mode
@@ -188,7 +212,10 @@ class _Scope(ast.NodeVisitor):
                 self.problems.append(where)
             return
         if name == "os.open":
-            self.problems.append(where)
+            path = node.args[0] if node.args else None
+            to_devnull = isinstance(path, ast.Attribute) and ast.unparse(path) == "os.devnull"
+            if not (_read_only_flags(node) or to_devnull):
+                self.problems.append(where)
             return
         key, index = _writer_index(name)
         if key is None:
@@ -239,6 +266,12 @@ def test_every_file_is_written_through_ptycho_atomic():
     ("def f(d):\n    return json.dumps(d)", False),
     ("def f(p):\n    return zipfile.ZipFile(p, 'r')", False),
     ("def f(p):\n    return zipfile.ZipFile(p, 'w')", True),
+    ("def f(p):\n    return os.open(p, os.O_RDONLY | getattr(os, 'O_NONBLOCK', 0))", False),
+    ("def f(p):\n    return os.open(p, os.O_RDONLY | os.O_CREAT)", True),
+    ("def f(p):\n    return os.open(p, os.O_WRONLY)", True),
+    ("def f(p, flags):\n    return os.open(p, flags)", True),
+    ("def f(p):\n    return os.open(p, os.O_RDONLY | 2)", True),
+    ("def f():\n    return os.open(os.devnull, os.O_WRONLY)", False),
 ])
 def test_the_write_scan_catches_what_it_should(snippet, flagged):
     scope = _Scope("snippet.py")

@@ -19,6 +19,7 @@ from ptycho.simulate import (check_inside, complex_object, defocused_probe, diff
                              mean_total_intensity, object_patches, photon_scale,
                              poisson_amplitudes, position_bounds, random_scan, scan_extent,
                              simulate_dataset)
+from ptycho.simulate.scans import grid_dims
 
 seeds = st.integers(0, 2**32 - 1)
 
@@ -89,6 +90,25 @@ def test_image_object_from_real_rgb_and_complex_images():
     np.testing.assert_array_equal(image_object(c), c.astype(np.complex64))
     with pytest.raises(ValueError, match="2-D"):
         image_object(np.zeros((2, 2, 2, 2)))
+
+
+def test_image_object_takes_separate_amplitude_and_phase_images():
+    amp_img = np.array([[0.0, 1.0], [2.0, 4.0]])
+    ph_img = np.array([[10.0, 30.0], [20.0, 10.0]])          # its own range: 10 .. 30
+    o = image_object(amp_img, (0.5, 1.0), (-1.0, 1.0), phase_image=ph_img)
+    np.testing.assert_allclose(np.abs(o), 0.5 + 0.5 * amp_img / 4, atol=1e-6)
+    np.testing.assert_allclose(np.angle(o), -1.0 + 2.0 * (ph_img - 10) / 20, atol=1e-6)
+    rgb = np.stack([ph_img] * 3, axis=-1)
+    np.testing.assert_allclose(image_object(amp_img, phase_image=rgb),
+                               image_object(amp_img, phase_image=ph_img), atol=1e-6)
+    with pytest.raises(ValueError, match=r"amplitude image \(2, 2\) and phase image \(2, 3\)"):
+        image_object(amp_img, phase_image=np.zeros((2, 3)))
+    with pytest.raises(ValueError, match="already is an object"):
+        image_object(amp_img.astype(complex), phase_image=ph_img)
+    with pytest.raises(ValueError, match="phase image must be real"):
+        image_object(amp_img, phase_image=ph_img.astype(complex))
+    with pytest.raises(ValueError, match="phase image must be a numeric"):
+        image_object(amp_img, phase_image=np.array([["a", "b"]]))
 
 
 def test_load_image_reads_png_and_npy(tmp_path):
@@ -178,6 +198,38 @@ def test_grid_scan_is_a_raster_with_the_step():
     assert pos[0].tolist() == [8.0, 8.0] and pos[1].tolist() == [13.0, 8.0]
     assert pos[4].tolist() == [8.0, 13.0]
     assert scan_extent(pos, 16) == (8 + 10 + 8, 8 + 15 + 8)
+
+
+@pytest.mark.parametrize("m", [5, 10, 23, 250, 257, 500])
+def test_a_grid_of_any_size_covers_its_rectangle_without_a_notch(m):
+    from ptycho.stitching import Stitcher
+
+    n = 16
+    pos, shape = make_scan("grid", m, n, np.random.default_rng(0), step=4.0)
+    assert len(pos) == m
+    rows = np.unique(pos[:, 1])
+    rows_, cols = grid_dims(m)
+    assert len(rows) == rows_
+    for y in rows:                         # every row spans the full width: no short last row
+        xs = np.sort(pos[pos[:, 1] == y, 0])
+        assert xs[0] == pos[:, 0].min() and xs[-1] == pos[:, 0].max()
+        assert len(xs) in (cols, cols - 1) and np.diff(xs).max() <= 4.0 * (cols - 1) / (cols - 2) + 1e-9
+    # the centres of the patches (the object support) cover the scanned box without a hole
+    st_ = Stitcher(shape, n)
+    st_.add(np.ones((m, n, n), np.complex64), pos)
+    r0, c0 = int(pos[:, 1].min()) - n // 4, int(pos[:, 0].min()) - n // 4
+    r1, c1 = int(pos[:, 1].max()) + n // 4, int(pos[:, 0].max()) + n // 4
+    assert (st_.coverage[r0:r1, c0:c1] > 0).all()
+
+
+def test_a_non_square_scan_through_simulate_dataset_has_no_notch():
+    raw, obj = simulate_dataset(250, 16, seed=0, nphotons=1e4)
+    x, y = raw.xcoords, raw.ycoords
+    last = y == y.max()
+    assert x[last].min() == x.min() and x[last].max() == x.max()       # was 10 of 16 columns
+    raw, _ = simulate_dataset(250, 16, scan="jitter", seed=0, nphotons=1e4)
+    last = raw.ycoords > raw.ycoords.max() - 2
+    assert raw.xcoords[last].max() > raw.xcoords.max() - 4
 
 
 def test_jittered_grid_moves_points_by_at_most_the_jitter():

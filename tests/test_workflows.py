@@ -260,3 +260,24 @@ def test_sigkill_while_training_leaves_a_loadable_bundle(tmp_path, datasets):
     assert model.predict(np.ones((1, 1, N, N), np.float32)).shape == (1, 1, N, N)
     # whatever the kill left behind is a hidden temporary, never a second dataset or bundle
     assert [p.name for p in out.iterdir() if not p.name.startswith(".tmp-")] == [BUNDLE_NAME]
+
+
+def test_evaluate_against_truth_scores_only_the_well_lit_region():
+    from ptycho.metrics import METRIC_COVERAGE_THRESHOLD, compare_objects
+    from ptycho.simulate import grf_object
+    from ptycho.workflows.cdi import evaluate_against_truth
+    from ptycho.workflows.reconstruct import Reconstruction
+
+    rng = np.random.default_rng(3)
+    truth = grf_object((64, 64), rng)
+    obj = truth.copy()
+    obj[:8] = 5.0 * np.exp(2j)                 # garbage where only the probe's tails reached
+    coverage = np.full((64, 64), 1e-7)
+    coverage[8:60, 4:60] = 1.0
+    recon = Reconstruction(obj=obj, coverage=coverage, positions=np.zeros((1, 1, 2)),
+                           patches=None, seconds=0.0, n_patterns=1)
+    m = evaluate_against_truth(recon, truth)
+    assert m["region"] == (8, 60, 4, 60) and m["coverage_threshold"] == METRIC_COVERAGE_THRESHOLD
+    assert m["amplitude"]["ssim"] == 1.0 and m["phase"]["ssim"] == 1.0
+    whole = compare_objects(obj, truth)      # what scoring every pixel with coverage > 0 gave
+    assert whole["amplitude"]["ssim"] < 0.9

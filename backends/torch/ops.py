@@ -19,9 +19,7 @@ the same names). Where the frameworks differ:
   splitting every op over OpenMP threads;
 * process groups: ``torch.distributed`` (gloo on CPU, NCCL on GPU), one collective per
   all-reduce of a list (the list packed into one buffer, as DistributedDataParallel's
-  buckets are);
-* Adam's moment and weight updates run as ``torch._foreach_*`` list ops (one call per list
-  instead of one per tensor), an override of the shared :func:`~backends.common.adam.adam_update`.
+  buckets are).
 
 The figures behind these choices are in ``benchmarks/README.md``.
 
@@ -481,20 +479,3 @@ def stop_process_group(group) -> None:
     if dist.is_initialized():
         dist.destroy_process_group()
 
-
-@torch.no_grad()
-def adam_update(ops, variables, grads, m, v, alpha, beta1, beta2, epsilon) -> None:
-    """:func:`backends.common.adam.adam_update` as list ops, in the same operation order."""
-    alpha = float(alpha)
-    d = torch._foreach_sub(list(grads), m)
-    torch._foreach_mul_(d, 1.0 - beta1)
-    torch._foreach_add_(m, d)
-    g2 = torch._foreach_mul(list(grads), list(grads))
-    torch._foreach_sub_(g2, v)
-    torch._foreach_mul_(g2, 1.0 - beta2)
-    torch._foreach_add_(v, g2)
-    step = torch._foreach_mul(m, alpha)
-    den = torch._foreach_sqrt(v)
-    torch._foreach_add_(den, epsilon)
-    torch._foreach_div_(step, den)
-    torch._foreach_sub_(variables, step)

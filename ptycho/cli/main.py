@@ -10,9 +10,11 @@ Registering a new command is one line in :data:`COMMANDS`. Modules must be cheap
 (import numpy, frameworks and friends inside ``run``), because ``ptycho --help`` imports all.
 
 Exit status: what ``run`` returns (0 success); 2 for a usage error or a bad input (a missing
-file, an invalid value), reported as one line on stderr, ``ptycho <command>: error: ...``;
-1 when another rank of a multi-process run failed (:class:`ptycho.errors.DistributedError`);
-130 when interrupted.
+file, an invalid value, an input that would exceed the memory budget ``PTYCHO_MAX_BYTES``, a
+busy output folder), reported as one line on stderr, ``ptycho <command>: error: ...``; 1 when
+the machine runs out of memory all the same (one line too), or when another rank of a
+multi-process run failed (:class:`ptycho.errors.DistributedError`); 130 when interrupted; 141
+(quietly) when stdout is closed early, as by ``ptycho ... | head``.
 
 >>> main(["--version"])  # doctest: +ELLIPSIS
 ptycho ...
@@ -23,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from typing import NoReturn, Optional, Sequence
 
@@ -38,6 +41,10 @@ COMMANDS: tuple[str, ...] = (
 
 #: Exit status of a usage error or bad input.
 EXIT_USAGE = 2
+#: Exit status when memory runs out despite the checks.
+EXIT_NO_MEMORY = 1
+#: Exit status when the reader of stdout went away (128 + SIGPIPE, as a shell reports it).
+EXIT_BROKEN_PIPE = 141
 
 
 class UsageError(Exception):
@@ -85,6 +92,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         try:
             args = parser.parse_args(args_list)
         except SystemExit as exc:          # --help / --version exit 0 through argparse
+            sys.stdout.flush()
             return int(exc.code or 0) if not isinstance(exc.code, str) else EXIT_USAGE
         run = getattr(args, "_ptycho_run", None)
         if run is None:
@@ -92,13 +100,22 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                              f"{_command_names(parser)} (see 'ptycho --help')")
         prog = f"ptycho {args.command}"
         args._ptycho_argv = args_list      # what ``--nproc`` runs again in each process
-        return int(run(args))
+        code = int(run(args))
+        sys.stdout.flush()                 # a closed pipe shows here, not at interpreter exit
+        return code
+    except BrokenPipeError:
+        return _stdout_closed()
     except UsageError as exc:
         _report(exc.prog, str(exc))
         return EXIT_USAGE
-    except (ValueError, OSError) as exc:   # library errors (ptycho.errors) are ValueErrors
+    except (ValueError, OSError, OverflowError) as exc:   # ptycho.errors are ValueErrors
         _report(prog, _one_line(exc))
         return EXIT_USAGE
+    except MemoryError as exc:
+        _report(prog, f"out of memory{': ' + _one_line(exc) if str(exc) else ''}; the inputs "
+                      "passed the size checks, so the memory budget (PTYCHO_MAX_BYTES) is larger "
+                      "than what this machine has free: lower it, or free memory")
+        return EXIT_NO_MEMORY
     except KeyboardInterrupt:
         _report(prog, "interrupted")
         return 130
@@ -109,6 +126,21 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             raise
         _report(prog, _one_line(exc))
         return 1
+
+
+def _stdout_closed() -> int:
+    """The reader of stdout went away (``ptycho ... | head``): end quietly.
+
+    Further writes (and the flush at exit) go to /dev/null, so that Python prints no
+    "Broken pipe" error of its own on the way out.
+    """
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):   # stdout is not a real file (tests)
+        pass
+    return EXIT_BROKEN_PIPE
 
 
 def _command_names(parser: argparse.ArgumentParser) -> str:
@@ -126,7 +158,10 @@ def _one_line(exc: BaseException) -> str:
 
 
 def _report(prog: str, message: str) -> None:
-    print(f"{prog}: error: {message}", file=sys.stderr)
+    try:
+        print(f"{prog}: error: {message}", file=sys.stderr)
+    except (BrokenPipeError, ValueError):        # stderr closed too: nothing left to tell
+        pass
 
 
 if __name__ == "__main__":  # pragma: no cover

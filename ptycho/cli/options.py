@@ -88,20 +88,6 @@ def add_backend_option(p: argparse.ArgumentParser) -> None:
                         f"{DEFAULT_BACKEND} (see 'ptycho backends')")
 
 
-def selected_backend(args: argparse.Namespace, config) -> tuple[str, str]:
-    """The backend of this run and where the choice came from (``--backend``, ``--set``, the
-    config file, the environment variable, or the default)."""
-    from backends.registry import resolve_backend_name
-
-    if args.backend is not None:
-        source = "--backend"
-    elif any(key == "backend" for key, _ in getattr(args, "assignments", ())):
-        source = "--set backend"
-    else:
-        source = f"config file {args.config}"
-    return resolve_backend_name(config.backend, source=source)
-
-
 def add_distributed_options(p: argparse.ArgumentParser) -> None:
     """``--nproc K`` and ``--collective-timeout SECONDS`` (see :mod:`ptycho.cli.launch`)."""
     from ptycho.distributed import DEFAULT_TIMEOUT_S
@@ -117,15 +103,16 @@ def add_distributed_options(p: argparse.ArgumentParser) -> None:
 
 
 def launch_backend(args: argparse.Namespace, config_cls) -> str:
-    """The backend of a run, without reading its data: ``--backend``, ``--set backend=``,
-    the ``--config`` file's, then ``PTYCHO_BACKEND`` or the default (for ``--nproc``)."""
-    from backends.registry import resolve_backend_name
-
+    """The backend of a run, without reading its data (what ``--nproc`` launches):
+    ``--backend`` or ``--set backend=...``, else the ``--config`` file's, else
+    ``$PTYCHO_BACKEND`` or the default."""
     name = args.backend or next((v for k, v in reversed(getattr(args, "assignments", []))
                                  if k == "backend"), None)
+    from_file = None
     if name is None and args.config is not None:
-        name = load_model_config_file(args.config, config_cls).backend
-    return resolve_backend_name(name)[0]
+        config, document = load_model_config_file(args.config, config_cls)
+        from_file = config.backend if document_sets_key(document, "backend") else None
+    return resolve_backend(name, from_file, args.config)[0]
 
 
 def add_quiet_option(p: argparse.ArgumentParser) -> None:
@@ -176,18 +163,14 @@ def apply_overrides(config, overrides: Mapping[str, Any]):
     return config_from_dict(type(config), d)
 
 
-def file_sets_key(path: str, *keys: str) -> bool:
-    """Whether the config file at ``path`` gives a value for the nested key ``keys``.
+def document_sets_key(document, *keys: str) -> bool:
+    """Whether a config document (as read by :func:`load_model_config_file`) gives a value for
+    the nested key ``keys`` (used to tell a value the user chose from a default).
 
-    (Used to tell a value the user chose from a default; YAML also reads JSON.)
+    >>> document_sets_key({"model": {"N": 32}}, "model", "N"), document_sets_key(None, "seed")
+    (True, False)
     """
-    import yaml
-
-    try:
-        with open(path, encoding="utf-8") as f:
-            node = yaml.safe_load(f)
-    except (OSError, UnicodeDecodeError, yaml.YAMLError):
-        return False
+    node = document
     for key in keys:
         if not isinstance(node, dict) or key not in node:
             return False
@@ -196,18 +179,44 @@ def file_sets_key(path: str, *keys: str) -> bool:
 
 
 def check_output_dir(path: str) -> str:
-    """Create ``path`` (and parents) when missing; refuse a file. Returns the path."""
+    """Refuse an ``--output-dir`` that exists and is not a folder; create nothing (the folder
+    is created by :func:`ptycho.outdir.output_folder` once the inputs are valid)."""
     if os.path.exists(path) and not os.path.isdir(path):
         raise ValueError(f"--output-dir {path!r} exists and is not a folder")
-    os.makedirs(path, exist_ok=True)
     return path
 
 
 def check_input_file(path: str, flag: str) -> str:
-    """Refuse a missing input early, naming the flag."""
+    """Refuse a missing input early, naming the flag (what it is, the loader checks)."""
     if not os.path.exists(path):
         raise ValueError(f"{flag} {path!r}: no such file")
     return path
+
+
+def resolve_backend(flag: Optional[str], config_backend: Optional[str],
+                    config_file: Optional[str] = None) -> tuple[str, str]:
+    """(backend, why): ``--backend`` > the config's ``backend`` > ``$PTYCHO_BACKEND`` > default.
+
+    ``why`` is ``"argument"`` for ``--backend``, ``"config"`` (with the file's name when
+    given) for a backend the config sets, else what :func:`backends.resolve_backend_name`
+    says (the environment variable or the default).
+    """
+    from backends.registry import resolve_backend_name
+
+    if flag is not None:
+        return resolve_backend_name(flag)
+    if config_backend is not None:
+        return resolve_backend_name(config_backend,
+                                    source=f"config {config_file}" if config_file else "config")
+    return resolve_backend_name(None)
+
+
+def backend_ready(name: str) -> None:
+    """Import the backend now (a missing framework is an ImportError before anything is
+    written; :func:`input_errors` reports it)."""
+    from backends import get_backend
+
+    get_backend(name)
 
 
 def prepare_framework_environment() -> None:
@@ -231,10 +240,25 @@ def input_errors(prog: str) -> Iterator[None]:
         raise UsageError(prog, " ".join(str(err).split())) from None
 
 
+@contextlib.contextmanager
+def about_file(path: str) -> Iterator[None]:
+    """Name the data file ``path`` in a :class:`ptycho.errors.DataError` raised inside (a
+    canvas too large for the budget, a grouping problem) that does not name it already."""
+    from ptycho.errors import DataError
+
+    try:
+        yield
+    except DataError as err:
+        if path in str(err):
+            raise
+        raise type(err)(f"{path!r}: {err}") from None
+
+
 def load_model_config_file(path: Optional[str], cls):
-    """``cls()`` when ``path`` is None, else the file (JSON or YAML) read as ``cls``."""
-    from ptycho.config import load_config
+    """``(cls(), None)`` when ``path`` is None, else the file (JSON or YAML) read once as
+    ``cls``, with the document as read (see :func:`document_sets_key`)."""
+    from ptycho.config import load_config_document
 
     if path is None:
-        return cls()
-    return load_config(path, cls)
+        return cls(), None
+    return load_config_document(path, cls)

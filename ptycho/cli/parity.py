@@ -72,8 +72,12 @@ def run(args: argparse.Namespace) -> int:
     try:
         config = None
         if args.config:
-            from ptycho.config import load_config
+            from ptycho.config import ModelConfig, load_config
+            from ptycho.model_memory import check_model_memory
             config = load_config(args.config)
+            # the harness trains the network: refuse one that cannot fit before building it
+            check_model_memory(config if isinstance(config, ModelConfig) else config.model,
+                               getattr(config, "batch_size", 1), training=True)
         stages = parity.select_stages(args.stages)
         backends = tuple(args.backends) if args.backends else parity.DEFAULT_BACKENDS
     except (ConfigError, ValueError, OSError) as err:

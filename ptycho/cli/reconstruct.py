@@ -10,8 +10,8 @@ The bundle may come from either backend; it is verified before the framework is 
 Diffraction is scaled with the ``nphotons`` the model was trained with.
 
 ``--nproc K`` splits the scan over K processes (``docs/distributed.md``): each predicts and
-stitches its part, the stitching sums are added up, rank 0 normalises, refines (``--refine``,
-alone) and writes.
+stitches its part, the stitching sums are added up, and rank 0 normalises, refines
+(``--refine``, alone) and writes.
 
 Examples::
 
@@ -23,6 +23,7 @@ Examples::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import time
 
@@ -97,12 +98,16 @@ def _bundle_path(path: str) -> str:
     return path
 
 
-def build_config(args: argparse.Namespace):
-    """The InferenceConfig of this run: defaults < --config < flags."""
+def build_config(args: argparse.Namespace, loaded=None):
+    """The InferenceConfig of this run: defaults < --config < flags.
+
+    ``loaded``: the ``(config, document)`` of ``--config`` when already read.
+    """
     from ptycho.cli.options import apply_overrides, load_model_config_file
     from ptycho.config import InferenceConfig
 
-    base = load_model_config_file(args.config, InferenceConfig)
+    base, _ = loaded if loaded is not None else load_model_config_file(args.config,
+                                                                        InferenceConfig)
     overrides = {key: value for key, value in (
         ("model_path", args.model), ("test_data_file", args.data), ("output_dir", args.output_dir),
         ("batch_size", args.batch_size), ("precision", args.precision), ("backend", args.backend),
@@ -111,81 +116,102 @@ def build_config(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
-    """Reconstruct as ``args`` say; print a summary; return 0."""
-    from ptycho.cli.options import check_input_file, check_output_dir, input_errors
-    from ptycho.data.contract import load_npz
+    """Reconstruct as ``args`` say; print a summary; return 0.
 
+    The bundle is verified (once), the scan read, and the memory the reconstruction will take
+    (object canvas, overlap-constraint canvases, the network for one batch) checked before the
+    output folder is created and locked (:func:`ptycho.outdir.output_folder`) and a framework
+    imported; a run that fails before writing anything leaves no folder behind.
+    """
+    import dataclasses
+
+    from ptycho.bundle import read_bundle
+    from ptycho.cli.options import (about_file, backend_ready, check_input_file,
+                                    check_output_dir, document_sets_key, input_errors,
+                                    load_model_config_file, prepare_framework_environment,
+                                    resolve_backend)
+    from ptycho.config import InferenceConfig, TrainingConfig
+    from ptycho.data.contract import load_npz
     from ptycho.cli.launch import check_nproc, launch, launched_as_rank
+    from ptycho.outdir import output_folder
+    from ptycho.workflows.distributed import process_group
+    from ptycho.workflows.reconstruct import plan_reconstruction
 
     t0 = time.perf_counter()
     prog = f"ptycho {NAME}"
-    config = build_config(args)
+    if args.refine_probe and not args.refine:
+        raise ValueError("--refine-probe needs --refine K (K > 0)")
+    loaded = load_model_config_file(args.config, InferenceConfig)
+    config = build_config(args, loaded)
     for value, flag in ((config.model_path, "--model"), (config.test_data_file, "--data"),
                         (config.output_dir, "--output-dir")):
         if value is None:
             raise ValueError(f"{flag} is required")
     bundle = _bundle_path(config.model_path)
     check_input_file(config.test_data_file, "--data")
+    check_output_dir(config.output_dir)
     world = launched_as_rank()
     check_nproc(args.nproc, world)
     if args.nproc > 1 and world is None:
-        from backends.registry import resolve_backend_name
+        from_file = config.backend if document_sets_key(loaded[1], "backend") else None
         with input_errors(prog):
             return launch(prog, args._ptycho_argv, args.nproc,
-                          resolve_backend_name(config.backend)[0])
-    if world is not None and world.rank != 0:
+                          resolve_backend(args.backend, from_file, args.config)[0])
+    lead = world is None or world.rank == 0      # the rank that writes
+    if not lead:
         prog = f"{prog} [rank {world.rank}]"
     raw = load_npz(config.test_data_file, mmap_mode="r")
-    check_output_dir(config.output_dir)
-    with input_errors(prog):
-        return _reconstruct_and_report(prog, config, bundle, raw, args, t0)
-
-
-def _reconstruct_and_report(prog, config, bundle, raw, args, t0) -> int:
-    from ptycho.bundle import read_bundle
-    from ptycho.cli.options import prepare_framework_environment, selected_backend
-    from ptycho.workflows.distributed import process_group
-
-    # Verify the bundle (and compare N) before the framework is imported.
-    contents = read_bundle(bundle)
+    contents = read_bundle(bundle, batch_size=config.batch_size)   # verified before any import
     n_model = contents.model_config.N
     if raw.N != n_model:
         raise ValueError(f"the data has N={raw.N} but the model in {bundle} expects N={n_model}")
-    backend, why = selected_backend(args, config)
-    prepare_framework_environment()
-    with process_group(backend, timeout_s=args.collective_timeout) as group:
-        return _reconstruct_in_group(prog, config, bundle, raw, args, t0, contents, backend,
-                                     why, group)
+    train_config = (contents.config if isinstance(contents.config, TrainingConfig)
+                    else TrainingConfig(model=contents.model_config))
+    if args.seed is not None or document_sets_key(loaded[1], "seed"):
+        train_config = dataclasses.replace(train_config, seed=config.seed)
+    with about_file(config.test_data_file):
+        plan = plan_reconstruction(train_config, raw, batch_size=config.batch_size,
+                                   chunk_groups=CHUNK_BATCHES * config.batch_size)
+    from_file = config.backend if document_sets_key(loaded[1], "backend") else None
+    backend, why = resolve_backend(args.backend, from_file, args.config)
+    # the lock first: a second run finds the folder busy before a framework is imported; a
+    # missing framework then ends the run with the folder removed again (it is empty)
+    # (in a multi-process run only rank 0 writes, and takes the lock)
+    with output_folder(config.output_dir, prog) if lead else contextlib.nullcontext():
+        with input_errors(prog):
+            prepare_framework_environment()
+            backend_ready(backend)
+            with process_group(backend, timeout_s=args.collective_timeout) as group:
+                return _reconstruct_and_report(prog, config, bundle, contents, train_config, raw,
+                                               plan, (backend, why), args, t0, group)
 
 
-def _reconstruct_in_group(prog, config, bundle, raw, args, t0, contents, backend, why,
-                          group) -> int:
+def _reconstruct_and_report(prog, config, bundle, contents, train_config, raw, plan, choice,
+                            args, t0, group=None) -> int:
     """Reconstruct (as one rank of ``group``, when given); rank 0 writes and prints."""
     import dataclasses
 
     from backends.registry import framework_version
     from ptycho.cli import summary as S
-    from ptycho.cli.options import file_sets_key
     from ptycho.cli.progress import ChunkProgress, RefineProgress, bars_enabled
     from ptycho.workflows.cdi import evaluate_against_truth, write_outputs
-    from ptycho.workflows.inference import load_inference_bundle
+    from ptycho.workflows.inference import build_inference_model
     from ptycho.workflows.reconstruct import reconstruct
 
+    backend, why = choice               # (process_group set deterministic kernels, TF32 off)
     lead = group is None or group.rank == 0
     t_load = time.perf_counter()
-    model, train_config = load_inference_bundle(bundle, backend=backend, group=group)
-    if args.seed is not None or (args.config is not None and file_sets_key(args.config, "seed")):
-        model.config = dataclasses.replace(train_config, seed=config.seed)
+    model, _ = build_inference_model(contents, backend=backend, group=group)
+    model.config = train_config
     load_s = time.perf_counter() - t_load
     bars = bars_enabled(args.quiet) and lead
     chunk = ChunkProgress("reconstruct", enabled=bars)
     refining = RefineProgress(args.refine, enabled=bars)
-    if args.refine_probe and not args.refine:
-        raise ValueError("--refine-probe needs --refine K (K > 0)")
     recon = reconstruct(model, raw, batch_size=config.batch_size, precision=config.precision,
                         keep_patches=False, progress=chunk,
-                        chunk_groups=CHUNK_BATCHES * config.batch_size, refine=args.refine,
-                        refine_probe=args.refine_probe, refine_progress=refining)
+                        chunk_groups=CHUNK_BATCHES * config.batch_size, plan=plan,
+                        refine=args.refine, refine_probe=args.refine_probe,
+                        refine_progress=refining)
     chunk.close()
     refining.close()
     if not lead:                # rank 0 holds the object and writes every file
@@ -193,7 +219,7 @@ def _reconstruct_in_group(prog, config, bundle, raw, args, t0, contents, backend
     truth = raw.object_guess
     metrics = evaluate_against_truth(recon, truth)
     paths = write_outputs(config.output_dir, recon, None, truth)
-    recon_info = S.reconstruction_summary(recon)
+    recon_info = S.reconstruction_summary(recon, model.model_config.n_channels)
     wall = time.perf_counter() - t0
     summary = {"command": "reconstruct", "backend": backend, "backend_reason": why,
                "framework_version": framework_version(backend), "bundle": bundle,

@@ -11,6 +11,8 @@ Examples::
     ptycho simulate --output sim.npz --n-patterns 10000 --N 64 --nphotons 1e6 \\
         --object grf --probe defocus --scan jitter --seed 3 --ground-truth truth.npz
     ptycho simulate --output sim.npz --object my_image.png --amplitude-range 0.3 1
+    ptycho simulate --output sim.npz --object image --amplitude-image cells.png \\
+        --phase-image bark.png --phase-range -1 1
 """
 
 from __future__ import annotations
@@ -40,9 +42,18 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="pattern side in pixels")
     p.add_argument("--nphotons", type=positive_float, default=1e9,
                    help="mean total photon count per pattern")
-    p.add_argument("--object", default="lines", metavar="{lines,grf,IMAGE.png/npy}",
-                   help="object to scan: random lines, a Gaussian random field, or an image file "
-                        "(PNG etc. or .npy; a complex .npy is used as the object itself)")
+    p.add_argument("--object", default="lines", metavar="{lines,grf,image,IMAGE.png/npy}",
+                   help="object to scan: random lines, a Gaussian random field, an image file "
+                        "that drives amplitude and phase (PNG etc. or .npy; a complex .npy is "
+                        "used as the object itself), or 'image' with --amplitude-image and "
+                        "--phase-image")
+    p.add_argument("--amplitude-image", metavar="FILE", default=None,
+                   help="with --object image: the image (PNG etc. or real .npy) that drives the "
+                        "amplitude, mapped onto --amplitude-range")
+    p.add_argument("--phase-image", metavar="FILE", default=None,
+                   help="with --object image: the image that drives the phase, mapped onto "
+                        "--phase-range (same shape as the amplitude image; default: the "
+                        "amplitude image)")
     p.add_argument("--probe", choices=PROBE_CHOICES, default="disk",
                    help="probe: flat disk (radius N/4), Gaussian (sigma N/8), or a defocused "
                         "disk aperture (radius N/8, Fresnel number 4)")
@@ -77,13 +88,38 @@ def _check_target(path: str, what: str) -> None:
         raise ValueError(f"cannot write the {what} {path!r}: it is a directory")
 
 
+def _object_from_args(args: argparse.Namespace, load_image):
+    """(object for simulate_dataset, its name for the summary) from --object and the images."""
+    from ptycho.simulate import image_object
+
+    images = {"--amplitude-image": args.amplitude_image, "--phase-image": args.phase_image}
+    if args.object != "image":
+        given = [flag for flag, path in images.items() if path is not None]
+        if given:
+            raise ValueError(f"{given[0]} needs --object image (got --object {args.object})")
+        if args.object in OBJECT_CHOICES:
+            return args.object, args.object
+        return load_image(args.object), os.path.basename(args.object)
+    if args.amplitude_image is None:
+        raise ValueError("--object image needs --amplitude-image FILE (and optionally "
+                         "--phase-image FILE)")
+    amplitude = load_image(args.amplitude_image)
+    name = os.path.basename(args.amplitude_image)
+    if args.phase_image is None:
+        return amplitude, name
+    phase = load_image(args.phase_image)
+    obj = image_object(amplitude, tuple(args.amplitude_range), tuple(args.phase_range),
+                       phase_image=phase)
+    return obj, f"{name} (amplitude) / {os.path.basename(args.phase_image)} (phase)"
+
+
 def run(args: argparse.Namespace) -> int:
     """Simulate, write the file(s), print a one-line summary; return 0."""
     import time
 
     import numpy as np
 
-    from ptycho.atomic import atomic_save_npz
+    from ptycho.atomic import atomic_save_npz, remove_stale_parts
     from ptycho.data.contract import save_npz
     from ptycho.simulate import load_image, simulate_dataset
 
@@ -93,10 +129,10 @@ def run(args: argparse.Namespace) -> int:
         if os.path.abspath(args.ground_truth) == os.path.abspath(args.output):
             raise ValueError("--ground-truth must differ from --output (the dataset already "
                              "holds the object as objectGuess)")
-    if args.object in OBJECT_CHOICES:
-        obj, obj_name = args.object, args.object
-    else:
-        obj, obj_name = load_image(args.object), os.path.basename(args.object)
+    for target in filter(None, (args.output, args.ground_truth)):
+        # what an earlier, killed run left while writing this file
+        remove_stale_parts(os.path.dirname(os.path.abspath(target)), {os.path.basename(target)})
+    obj, obj_name = _object_from_args(args, load_image)
 
     t0 = time.perf_counter()
     raw, truth = simulate_dataset(
@@ -109,7 +145,10 @@ def run(args: argparse.Namespace) -> int:
     if args.ground_truth is not None:
         atomic_save_npz(args.ground_truth, objectGuess=truth)
     elapsed = time.perf_counter() - t0
-    mean_counts = float(np.mean(np.sum(raw.diffraction.astype(np.float64) ** 2, axis=(1, 2))))
+    mean_counts = float(sum(np.sum(np.square(chunk, dtype=np.float64))
+                            for chunk in np.array_split(raw.diffraction,
+                                                        max(1, len(raw.diffraction) // 1024)))
+                        / raw.n_patterns)      # chunk by chunk: no float64 copy of the scan
     print(f"simulated {raw.n_patterns} patterns, N={raw.N}, nphotons={args.nphotons:g} "
           f"(mean counts {mean_counts:.4g}), {args.scan} scan, {args.probe} probe, {obj_name} "
           f"object {truth.shape[0]}x{truth.shape[1]}, seed {args.seed} -> {args.output} "

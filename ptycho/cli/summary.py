@@ -65,14 +65,24 @@ def loss_line(loss: Mapping[str, float], keys: Sequence[str] = ("total", "nll", 
 
 
 def metrics_lines(metrics: Optional[Mapping[str, Any]]) -> list[str]:
-    """One line per quantity: PSNR, SSIM, MAE and FRC 0.5 resolution of amplitude and phase."""
+    """One line per quantity: PSNR, SSIM, MAE and FRC 0.5 resolution of amplitude and phase.
+
+    An FRC that is below 0.5 from the first ring on reads "not resolved".
+
+    >>> metrics_lines({"amplitude": {"psnr": 20.0, "ssim": 0.5, "mae": 0.1, "frc50_px": 4.0},
+    ...                "phase": {"frc50_px": float("inf")}})[1]
+    'phase    : PSNR - dB, SSIM -, MAE - rad, FRC(0.5) not resolved'
+    """
+    from ptycho.metrics import describe_resolution
+
     if not metrics:
         return []
     lines = []
     for part, unit in (("amplitude", ""), ("phase", " rad")):
         m = metrics.get(part) or {}
+        frc = describe_resolution(m["frc50_px"]) if "frc50_px" in m else "-"
         lines.append(f"{part:9s}: PSNR {_g(m.get('psnr'))} dB, SSIM {_g(m.get('ssim'), 3)}, "
-                     f"MAE {_g(m.get('mae'), 3)}{unit}, FRC(0.5) {_g(m.get('frc50_px'), 3)} px")
+                     f"MAE {_g(m.get('mae'), 3)}{unit}, FRC(0.5) {frc}")
     return lines
 
 
@@ -86,10 +96,23 @@ def history_summary(history) -> dict[str, Any]:
             "interrupted": history.interrupted}
 
 
-def reconstruction_summary(recon) -> dict[str, Any]:
+def reconstruction_summary(recon, n_channels: int = 1) -> dict[str, Any]:
+    """Time, distinct patterns (and at gridsize > 1 the patches predicted), object shape."""
+    seconds = max(recon.seconds, 1e-9)
+    n_patches = recon.n_patches if recon.n_patches is not None else recon.n_patterns
     return {"seconds": recon.seconds, "n_patterns": recon.n_patterns,
-            "patterns_per_s": recon.n_patterns / max(recon.seconds, 1e-9),
-            "object_shape": list(recon.obj.shape)}
+            "patterns_per_s": recon.n_patterns / seconds, "n_patches": n_patches,
+            "n_channels": n_channels, "object_shape": list(recon.obj.shape)}
+
+
+def patterns_phrase(n_patterns: int, n_groups: int, n_channels: int) -> str:
+    """``"1000 patterns"``, or at gridsize > 1 ``"1000 patterns in 1000 groups of 4"``.
+
+    >>> patterns_phrase(100, 100, 1), patterns_phrase(100, 98, 4)
+    ('100 patterns', '100 patterns in 98 groups of 4')
+    """
+    text = f"{n_patterns} pattern{'' if n_patterns == 1 else 's'}"
+    return text if n_channels == 1 else f"{text} in {n_groups} groups of {n_channels}"
 
 
 def print_lines(lines: Sequence[str]) -> None:
@@ -99,11 +122,18 @@ def print_lines(lines: Sequence[str]) -> None:
 
 def recon_lines(recon: Mapping[str, Any], metrics: Optional[Mapping[str, Any]],
                 truth_known: bool) -> list[str]:
-    lines = [f"  reconstruction: {recon['n_patterns']} patterns in {recon['seconds']:.2f} s "
+    c = recon.get("n_channels", 1)
+    what = patterns_phrase(recon["n_patterns"], recon.get("n_patches", 0) // c, c)
+    lines = [f"  reconstruction: {what} in {recon['seconds']:.2f} s "
              f"({recon['patterns_per_s']:.0f} patterns/s), object "
              f"{recon['object_shape'][0]}x{recon['object_shape'][1]}"]
     if metrics:
-        lines.append("  against objectGuess (covered region, after amplitude scale and phase "
+        where = "covered region"
+        if metrics.get("region") is not None:
+            r0, r1, c0, c1 = metrics["region"]
+            where = (f"rows {r0}:{r1}, cols {c0}:{c1}, where coverage >= "
+                     f"{metrics.get('coverage_threshold', 0):g} of its maximum")
+        lines.append(f"  against objectGuess ({where}; after amplitude scale and phase "
                      "offset alignment):")
         lines += ["    " + line for line in metrics_lines(metrics)]
     elif truth_known:

@@ -17,7 +17,7 @@ defaults to the training data's pattern size when neither the file nor a flag se
 
 ``--nproc K`` trains as K processes of one data-parallel run (see :mod:`ptycho.cli.launch`
 and ``docs/distributed.md``): every global batch of ``--batch-size`` groups is split over
-the ranks, rank 0 writes every file, and the result follows the path of one process.
+the ranks, rank 0 writes every file, and the run follows the path of one process.
 
 Examples::
 
@@ -31,6 +31,7 @@ Examples::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 import time
@@ -108,16 +109,21 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     return p
 
 
-def build_config(args: argparse.Namespace, data_n: int):
-    """The TrainingConfig of this run: defaults < --config < flags < --set; N from the data."""
-    from ptycho.cli.options import apply_overrides, file_sets_key, load_model_config_file
+def build_config(args: argparse.Namespace, data_n: int, loaded=None):
+    """The TrainingConfig of this run: defaults < --config < flags < --set; N from the data.
+
+    ``loaded``: the ``(config, document)`` of ``--config`` when the caller has read it
+    already (:func:`ptycho.cli.options.load_model_config_file`); read here otherwise.
+    """
+    from ptycho.cli.options import apply_overrides, document_sets_key, load_model_config_file
     from ptycho.config import TrainingConfig
 
-    base = load_model_config_file(args.config, TrainingConfig)
+    base, document = loaded if loaded is not None else load_model_config_file(args.config,
+                                                                               TrainingConfig)
     overrides: dict = {}
     n_from_user = (getattr(args, "model__N") is not None
                    or any(k == "model.N" for k, _ in args.assignments)
-                   or (args.config is not None and file_sets_key(args.config, "model", "N")))
+                   or document_sets_key(document, "model", "N"))
     if not n_from_user:
         overrides["model.N"] = data_n
     for _, key, _, _ in _FLAGS:
@@ -139,42 +145,61 @@ def build_config(args: argparse.Namespace, data_n: int):
     return apply_overrides(config, files)
 
 
-def run(args: argparse.Namespace) -> int:
-    """Train as ``args`` say; print a summary; return the exit status (1 if training failed)."""
-    from ptycho.cli.options import check_input_file, check_output_dir, input_errors
-    from ptycho.data.contract import load_npz
+def _backend_choice(args: argparse.Namespace, config, document) -> tuple[str, str]:
+    """(backend, why), with a backend from ``--set backend=...`` counted as an argument and
+    one from the config file reported as such."""
+    from ptycho.cli.options import document_sets_key, resolve_backend
 
+    from_args = args.backend is not None or any(k == "backend" for k, _ in args.assignments)
+    if from_args:            # config.backend holds the flags' outcome (--set after --backend)
+        return resolve_backend(config.backend, None)
+    from_file = config.backend if document_sets_key(document, "backend") else None
+    return resolve_backend(None, from_file, args.config)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Train as ``args`` say; print a summary; return the exit status (1 if training failed).
+
+    Every input is read and checked (the files, the config, the memory the training and the
+    test reconstruction will take) before the output folder is created and locked
+    (:func:`ptycho.outdir.output_folder`); a run that fails before writing anything leaves no
+    folder behind.
+    """
     from ptycho.cli.launch import check_nproc, launch, launched_as_rank
-    from ptycho.cli.options import launch_backend
+    from ptycho.cli.options import (about_file, backend_ready, check_input_file,
+                                    check_output_dir, input_errors, launch_backend,
+                                    load_model_config_file, prepare_framework_environment)
+    from ptycho.config import TrainingConfig
+    from ptycho.data.contract import load_npz
+    from ptycho.outdir import output_folder
+    from ptycho.workflows.distributed import process_group
+    from ptycho.workflows.reconstruct import plan_reconstruction
+    from ptycho.workflows.train import check_training_memory, prepare
 
     prog = f"ptycho {NAME}"
     t0 = time.perf_counter()
-    train_file = args.train_data
-    if train_file is None and args.config is None:
+    loaded = load_model_config_file(args.config, TrainingConfig)
+    train_file = args.train_data or loaded[0].train_data_file
+    if train_file is None:
         raise ValueError("--train-data is required (or a config with train_data_file)")
-    if train_file is not None:
-        check_input_file(train_file, "--train-data")
+    check_input_file(train_file, "--train-data" if args.train_data else "train_data_file")
     if args.test_data is not None:
         check_input_file(args.test_data, "--test-data")
     world = launched_as_rank()
     check_nproc(args.nproc, world)
     if args.nproc > 1 and world is None:
-        from ptycho.config import TrainingConfig
         with input_errors(prog):
-            return launch(prog, args._ptycho_argv, args.nproc, launch_backend(args, TrainingConfig))
-    if world is not None and world.rank != 0:
+            return launch(prog, args._ptycho_argv, args.nproc,
+                          launch_backend(args, TrainingConfig))
+    lead = world is None or world.rank == 0      # the rank that writes
+    if not lead:
         prog = f"{prog} [rank {world.rank}]"
-    # The config decides N; the data's N is its default, so read the training file's header.
-    if train_file is None:
-        from ptycho.config import TrainingConfig, load_config
-        train_file = load_config(args.config, TrainingConfig).train_data_file
-        if train_file is None:
-            raise ValueError("--train-data is required (the config has no train_data_file)")
-        check_input_file(train_file, "train_data_file")
+    # The config decides N; the data's N is its default.
     raw_train = load_npz(train_file)
-    config = build_config(args, raw_train.N)
+    config = build_config(args, raw_train.N, loaded)
     if config.output_dir is None:
         raise ValueError("--output-dir is required (or a config with output_dir)")
+    check_output_dir(config.output_dir)
     if raw_train.N != config.model.N:
         raise ValueError(f"the training data has N={raw_train.N} but the config has "
                          f"model.N={config.model.N}; pass --N {raw_train.N} or fix the config")
@@ -185,38 +210,57 @@ def run(args: argparse.Namespace) -> int:
         if raw_test.N != config.model.N:
             raise ValueError(f"the test data has N={raw_test.N} but the model has "
                              f"N={config.model.N}")
-    check_output_dir(config.output_dir)
-    with input_errors(prog):
-        return _train_and_report(prog, args, config, raw_train, raw_test, t0)
+    backend, why = _backend_choice(args, config, loaded[1])
+    # what the run will allocate, checked before anything is written
+    t_prepare = time.perf_counter()
+    with about_file(train_file):
+        grouped = prepare(raw_train, config)
+        check_training_memory(config, grouped)
+    grouped_test, test_plan = None, None
+    if raw_test is not None:
+        with about_file(config.test_data_file):
+            grouped_test = prepare(raw_test, config)
+            test_plan = plan_reconstruction(config, raw_test, chunk_groups=_chunk_groups(config))
+    prepare_s = time.perf_counter() - t_prepare
+    # the lock first: a second run finds the folder busy before a framework is imported; a
+    # missing framework then ends the run with the folder removed again (it is empty)
+    # (in a multi-process run only rank 0 writes, and takes the lock)
+    with output_folder(config.output_dir, prog) if lead else contextlib.nullcontext():
+        with input_errors(prog):
+            prepare_framework_environment()
+            backend_ready(backend)
+            with process_group(backend, timeout_s=args.collective_timeout) as group:
+                return _train_and_report(prog, config, (raw_train, grouped),
+                                         (raw_test, grouped_test), test_plan, (backend, why),
+                                         args.quiet, t0, prepare_s, group)
 
 
-def _train_and_report(prog, args, config, raw_train, raw_test, t0: float) -> int:
-    from ptycho.cli.options import prepare_framework_environment, selected_backend
-    from ptycho.workflows.distributed import process_group
-
-    backend, why = selected_backend(args, config)
-    prepare_framework_environment()
-    with process_group(backend, timeout_s=args.collective_timeout) as group:
-        return _train_in_group(prog, args, config, raw_train, raw_test, t0, backend, why, group)
+def _chunk_groups(config) -> int:
+    """Groups per chunk of the final reconstruction of the test scan."""
+    return max(4 * config.batch_size, 64)
 
 
-def _train_in_group(prog, args, config, raw_train, raw_test, t0: float, backend: str, why: str,
-                    group) -> int:
-    """Train (as one rank of ``group``, when given), reconstruct the test data, and write
-    and print the results (rank 0 only)."""
+def _train_and_report(prog, config, train_data, test_data, test_plan, choice, quiet: bool,
+                      t0: float, prepare_s: float, group=None) -> int:
+    """Train (as one rank of ``group``, when given), reconstruct the test scan, and write
+    and print the results (rank 0 alone in a group)."""
     from backends.registry import framework_version
     from ptycho.cli import summary as S
     from ptycho.cli.progress import ChunkProgress, TrainingProgress, bars_enabled
     from ptycho.config import config_to_dict
+    from ptycho.data.grouping import distinct_patterns
     from ptycho.errors import DistributedError, TrainingError
     from ptycho.figures import save_loss_figure
+    from ptycho.physics.losses import LossSettings
+    from ptycho.training import NonFiniteLossError
     from ptycho.workflows.cdi import FIGURE_NAMES, evaluate_against_truth, write_outputs
     from ptycho.workflows.reconstruct import reconstruct
-    from ptycho.training import NonFiniteLossError
     from ptycho.workflows.train import BUNDLE_NAME, train
 
+    (raw_train, grouped), (raw_test, grouped_test) = train_data, test_data
+    backend, why = choice
     lead = group is None or group.rank == 0
-    bars = bars_enabled(args.quiet) and lead
+    bars = bars_enabled(quiet) and lead
     note = nphotons_note(raw_train.diffraction, config.nphotons)
     if note and lead:
         print(f"{prog}: note: {note}", file=sys.stderr, flush=True)
@@ -227,7 +271,7 @@ def _train_in_group(prog, args, config, raw_train, raw_test, t0: float, backend:
               flush=True)
     progress = TrainingProgress(config.nepochs, enabled=bars)
     try:
-        result = train(config, raw_train, raw_test, backend=backend, progress=progress,
+        result = train(config, grouped, grouped_test, backend=backend, progress=progress,
                        group=group)
     except (TrainingError, DistributedError) as err:
         progress.close()
@@ -246,21 +290,23 @@ def _train_in_group(prog, args, config, raw_train, raw_test, t0: float, backend:
     if raw_test is not None:
         chunk = ChunkProgress("reconstruct", enabled=bars)
         recon = reconstruct(model, raw_test, keep_patches=False, progress=chunk,
-                            chunk_groups=max(4 * config.batch_size, 64))
+                            chunk_groups=_chunk_groups(config), plan=test_plan)
         chunk.close()
         if not lead:            # rank 0 holds the object and writes every file
             return 130 if history.interrupted else 0
         truth = raw_test.object_guess
         metrics = evaluate_against_truth(recon, truth)
-        paths.update(write_outputs(config.output_dir, recon, history, truth))
-        recon_info = S.reconstruction_summary(recon)
+        paths.update(write_outputs(config.output_dir, recon, history, truth,
+                                   LossSettings.from_config(config)))
+        recon_info = S.reconstruction_summary(recon, config.model.n_channels)
     elif not lead:
         return 130 if history.interrupted else 0
     elif history.epochs:
         paths["loss_figure"] = os.path.join(config.output_dir, FIGURE_NAMES["loss"])
-        save_loss_figure(paths["loss_figure"], history)
+        save_loss_figure(paths["loss_figure"], history, LossSettings.from_config(config))
 
     timings = dict(result.timings)
+    timings["prepare_s"] = timings.get("prepare_s", 0.0) + prepare_s   # grouping ran up front
     timings["wall_s"] = time.perf_counter() - t0
     hist = S.history_summary(history)
     summary = {"command": "train", "backend": backend, "backend_reason": why,
@@ -274,13 +320,16 @@ def _train_in_group(prog, args, config, raw_train, raw_test, t0: float, backend:
     summary["paths"] = paths
     S.write_summary(config.output_dir, summary)
 
+    used = distinct_patterns(result.train_data.indices)
+    seen = S.patterns_phrase(used, len(result.train_data), config.model.n_channels)
+    if used != raw_train.n_patterns:       # n_groups drew a subset of the scan
+        seen += f", of the scan's {raw_train.n_patterns}"
     ended = ("interrupted (Ctrl-C); the last completed epoch was kept" if history.interrupted
              else "stopped early" if history.stopped_early else "done")
     lines = [f"{prog}: {ended} in {timings['wall_s']:.1f} s on {backend} "
              f"{summary['framework_version'] or ''}".rstrip(),
              f"  training: {hist['epochs']} epoch{'' if hist['epochs'] == 1 else 's'} in {timings['train_s']:.1f} s, "
-             f"{timings['patterns_per_s']:.0f} patterns/s ({raw_train.n_patterns} patterns, "
-             f"{len(result.train_data)} groups of {config.model.n_channels})"]
+             f"{timings['patterns_per_s']:.0f} patterns/s ({seen})"]
     if hist["final_loss"]:
         lines.append(f"  final loss (epoch {hist['epochs']}): {S.loss_line(hist['final_loss'])}")
     if hist["final_val_loss"]:

@@ -37,6 +37,7 @@ import yaml
 from ptycho.atomic import atomic_write
 from ptycho.config.schema import InferenceConfig, ModelConfig, TrainingConfig
 from ptycho.errors import ConfigError
+from ptycho.untrusted import open_regular
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -211,15 +212,19 @@ def from_json(text: str, cls: Optional[type] = None) -> ConfigT:
     >>> from_json('{"kind": "model", "N": 32}').N
     32
     """
+    d = _parse_json(text)
+    return config_from_dict(_resolve_cls(d, cls, "JSON config"), d)
+
+
+def _parse_json(text: str) -> Any:
     try:
-        d = json.loads(text, object_pairs_hook=_unique_keys)
+        return json.loads(text, object_pairs_hook=_unique_keys)
     except RecursionError:
         raise ConfigError("invalid JSON config: nested too deeply") from None
     except ConfigError as exc:
         raise ConfigError(f"invalid JSON config: {exc}") from None
     except (ValueError, TypeError) as exc:  # JSONDecodeError, over-long integers, non-str text
         raise ConfigError(f"invalid JSON config: {exc}") from None
-    return config_from_dict(_resolve_cls(d, cls, "JSON config"), d)
 
 
 def _unique_keys(pairs: list) -> dict:
@@ -235,11 +240,22 @@ def _unique_keys(pairs: list) -> dict:
 #: Most values a YAML config may expand to; aliases (``*a``) can otherwise make a small
 #: document expand to an exponential number of values (a "billion laughs" bomb).
 MAX_YAML_VALUES = 100_000
+#: Most nodes a YAML config may be written with (before aliases expand); a config has ~100.
+MAX_YAML_NODES = 10_000
 
 
 class _Loader(yaml.SafeLoader):
-    """``yaml.SafeLoader`` that also resolves ``1e9`` / ``1E-7`` (no dot) as floats, and
-    refuses duplicate keys (YAML says keys are unique; PyYAML would keep the last)."""
+    """``yaml.SafeLoader`` that also resolves ``1e9`` / ``1E-7`` (no dot) as floats, refuses
+    duplicate keys (YAML says keys are unique; PyYAML would keep the last), and stops composing
+    past :data:`MAX_YAML_NODES` nodes (PyYAML holds a few hundred bytes per node: 1 MiB of
+    ``[{}, {}, ...]`` took 400 MiB and 12 s)."""
+
+    def compose_node(self, parent, index):
+        self._composed = getattr(self, "_composed", 0) + 1
+        if self._composed > MAX_YAML_NODES:
+            raise ConfigError(f"YAML config has more than {MAX_YAML_NODES} nodes; a config is "
+                              "a few dozen values")
+        return super().compose_node(parent, index)
 
     def construct_mapping(self, node, deep=False):
         if isinstance(node, yaml.MappingNode):
@@ -311,8 +327,15 @@ def from_yaml(text: str, cls: Optional[type] = None) -> ConfigT:
     >>> from_yaml("kind: training\\nnphotons: 1e6\\n").nphotons
     1000000.0
     """
+    d = _parse_yaml(text)
+    return config_from_dict(_resolve_cls(d, cls, "YAML config"), d)
+
+
+def _parse_yaml(text: str) -> Any:
     try:
         d = yaml.load(text, Loader=_Loader)  # noqa: S506 (a SafeLoader subclass)
+    except ConfigError as exc:
+        raise ConfigError(f"invalid YAML config: {exc}") from None
     except RecursionError:
         raise ConfigError("invalid YAML config: nested too deeply") from None
     except yaml.YAMLError as exc:
@@ -323,7 +346,7 @@ def from_yaml(text: str, cls: Optional[type] = None) -> ConfigT:
     if _count_values(d, MAX_YAML_VALUES) > MAX_YAML_VALUES:
         raise ConfigError(f"YAML config expands to more than {MAX_YAML_VALUES} values (through "
                           "aliases, *name); a config is a few dozen values")
-    return config_from_dict(_resolve_cls(d, cls, "YAML config"), d)
+    return d
 
 
 def _first_lines(exc: Exception, limit: int = 1000) -> str:
@@ -354,9 +377,59 @@ def save_config(cfg: Any, path: PathLike) -> None:
         f.write(text)
 
 
+#: Largest config file that is read (bytes); a config is a few dozen values (about 1 kB), and
+#: YAML parsing costs a few hundred bytes and ~30 us per value.
+MAX_CONFIG_BYTES = 64 << 10
+
+
+def _read_config_text(name: str) -> str:
+    """The text of a config file: a regular file (not a FIFO or device) of bounded size."""
+    try:
+        f = open_regular(name, ConfigError, "a config file (JSON or YAML)")
+    except FileNotFoundError:
+        raise ConfigError(f"config file {name!r} cannot be read: no such file") from None
+    try:
+        with f:
+            data = f.read(MAX_CONFIG_BYTES + 1)
+    except OSError as exc:
+        raise ConfigError(f"config file {name!r} cannot be read: {exc}") from None
+    if len(data) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"config file {name!r} is larger than {MAX_CONFIG_BYTES} bytes; a "
+                          "config is a few dozen values")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"config file {name!r} cannot be read: {exc}") from None
+
+
+def load_config_document(path: PathLike, cls: Optional[type] = None) -> tuple[ConfigT, Any]:
+    """:func:`load_config`, also returning the document as read (a nested dict), so that a
+    caller can tell the values the file sets from defaults without reading it again.
+
+    >>> import os, tempfile
+    >>> p = os.path.join(tempfile.mkdtemp(), "run.yaml")
+    >>> with open(p, "w") as f:
+    ...     _ = f.write("kind: training\\nseed: 3\\n")
+    >>> cfg, doc = load_config_document(p)
+    >>> cfg.seed, "nepochs" in doc
+    (3, False)
+    """
+    name = os.fspath(path)
+    suffix = _suffix(name)
+    text = _read_config_text(name)
+    try:
+        d = _parse_json(text) if suffix == ".json" else _parse_yaml(text)
+        source = "JSON config" if suffix == ".json" else "YAML config"
+        return config_from_dict(_resolve_cls(d, cls, source), d), d
+    except ConfigError as exc:
+        raise ConfigError(f"config file {name!r}: {exc}") from None
+
+
 def load_config(path: PathLike, cls: Optional[type] = None) -> ConfigT:
     """Read a config file (``.json``, ``.yaml``, ``.yml``); ``cls`` or the file's ``kind``
-    decides the class. Any problem is a :class:`ConfigError` naming the file.
+    decides the class. Any problem is a :class:`ConfigError` naming the file: also a path
+    that is not a regular file (a FIFO, a device, a folder) or a file larger than
+    :data:`MAX_CONFIG_BYTES`.
 
     >>> import os, tempfile
     >>> p = os.path.join(tempfile.mkdtemp(), "infer.json")
@@ -365,14 +438,4 @@ def load_config(path: PathLike, cls: Optional[type] = None) -> ConfigT:
     >>> load_config(p, InferenceConfig).model.N
     32
     """
-    name = os.fspath(path)
-    suffix = _suffix(name)
-    try:
-        with open(name, encoding="utf-8") as f:
-            text = f.read()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"config file {name!r} cannot be read: {exc}") from None
-    try:
-        return from_json(text, cls) if suffix == ".json" else from_yaml(text, cls)
-    except ConfigError as exc:
-        raise ConfigError(f"config file {name!r}: {exc}") from None
+    return load_config_document(path, cls)[0]

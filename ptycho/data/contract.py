@@ -65,7 +65,10 @@ import numpy as np
 
 from ptycho.atomic import atomic_save_npz
 from ptycho.data import peer
-from ptycho.errors import DataError, DataWarning
+from ptycho.errors import DataError, DataLimitError, DataWarning
+from ptycho.limits import check_bytes
+from ptycho.untrusted import (check_zip_directory, check_zip_member, open_regular,
+                              read_npy_header)
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -467,76 +470,102 @@ def _npy_header(zf: zipfile.ZipFile, info: zipfile.ZipInfo) -> Optional[_NpyHead
         if f.read(len(_NPY_MAGIC)) != _NPY_MAGIC:
             return None
         f.seek(0)
-        version = np.lib.format.read_magic(f)
-        if version == (1, 0):
-            shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
-        elif version == (2, 0):
-            shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
-        else:
-            raise ValueError(f"unsupported .npy format version {version}")
-        return _NpyHeader(tuple(shape), bool(fortran), dtype, f.tell())
+        shape, fortran, dtype = read_npy_header(f)
+        return _NpyHeader(shape, fortran, dtype, f.tell())
 
 
-def _memmap_member(name: str, info: zipfile.ZipInfo, header: _NpyHeader,
+def _memmap_member(f, info: zipfile.ZipInfo, header: _NpyHeader,
                    mode: str) -> Optional[np.ndarray]:
-    """Memory-map one stored (uncompressed) ``.npy`` member, or None when it cannot be."""
-    if info.compress_type != zipfile.ZIP_STORED or header.nbytes == 0:
+    """Memory-map one stored (uncompressed) ``.npy`` member of the open archive ``f``, or None
+    when it cannot be."""
+    if not _mappable(info, header):
         return None
-    with open(name, "rb") as f:
-        f.seek(info.header_offset)
-        raw = f.read(_LOCAL_HEADER.size)
-        if len(raw) != _LOCAL_HEADER.size:
-            return None
-        fields = _LOCAL_HEADER.unpack(raw)
-        if fields[0] != b"PK\x03\x04":
-            return None
-        offset = info.header_offset + _LOCAL_HEADER.size + fields[9] + fields[10] + header.offset
-        if offset + header.nbytes > os.fstat(f.fileno()).st_size:
-            raise ValueError(f"the data runs past the end of the file ({header.nbytes} bytes "
-                             f"from offset {offset})")
-    return np.memmap(name, dtype=header.dtype, mode=mode, offset=offset, shape=header.shape,
+    f.seek(info.header_offset)
+    raw = f.read(_LOCAL_HEADER.size)
+    if len(raw) != _LOCAL_HEADER.size:
+        return None
+    fields = _LOCAL_HEADER.unpack(raw)
+    if fields[0] != b"PK\x03\x04":
+        return None
+    offset = info.header_offset + _LOCAL_HEADER.size + fields[9] + fields[10] + header.offset
+    if offset + header.nbytes > os.fstat(f.fileno()).st_size:
+        raise ValueError(f"the data runs past the end of the file ({header.nbytes} bytes "
+                         f"from offset {offset})")
+    return np.memmap(f, dtype=header.dtype, mode=mode, offset=offset, shape=header.shape,
                      order="F" if header.fortran else "C")
 
 
-def _read_member(name: str, zf: zipfile.ZipFile, key: str, info: zipfile.ZipInfo,
-                 header: _NpyHeader, mmap_mode: Optional[str]) -> np.ndarray:
-    arr = _memmap_member(name, info, header, mmap_mode) if mmap_mode is not None else None
+def _mappable(info: zipfile.ZipInfo, header: _NpyHeader) -> bool:
+    return info.compress_type == zipfile.ZIP_STORED and header.nbytes > 0
+
+
+#: The dtype each contract member is cast to (a cast of a memory-mapped member is a copy).
+_CONTRACT_DTYPES = {"diffraction": np.float32, "diff3d": np.float32, "probeGuess": np.complex64,
+                    "xcoords": np.float64, "ycoords": np.float64, "objectGuess": np.complex64,
+                    "scan_index": np.int64, "mask": np.bool_, "bad_pixels": np.bool_,
+                    "xcoords_start": np.float64, "ycoords_start": np.float64}
+
+
+def _memory_cost(key: str, info: zipfile.ZipInfo, header: _NpyHeader,
+                 mmap_mode: Optional[str]) -> int:
+    """Bytes that reading member ``key`` takes: 0 when it is memory-mapped with the contract
+    dtype; its size when it is read; plus the size of its cast to the contract dtype."""
+    target = np.dtype(_CONTRACT_DTYPES.get(key, header.dtype))
+    count = math.prod(header.shape)
+    mapped = mmap_mode is not None and _mappable(info, header)
+    cost = 0 if mapped else header.nbytes
+    if header.dtype != target:
+        cost += count * target.itemsize
+    return cost
+
+
+def _read_member(f, zf: zipfile.ZipFile, info: zipfile.ZipInfo, header: _NpyHeader,
+                 mmap_mode: Optional[str]) -> np.ndarray:
+    arr = _memmap_member(f, info, header, mmap_mode) if mmap_mode is not None else None
     if arr is None:
-        with zf.open(info) as f:
-            arr = np.lib.format.read_array(f, allow_pickle=False)
+        with zf.open(info) as member:
+            arr = np.lib.format.read_array(member, allow_pickle=False)
     return arr
 
 
-def _open_archive(name: str) -> zipfile.ZipFile:
+#: Most members an NPZ scan may hold (a scan has six at most; every member's header is read).
+MAX_NPZ_MEMBERS = 10_000
+
+
+def _open_archive(f, name: str) -> zipfile.ZipFile:
     try:
-        with open(name, "rb") as f:
-            head = f.read(len(_NPY_MAGIC))
-    except OSError as exc:
-        raise DataError(f"{name!r}: cannot be read ({_reason(exc)})") from None
-    if head == _NPY_MAGIC:
-        raise DataError(f"{name!r}: expected an NPZ archive (a zip of .npy members), got a "
-                        "single ndarray (a .npy file); save it with save_npz")
-    try:
-        return zipfile.ZipFile(name, "r")
+        head = f.read(len(_NPY_MAGIC))
+        if head == _NPY_MAGIC:
+            raise DataError(f"{name!r}: expected an NPZ archive (a zip of .npy members), got a "
+                            "single ndarray (a .npy file); save it with save_npz")
+        check_zip_directory(f, name, DataLimitError, MAX_NPZ_MEMBERS)
+        f.seek(0)
+        return zipfile.ZipFile(f, "r")
+    except DataError:
+        raise
     except _READ_ERRORS as exc:
         raise DataError(f"{name!r}: not an NPZ archive numpy can read ({_reason(exc)})") from None
 
 
-def _read_members(name: str, mmap_mode: Optional[str]) -> dict[str, np.ndarray]:
-    """The contract members of an NPZ archive, read without ever unpickling.
+def _read_members(f, name: str, mmap_mode: Optional[str]) -> dict[str, np.ndarray]:
+    """The contract members of the open NPZ archive ``f``, read without ever unpickling.
 
-    Every member's .npy header is checked first: object (pickled) arrays are refused, and a
-    declared shape whose data the member does not hold is refused before anything is
-    allocated. Only the contract keys are read; the other members are ignored.
+    Every member's .npy header is checked first: object (pickled) arrays are refused, and so
+    is a contract member whose declared shape the member does not hold, whose declared sizes
+    lie (past the end of the file), whose compression ratio is a zip bomb's, or whose reading
+    (with the other contract members) would exceed the memory budget
+    (:mod:`ptycho.limits`). Only then are the contract members read; the other members are
+    ignored.
     """
-    arrays: dict[str, np.ndarray] = {}
-    with _open_archive(name) as zf:
+    file_size = os.fstat(f.fileno()).st_size
+    with _open_archive(f, name) as zf:
         try:
             infos = zf.infolist()
         except _READ_ERRORS as exc:
             raise DataError(f"{name!r}: not an NPZ archive numpy can read "
                             f"({_reason(exc)})") from None
         seen: set[str] = set()
+        planned: list[tuple[str, zipfile.ZipInfo, _NpyHeader]] = []
         for info in infos:
             key = info.filename[:-4] if info.filename.endswith(".npy") else info.filename
             if key in seen and key in CONTRACT_KEYS:
@@ -548,30 +577,44 @@ def _read_members(name: str, mmap_mode: Optional[str]) -> dict[str, np.ndarray]:
                     raise DataError(f"{name!r}: member {key!r} is encrypted; expected a plain "
                                     ".npy array")
                 continue
+            check_zip_member(info, file_size, name, DataError, whole=key in CONTRACT_KEYS,
+                             limit_error=DataLimitError)
             try:
                 header = _npy_header(zf, info)
-                if header is None:
-                    if key in CONTRACT_KEYS:
-                        raise DataError(f"{name!r}: member {key!r} is not a .npy array")
-                    continue
-                if header.dtype.hasobject:
-                    if key in CONTRACT_KEYS:
-                        raise DataError(f"{name!r}: member {key!r} is an object array; pickled "
-                                        "members are refused (store numeric arrays only)")
-                    warnings.warn(f"{name!r}: member {key!r} is a pickled object array; "
-                                  "skipped without unpickling it"
-                                  f"{peer.pickled_member_note(key)}", DataWarning, stacklevel=3)
-                    continue
-                if key not in CONTRACT_KEYS and key not in PEER_READ_KEYS:
-                    continue
-                held = info.file_size - header.offset
-                if header.nbytes > held:
-                    raise DataError(
-                        f"{name!r}: member {key!r} declares shape {header.shape} {header.dtype} "
-                        f"({header.nbytes} bytes) but holds only {max(held, 0)} bytes of data")
-                arrays[key] = _read_member(name, zf, key, info, header, mmap_mode)
-            except DataError:
-                raise
+            except _READ_ERRORS as exc:
+                raise DataError(f"{name!r}: member {key!r} cannot be read "
+                                f"({_reason(exc)})") from None
+            if header is None:
+                if key in CONTRACT_KEYS:
+                    raise DataError(f"{name!r}: member {key!r} is not a .npy array")
+                continue
+            if header.dtype.hasobject:
+                if key in CONTRACT_KEYS:
+                    raise DataError(f"{name!r}: member {key!r} is an object array; pickled "
+                                    "members are refused (store numeric arrays only)")
+                warnings.warn(f"{name!r}: member {key!r} is a pickled object array; "
+                              "skipped without unpickling it"
+                              f"{peer.pickled_member_note(key)}", DataWarning, stacklevel=3)
+                continue
+            if key not in CONTRACT_KEYS and key not in PEER_READ_KEYS:
+                continue
+            held = info.file_size - header.offset
+            if header.nbytes > held:
+                raise DataError(
+                    f"{name!r}: member {key!r} declares shape {header.shape} {header.dtype} "
+                    f"({header.nbytes} bytes) but holds only {max(held, 0)} bytes of data")
+            planned.append((key, info, header))
+        costs = {key: _memory_cost(key, info, header, mmap_mode) for key, info, header in planned}
+        if costs:
+            big = max(costs, key=costs.get)
+            shape = next(h.shape for k, _, h in planned if k == big)
+            check_bytes(sum(costs.values()),
+                        f"{name!r}: reading its members (the largest, {big!r}, declares shape "
+                        f"{shape})", DataLimitError)
+        arrays: dict[str, np.ndarray] = {}
+        for key, info, header in planned:
+            try:
+                arrays[key] = _read_member(f, zf, info, header, mmap_mode)
             except _READ_ERRORS as exc:
                 raise DataError(f"{name!r}: member {key!r} cannot be read "
                                 f"({_reason(exc)})") from None
@@ -591,7 +634,9 @@ def load_npz(path: PathLike, mmap_mode: Optional[str] = None, *,
     :data:`PEER_READ_KEYS`) are read; every member's .npy header is checked first, so a
     pickled contract member is refused, any other pickled member (e.g. PtychoPINN's
     ``_metadata``) is skipped with a :class:`ptycho.errors.DataWarning` naming it, and a header
-    declaring more data than its member holds is refused before anything is allocated.
+    declaring more data than its member holds, a member whose declared sizes lie or whose
+    compression ratio is a zip bomb's (:mod:`ptycho.untrusted`), or members whose reading would
+    exceed the memory budget (:mod:`ptycho.limits`) are refused before anything is allocated.
 
     PtychoPINN files (:mod:`ptycho.data.peer`): ``xcoords_start``/``ycoords_start`` stand in
     for missing ``xcoords``/``ycoords`` (with a notice). ``amplitudes`` says what the
@@ -603,10 +648,12 @@ def load_npz(path: PathLike, mmap_mode: Optional[str] = None, *,
     ``nphotons`` if given, else the ``nphotons`` in the file's JSON ``_metadata``, with a
     :class:`ptycho.errors.DataWarning`; when neither is known a :class:`DataError` asks for it.
 
-    Raises :class:`DataError` (naming the file) when the path is not a readable file, is not
-    an NPZ archive, holds an object (pickled) member, a corrupt, encrypted or duplicated
-    contract member, or violates the contract (:func:`validate_raw`); nothing else for any
-    content of the file (see docs/reliability.md).
+    Raises :class:`DataError` (naming the file) when the path is missing or not a regular
+    file (a folder, a FIFO, a device, a socket: never opened), is not an NPZ archive, holds an
+    object (pickled) member, a corrupt, encrypted or duplicated contract member, declares too
+    much (:class:`ptycho.errors.DataLimitError`), or violates the contract
+    (:func:`validate_raw`); nothing else for any content of the file (see
+    docs/reliability.md).
 
     >>> import os, tempfile
     >>> p = os.path.join(tempfile.mkdtemp(), "scan.npz")
@@ -619,13 +666,15 @@ def load_npz(path: PathLike, mmap_mode: Optional[str] = None, *,
     if mmap_mode not in MMAP_MODES:
         raise DataError(f"load_npz: mmap_mode must be one of {list(MMAP_MODES)}, got "
                         f"{mmap_mode!r}")
-    if not os.path.isfile(name):
-        what = "a directory" if os.path.isdir(name) else "missing"
-        raise DataError(f"{name!r}: expected an NPZ file, but the path is {what}")
     if amplitudes not in peer.AMPLITUDE_UNITS:
         raise DataError(f"load_npz: amplitudes must be one of {list(peer.AMPLITUDE_UNITS)}, got "
                         f"{amplitudes!r}")
-    arrays = _read_members(name, mmap_mode)
+    try:
+        f = open_regular(name, DataError, "an NPZ file")
+    except FileNotFoundError:
+        raise DataError(f"{name!r}: expected an NPZ file, but the path is missing") from None
+    with f:
+        arrays = _read_members(f, name, mmap_mode)
     try:
         metadata = arrays.pop(peer.METADATA_KEY, None)
         arrays = peer.start_positions_fallback(arrays, name)

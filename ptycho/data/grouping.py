@@ -108,6 +108,18 @@ def group_scan(xcoords: Any, ycoords: Any, gridsize: int, neighbor_count: int,
     return np.take_along_axis(nearest, pick, axis=1).astype(np.int64)
 
 
+def distinct_patterns(indices: Any) -> int:
+    """How many different scan points the groups ``indices`` (B, C) hold.
+
+    At gridsize > 1 every point is drawn into about C groups, so this, not ``B * C``, is
+    the number of patterns a scan contributed.
+
+    >>> distinct_patterns(np.array([[0, 1, 2, 3], [1, 2, 3, 4], [4, 0, 1, 2]]))
+    5
+    """
+    return int(np.unique(np.asarray(indices)).size)
+
+
 @dataclass(frozen=True, eq=False)
 class GroupedData:
     """A scan grouped and scaled for the model.

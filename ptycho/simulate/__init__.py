@@ -13,12 +13,13 @@ from ptycho.simulate.objects import (complex_object, gaussian_random_field, grf_
                                      image_object, lines_object, lines_pattern, load_image)
 from ptycho.simulate.probes import (PROBE_KINDS, defocused_probe, disk_probe, fresnel_propagate,
                                     gaussian_probe, make_probe)
-from ptycho.simulate.scans import (SCAN_KINDS, check_inside, grid_scan, jittered_grid_scan,
-                                   make_scan, position_bounds, random_scan, scan_extent)
+from ptycho.simulate.scans import (SCAN_KINDS, check_inside, even_grid_scan, grid_scan,
+                                   jittered_grid_scan, make_scan, position_bounds, random_scan,
+                                   scan_extent)
 
 __all__ = [
     "OBJECT_KINDS", "PROBE_KINDS", "SCAN_KINDS", "check_inside", "complex_object",
-    "defocused_probe", "diffraction_intensity", "disk_probe", "fresnel_propagate",
+    "defocused_probe", "diffraction_intensity", "disk_probe", "even_grid_scan", "fresnel_propagate",
     "gaussian_probe", "gaussian_random_field", "grf_object", "grid_scan", "image_object",
     "jittered_grid_scan", "lines_object", "lines_pattern", "load_image", "make_probe",
     "make_scan", "mean_total_intensity", "object_patches", "photon_scale", "poisson_amplitudes",

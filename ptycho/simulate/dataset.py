@@ -23,7 +23,8 @@ import numpy as np
 import scipy.fft
 
 from ptycho.data.contract import RawData
-from ptycho.simulate.noise import poisson_amplitudes, run_chunks
+from ptycho.limits import check_bytes
+from ptycho.simulate.noise import CHUNK, default_workers, poisson_amplitudes, run_chunks
 from ptycho.simulate.objects import (AMPLITUDE_RANGE, PHASE_RANGE, grf_object, image_object,
                                      lines_object)
 from ptycho.simulate.probes import make_probe
@@ -31,6 +32,16 @@ from ptycho.simulate.scans import SCAN_KINDS, check_inside, grid_dims, make_scan
 
 #: Object kinds :func:`simulate_dataset` can generate.
 OBJECT_KINDS = ("lines", "grf")
+
+#: Bytes one pixel of a pattern in flight costs: its (N+1)^2 window and bilinear blend
+#: (complex64), the FFT and its squared magnitude; a chunk of :data:`noise.CHUNK` patterns per
+#: worker thread is in flight.
+CHUNK_BYTES_PER_PIXEL = 48
+#: Bytes one object pixel costs while the object is generated and used: the real patterns and
+#: the phase factor (float64 / complex128), the complex64 object and its zero-padded copy.
+OBJECT_BYTES_PER_PIXEL = 48
+#: Bytes one scan position costs: (x, y) float64 and the temporaries of the scan generators.
+POSITION_BYTES = 64
 
 ArrayOrName = Union[np.ndarray, str, None]
 
@@ -43,6 +54,33 @@ def _positions(positions: np.ndarray) -> np.ndarray:
     if not np.all(np.isfinite(pos)):
         raise ValueError("positions hold non-finite values (NaN or Inf)")
     return pos
+
+
+def check_simulation_memory(n_patterns: int, n: int, object_shape: Sequence[int] | None = None,
+                            workers: int | None = None) -> None:
+    """Check a simulation's memory against the budget (:mod:`ptycho.limits`) before it runs.
+
+    Counted: the diffraction (M, N, N) float32, the positions, the patterns in flight (one
+    chunk per worker) and, when known, the (H, W) object. Raises
+    :class:`ptycho.errors.ResourceLimitError` saying what needs how much.
+
+    >>> import os
+    >>> os.environ["PTYCHO_MAX_BYTES"] = "8GiB"
+    >>> check_simulation_memory(100_000_000, 4096)
+    Traceback (most recent call last):
+    ...
+    ptycho.errors.ResourceLimitError: simulating 100000000 patterns of 4096 x 4096 needs 5.96 PiB, more than the memory budget of 8 GiB (PTYCHO_MAX_BYTES=8GiB); set PTYCHO_MAX_BYTES to change it
+    >>> del os.environ["PTYCHO_MAX_BYTES"]
+    """
+    m, n = int(n_patterns), int(n)
+    in_flight = min(m, CHUNK * (default_workers() if workers is None else max(int(workers), 1)))
+    need = m * (n * n * 4 + POSITION_BYTES) + in_flight * (n + 1) ** 2 * CHUNK_BYTES_PER_PIXEL
+    what = f"simulating {m} patterns of {n} x {n}"
+    if object_shape is not None:
+        h, w = (int(v) for v in object_shape)
+        need += h * w * OBJECT_BYTES_PER_PIXEL
+        what += f" on a {h} x {w} object"
+    check_bytes(need, what)
 
 
 def _object(obj: np.ndarray) -> np.ndarray:
@@ -103,6 +141,7 @@ def diffraction_intensity(obj: np.ndarray, probe: np.ndarray, positions: np.ndar
     n = probe.shape[0]
     pos = _positions(positions)
     check_inside(pos, obj.shape, n)
+    check_simulation_memory(len(pos), n, obj.shape, workers)
     padded = np.pad(obj, ((0, 1), (0, 1)))
     even = n % 2 == 0
     if even:  # fftshift(fft2(x)) == fft2(x * (-1)^(r + c)) for even N: fold it into the probe
@@ -194,6 +233,9 @@ def simulate_dataset(n_patterns: int | None = None, N: int = 64, *,  # noqa: N80
     if isinstance(N, bool) or not isinstance(N, (int, np.integer)) or N < 2:
         raise ValueError(f"N must be an int >= 2 (pattern side in pixels), got {N!r}")
     n = int(N)
+    if (isinstance(scan, str) and isinstance(n_patterns, (int, np.integer))
+            and not isinstance(n_patterns, bool) and n_patterns >= 1):
+        check_simulation_memory(n_patterns, n, workers=workers)   # before the scan is made
     obj_seed, scan_seed, noise_seed = np.random.SeedSequence(seed).spawn(3)
     given_obj = None
     if object is not None and not isinstance(object, str):
@@ -228,6 +270,7 @@ def simulate_dataset(n_patterns: int | None = None, N: int = 64, *,  # noqa: N80
                  else scan_extent(pos, n))
         check_inside(pos, shape, n)
 
+    check_simulation_memory(len(pos), n, shape, workers)   # before the object is made
     if given_obj is None:
         obj = _make_object(object, shape, np.random.default_rng(obj_seed), amplitude_range,
                            phase_range)

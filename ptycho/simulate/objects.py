@@ -14,11 +14,15 @@ from __future__ import annotations
 
 import math
 import os
+import tokenize
 from typing import Sequence, Union
 
 import numpy as np
 import scipy.fft
 import scipy.ndimage
+
+from ptycho.limits import check_bytes
+from ptycho.untrusted import open_regular, read_npy_header
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -193,30 +197,99 @@ def grf_object(shape: Sequence[int], rng: np.random.Generator, correlation_lengt
     return complex_object(amp, phase, amplitude_range, phase_range)
 
 
+def _luminance(img: np.ndarray) -> np.ndarray:
+    """An RGB(A) image (H, W, 3|4) as luminance; anything else unchanged."""
+    if img.ndim == 3 and img.shape[-1] in (3, 4) and img.dtype.kind != "c":
+        return img[..., :3].astype(np.float64) @ np.array([0.299, 0.587, 0.114])
+    return img
+
+
+def _image_array(image: np.ndarray, name: str) -> np.ndarray:
+    img = np.asarray(image)
+    if img.dtype.hasobject or img.dtype.kind not in "biufc":
+        raise ValueError(f"{name} must be a numeric array, got dtype {img.dtype}")
+    img = _luminance(img)
+    if img.ndim != 2 or 0 in img.shape:
+        raise ValueError(f"{name} must be a non-empty 2-D array (or RGB), got shape {img.shape}")
+    return img
+
+
 def image_object(image: np.ndarray, amplitude_range: Sequence[float] = AMPLITUDE_RANGE,
-                 phase_range: Sequence[float] = PHASE_RANGE) -> np.ndarray:
-    """An object from any 2-D image.
+                 phase_range: Sequence[float] = PHASE_RANGE, *,
+                 phase_image: np.ndarray | None = None) -> np.ndarray:
+    """An object from any 2-D image, or from one image for the amplitude and one for the phase.
 
     A complex image is returned as complex64 unchanged (it already is an object). A real
-    image is rescaled to [0, 1] and drives both amplitude and phase (:func:`complex_object`).
-    An RGB(A) image (H, W, 3|4) is first converted to luminance.
+    image is rescaled to [0, 1] and drives both amplitude and phase (:func:`complex_object`),
+    unless ``phase_image`` (real, the same shape) is given: then ``image`` drives the
+    amplitude and ``phase_image``, rescaled to [0, 1] on its own, the phase. An RGB(A)
+    image (H, W, 3|4) is first converted to luminance.
 
     >>> o = image_object(np.array([[0.0, 2.0], [4.0, 4.0]]), phase_range=(0.0, 0.0))
     >>> np.round(np.abs(o), 2).tolist()
     [[0.5, 0.75], [1.0, 1.0]]
+    >>> o = image_object(np.array([[0.0, 1.0]]), (0.5, 1.0), (0.0, 1.0),
+    ...                  phase_image=np.array([[3.0, 1.0]]))
+    >>> np.round(np.abs(o), 2).tolist(), np.round(np.angle(o), 2).tolist()
+    ([[0.5, 1.0]], [[1.0, 0.0]])
     """
-    img = np.asarray(image)
-    if img.dtype.hasobject or img.dtype.kind not in "biufc":
-        raise ValueError(f"image must be a numeric array, got dtype {img.dtype}")
-    if img.ndim == 3 and img.shape[-1] in (3, 4) and img.dtype.kind != "c":
-        img = img[..., :3].astype(np.float64) @ np.array([0.299, 0.587, 0.114])
-    if img.ndim != 2 or 0 in img.shape:
-        raise ValueError(f"image must be a non-empty 2-D array (or RGB), got shape {img.shape}")
+    img = _image_array(image, "image" if phase_image is None else "amplitude image")
     if np.iscomplexobj(img):
+        if phase_image is not None:
+            raise ValueError("a complex image already is an object: pass a real amplitude "
+                             "image with phase_image, or the complex image alone")
         if not np.all(np.isfinite(img)):
             raise ValueError("complex image holds non-finite values (NaN or Inf)")
         return img.astype(np.complex64)
-    return complex_object(normalise_unit(img), None, amplitude_range, phase_range)
+    if phase_image is None:
+        return complex_object(normalise_unit(img), None, amplitude_range, phase_range)
+    ph = _image_array(phase_image, "phase image")
+    if np.iscomplexobj(ph):
+        raise ValueError("phase image must be real, got a complex array")
+    if ph.shape != img.shape:
+        raise ValueError(f"amplitude image {img.shape} and phase image {ph.shape} must have the "
+                         "same shape (crop or resize one of them)")
+    return complex_object(normalise_unit(img), normalise_unit(ph), amplitude_range, phase_range)
+
+
+#: Bytes per pixel an image takes while it is read and converted (float64 RGB(A) and luminance).
+IMAGE_BYTES_PER_PIXEL = 48
+
+
+def _read_npy_image(f, name: str) -> np.ndarray:
+    """A numeric .npy array, its header checked (object arrays, the memory budget) first."""
+    try:
+        shape, _, dtype = read_npy_header(f)
+    except (ValueError, OSError, SyntaxError, EOFError, tokenize.TokenError) as exc:
+        raise ValueError(f"cannot read {name!r} as a numeric .npy array ({exc})") from None
+    if dtype.hasobject or dtype.kind not in "biufc":
+        raise ValueError(f"{name!r}: expected a numeric .npy array, got dtype {dtype}")
+    count = math.prod(shape)
+    check_bytes(count * max(dtype.itemsize, 8) * 2, f"object image {name!r} (shape {shape})")
+    f.seek(0)
+    try:
+        return np.load(f, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as exc:
+        raise ValueError(f"cannot read {name!r} as a numeric .npy array ({exc})") from None
+
+
+def _read_picture(f, name: str) -> np.ndarray:
+    """An image file read with matplotlib (Pillow), its size checked against the budget first."""
+    import matplotlib.image  # local: only when an image file is actually read
+    from PIL import Image
+
+    try:
+        with Image.open(f) as img:
+            width, height = img.size
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+        raise ValueError(f"cannot read image {name!r} ({exc})") from None
+    check_bytes(width * height * IMAGE_BYTES_PER_PIXEL,
+                f"object image {name!r} ({width} x {height} pixels)")
+    f.seek(0)
+    try:
+        return matplotlib.image.imread(f, format=os.path.splitext(name)[1].lower()[1:])
+    except (ValueError, OSError, SyntaxError, Image.DecompressionBombError) as exc:
+        raise ValueError(f"cannot read image {name!r} ({exc})") from None
 
 
 def load_image(path: PathLike) -> np.ndarray:
@@ -232,23 +305,16 @@ def load_image(path: PathLike) -> np.ndarray:
     (3, 3)
     """
     name = os.fspath(path)
-    if not os.path.isfile(name):
-        raise ValueError(f"object image {name!r} does not exist or is not a file")
-    if name.lower().endswith(".npy"):
-        try:
-            arr = np.load(name, allow_pickle=False)
-        except (ValueError, OSError) as exc:
-            raise ValueError(f"cannot read {name!r} as a numeric .npy array ({exc})") from None
-    else:
-        import matplotlib.image  # local: only when an image file is actually read
-
-        try:
-            arr = matplotlib.image.imread(name)
-        except (ValueError, OSError, SyntaxError) as exc:
-            raise ValueError(f"cannot read image {name!r} ({exc})") from None
-    arr = np.asarray(arr)
-    if arr.ndim == 3 and arr.shape[-1] in (3, 4) and arr.dtype.kind != "c":
-        arr = arr[..., :3].astype(np.float64) @ np.array([0.299, 0.587, 0.114])
+    try:
+        f = open_regular(name, ValueError, "an image file")
+    except FileNotFoundError:
+        raise ValueError(f"object image {name!r} does not exist") from None
+    with f:
+        if name.lower().endswith(".npy"):
+            arr = _read_npy_image(f, name)
+        else:
+            arr = _read_picture(f, name)
+    arr = _luminance(np.asarray(arr))
     if arr.ndim != 2:
         raise ValueError(f"{name!r}: expected a 2-D image (or RGB), got shape {arr.shape}")
     return arr if np.iscomplexobj(arr) else arr.astype(np.float64)

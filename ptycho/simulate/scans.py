@@ -118,6 +118,39 @@ def grid_scan(n_rows: int, n_cols: int, step, n: int, origin: float | None = Non
     return np.stack([xx.ravel(), yy.ravel()], axis=-1)
 
 
+def even_grid_scan(n_positions: int, step, n: int, origin: float | None = None) -> np.ndarray:
+    """Exactly ``n_positions`` raster positions that cover one rectangle evenly (no notch).
+
+    The grid has :func:`grid_dims` rows and columns. When ``n_positions`` is not
+    ``rows * cols``, the missing points are taken one each from rows spread evenly over the
+    grid, and each such short row keeps the full width: its ``cols - 1`` points span the
+    same columns as a full row, ``(cols - 1) * step_x / (cols - 2)`` pixels apart (a row
+    of one point sits in the middle). So every row reaches both edges of the scanned area,
+    where keeping the first points of a full grid left the last row short on one side.
+
+    >>> p = even_grid_scan(5, 4.0, 16)         # 2 rows of 3: the second row has 2 points
+    >>> p.tolist()
+    [[8.0, 8.0], [12.0, 8.0], [16.0, 8.0], [8.0, 12.0], [16.0, 12.0]]
+    """
+    m = _int("n_positions", n_positions, 1)
+    sx, sy = _steps(step)
+    n = _int("N", n, 1)
+    o = float(n // 2) if origin is None else _finite("origin", origin)
+    rows, cols = grid_dims(m)
+    missing = rows * cols - m                          # < cols, so at most one per row
+    short = {int((k + 0.5) * rows / missing) for k in range(missing)}
+    width = (cols - 1) * sx
+    out = []
+    for r in range(rows):
+        count = cols - 1 if r in short else cols
+        if count == 1:
+            xs = np.array([o + width / 2]) if r in short else np.array([o])
+        else:
+            xs = o + np.arange(count) * (width / (count - 1))
+        out.append(np.stack([xs, np.full(count, o + r * sy)], axis=-1))
+    return np.concatenate(out)
+
+
 def jittered_grid_scan(n_rows: int, n_cols: int, step, n: int, jitter: float,
                        rng: np.random.Generator) -> np.ndarray:
     """A grid with each position moved by independent uniform ``[-jitter, jitter]`` pixels.
@@ -165,8 +198,9 @@ def make_scan(kind: str, n_positions: int, n: int, rng: np.random.Generator,
 
     ``step`` (pixels between grid neighbours, default N/4; a number or a pair
     (step_x, step_y)) also sets the density of a random scan. ``jitter`` (pixels, default
-    min(step)/4) applies to ``"jitter"``. Grids fill rows first
-    and keep the first ``n_positions`` points. Without ``object_shape`` the smallest object
+    min(step)/4) applies to ``"jitter"``. Grids are rasters (rows outer) of
+    :func:`even_grid_scan`: exactly ``n_positions`` points that cover the scanned rectangle
+    evenly, whatever the count. Without ``object_shape`` the smallest object
     holding every patch is returned; with it, every patch must fit (else ``ValueError``).
 
     >>> pos, shape = make_scan("grid", 6, 16, np.random.default_rng(0), step=4)
@@ -181,11 +215,12 @@ def make_scan(kind: str, n_positions: int, n: int, rng: np.random.Generator,
     step = (sx, sy)
     rows, cols = grid_dims(m)
     if kind == "grid":
-        pos = grid_scan(rows, cols, step, n)[:m]
+        pos = even_grid_scan(m, step, n)
         shape = scan_extent(pos, n)
     elif kind == "jitter":
         jitter = _finite("jitter", min(sx, sy) / 4 if jitter is None else jitter)
-        pos = jittered_grid_scan(rows, cols, step, n, jitter, rng)[:m]
+        pos = even_grid_scan(m, step, n, origin=n // 2 + jitter)
+        pos = pos + rng.uniform(-jitter, jitter, pos.shape)
         h, w = scan_extent(grid_scan(rows, cols, step, n, origin=n // 2 + jitter), n)
         shape = (h + int(math.ceil(jitter)), w + int(math.ceil(jitter)))
     else:

@@ -10,7 +10,8 @@ import numpy as np
 from ptycho.atomic import atomic_save_npz
 from ptycho.config.schema import TrainingConfig
 from ptycho.figures import save_comparison_figure, save_loss_figure, save_object_figure
-from ptycho.metrics import compare_objects
+from ptycho.metrics import METRIC_COVERAGE_THRESHOLD, compare_objects, metric_mask, metric_region
+from ptycho.physics.losses import LossSettings
 from ptycho.workflows.reconstruct import Reconstruction, reconstruct
 from ptycho.workflows.train import DataLike, train
 
@@ -25,52 +26,46 @@ def save_reconstruction(path: str, recon: Reconstruction) -> None:
                     positions=recon.positions)
 
 
-#: Smallest covered box (pixels per side) that metrics are computed on (the SSIM window).
-MIN_METRIC_REGION = 11
-
-
-def covered_region(coverage: np.ndarray) -> Optional[tuple[int, int, int, int]]:
-    """``(row0, row1, col0, col1)``: the bounding box of the pixels some patch reached.
-
-    None when nothing is covered.
-
-    >>> cov = np.zeros((6, 8)); cov[1:4, 2:7] = 1.0
-    >>> covered_region(cov)
-    (1, 4, 2, 7)
-    """
-    rows = np.flatnonzero((coverage > 0).any(axis=1))
-    cols = np.flatnonzero((coverage > 0).any(axis=0))
-    if rows.size == 0 or cols.size == 0:
-        return None
-    return int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
-
-
 def evaluate_against_truth(recon: Reconstruction, truth: Optional[np.ndarray]) -> Optional[dict]:
-    """Metrics of the covered region against ``truth``.
+    """Metrics of the scored region against ``truth`` (:func:`ptycho.metrics.compare_objects`).
 
-    None when there is no ground truth, its shape differs from the reconstruction's, or the
-    covered box is smaller than :data:`MIN_METRIC_REGION` pixels on a side.
+    The region is :func:`ptycho.metrics.metric_region` of the reconstruction's coverage: the
+    box of pixels lit to at least :data:`ptycho.metrics.METRIC_COVERAGE_THRESHOLD` of the
+    best-lit pixel; it is returned as ``"region"`` (row0, row1, col0, col1) with the
+    threshold as ``"coverage_threshold"``. None when there is no ground truth, its shape
+    differs from the reconstruction's, or the box is smaller than the SSIM window.
     """
     if truth is None or truth.shape != recon.obj.shape:
         return None
-    box = covered_region(recon.coverage)
-    if box is None or min(box[1] - box[0], box[3] - box[2]) < MIN_METRIC_REGION:
+    box = metric_region(recon.coverage)
+    if box is None:
         return None
-    return compare_objects(recon.obj, truth, region=box)
+    metrics = compare_objects(recon.obj, truth, region=box)
+    metrics["region"] = box
+    metrics["coverage_threshold"] = METRIC_COVERAGE_THRESHOLD
+    return metrics
 
 
 def write_outputs(output_dir: str, recon: Reconstruction, history=None,
-                  truth: Optional[np.ndarray] = None) -> dict[str, str]:
-    """Reconstruction NPZ and PNG figures into ``output_dir``; returns their paths by kind."""
+                  truth: Optional[np.ndarray] = None,
+                  loss_settings: Optional[LossSettings] = None) -> dict[str, str]:
+    """Reconstruction NPZ and PNG figures into ``output_dir``; returns their paths by kind.
+
+    With a ``history`` the loss figure is drawn too; it needs the ``loss_settings`` the
+    model was trained with (their weights say which terms were part of the loss).
+    """
+    if history is not None and history.epochs and loss_settings is None:
+        raise ValueError("write_outputs: drawing the loss of a history needs its loss_settings "
+                         "(LossSettings.from_config(config))")
     os.makedirs(output_dir, exist_ok=True)
     paths = {"reconstruction": os.path.join(output_dir, RECONSTRUCTION_NAME)}
     save_reconstruction(paths["reconstruction"], recon)
-    covered = recon.coverage > 0
+    covered = metric_mask(recon.coverage)     # the scored pixels, not the probe's faint tails
     paths["object_figure"] = os.path.join(output_dir, FIGURE_NAMES["object"])
     save_object_figure(paths["object_figure"], recon.obj, mask=covered)
     if history is not None and history.epochs:
         paths["loss_figure"] = os.path.join(output_dir, FIGURE_NAMES["loss"])
-        save_loss_figure(paths["loss_figure"], history)
+        save_loss_figure(paths["loss_figure"], history, loss_settings)
     if truth is not None and truth.shape == recon.obj.shape:
         paths["comparison_figure"] = os.path.join(output_dir, FIGURE_NAMES["comparison"])
         save_comparison_figure(paths["comparison_figure"], recon.obj, truth, mask=covered)
@@ -93,7 +88,8 @@ def run_cdi_example(train_data: DataLike, test_data: Optional[DataLike], config:
     metrics = evaluate_against_truth(recon, truth)
     paths: dict[str, str] = {}
     if config.output_dir:
-        paths = write_outputs(config.output_dir, recon, result.history, truth)
+        paths = write_outputs(config.output_dir, recon, result.history, truth,
+                              LossSettings.from_config(config))
         paths["bundle"] = result.bundle_path
     results = {"train_result": result, "reconstruction": recon, "metrics": metrics, "paths": paths}
     return recon.amplitude, recon.phase, results

@@ -19,13 +19,16 @@ from typing import Callable, Optional, Sequence, Union
 
 import numpy as np
 
+from ptycho.config.schema import TrainingConfig
 from ptycho.data.contract import RawData
-from ptycho.data.grouping import GroupedData, group_scan
+from ptycho.data.grouping import GroupedData, distinct_patterns, group_scan
 from ptycho.data.scaling import intensity_scale, normalisation_factor
 from ptycho.distributed import shard
+from ptycho.limits import check_bytes
+from ptycho.model_memory import check_model_memory
 from ptycho.physics.model import effective_probe
 from ptycho.physics.patches import canvas_size, central_mask
-from ptycho.stitching import Stitcher, extent_of
+from ptycho.stitching import Stitcher, check_canvas, check_group_canvas, extent_of
 from ptycho.workflows.model import PtychoModel
 
 #: Groups predicted and stitched per chunk when the caller does not say.
@@ -43,7 +46,9 @@ class Reconstruction:
     amplitude, phase: ``|obj|`` and ``angle(obj)`` (radians);
     coverage: (H, W) stitching weight per pixel; patches: (B, C, N, N) complex64 network
     output, or None when not kept; positions: (B, C, 2) (x, y) object pixels of each patch;
-    seconds: wall time of everything; n_patterns: patches predicted (B * C);
+    seconds: wall time of everything; n_patterns: distinct diffraction patterns used;
+    n_patches: patches predicted (B * C; at gridsize > 1 each pattern is in about C groups,
+    so about C * n_patterns), None when not recorded;
     network_obj: the network's stitched object (the refinement's start; ``obj`` itself when
     no refinement ran); refinement: None, or what the refinement did (``iterations``,
     ``nll`` per iteration, ``seconds``, ``probe`` (N, N) complex64, refined or not).
@@ -55,6 +60,7 @@ class Reconstruction:
     patches: Optional[np.ndarray]
     seconds: float
     n_patterns: int
+    n_patches: Optional[int] = None
     network_obj: Optional[np.ndarray] = None
     refinement: Optional[dict] = None
 
@@ -71,23 +77,44 @@ class Reconstruction:
         return np.angle(self.obj)
 
 
-def _plan(model: PtychoModel, data: DataLike):
-    """(positions (B, C, 2), a reader of scaled diffraction chunks, number of groups)."""
-    cfg = model.config
+@dataclass(frozen=True)
+class ReconstructionPlan:
+    """What :func:`reconstruct` will do with a scan, computed and checked before any model is
+    built (see :func:`plan_reconstruction`).
+
+    positions: (B, C, 2) (x, y) object pixels of each group member; indices: (B, C) their
+    scan indices; object_shape: (H, W) of the stitched object; canvas: the side of each
+    group's overlap-constraint canvas (None without the constraint); batch_size and
+    chunk_groups: groups per prediction batch and per streamed chunk; read(slice): the
+    scaled diffraction (b, C, N, N) of those groups.
+    """
+
+    positions: np.ndarray
+    indices: Optional[np.ndarray]
+    n_groups: int
+    object_shape: tuple[int, int]
+    canvas: Optional[int]
+    batch_size: int
+    chunk_groups: int
+    read: Callable[[slice], np.ndarray]
+
+
+def _group(config: TrainingConfig, data: DataLike):
+    """(positions (B, C, 2), scan indices (B, C), a reader of scaled diffraction chunks)."""
     if isinstance(data, GroupedData):
         pos = data.global_offsets[:, None, :] + data.rel_offsets.astype(np.float64)
 
         def read_grouped(sl: slice) -> np.ndarray:
             return data.diffraction[sl]
-        return pos, read_grouped, len(data)
+        return pos, data.indices, read_grouped
     if not isinstance(data, RawData):
         raise TypeError(f"expected RawData or GroupedData, got {type(data).__name__}")
-    if data.N != cfg.model.N:
-        raise ValueError(f"data has N={data.N}, the model expects N={cfg.model.N}")
-    groups = group_scan(data.xcoords, data.ycoords, cfg.model.gridsize, cfg.neighbor_count,
-                        n_groups=None, seed=cfg.seed)
+    if data.N != config.model.N:
+        raise ValueError(f"data has N={data.N}, the model expects N={config.model.N}")
+    groups = group_scan(data.xcoords, data.ycoords, config.model.gridsize, config.neighbor_count,
+                        n_groups=None, seed=config.seed)
     scale = np.float32(normalisation_factor(data.diffraction, data.mask)
-                       * intensity_scale(cfg.nphotons, data.N))
+                       * intensity_scale(config.nphotons, data.N))
     xy = np.stack([data.xcoords, data.ycoords], axis=1)
     pos = xy[groups]
     mask = data.mask
@@ -100,7 +127,52 @@ def _plan(model: PtychoModel, data: DataLike):
         if mask is not None:    # bad pixels read 0, as in training (group_data)
             chunk *= mask if mask.ndim == 2 else mask[idx]
         return chunk
-    return pos, read, len(groups)
+    return pos, groups, read
+
+
+#: Bytes one pattern of a streamed chunk takes, per pixel: its diffraction (float32), the
+#: predicted patch (complex64) and the scaled copy the backend makes (float32).
+CHUNK_BYTES_PER_PIXEL = 16
+
+
+def plan_reconstruction(config: TrainingConfig, data: DataLike, *,
+                        batch_size: Optional[int] = None,
+                        object_shape: Optional[Sequence[int]] = None,
+                        chunk_groups: int = DEFAULT_CHUNK_GROUPS,
+                        keep_patches: bool = False) -> ReconstructionPlan:
+    """Group ``data`` as :func:`reconstruct` will, and check what it will allocate against the
+    memory budget (:mod:`ptycho.limits`) before anything large is allocated or a model built.
+
+    Checked: the object canvas (``object_shape``, default the data's ``object_guess`` shape or
+    the scan's extent), each chunk's overlap-constraint canvases (gridsize > 1 with
+    ``object_big``), one chunk of patterns, the kept patches (``keep_patches``), and the
+    network for one batch (:func:`ptycho.model_memory.check_model_memory`). A canvas that is
+    too large is a :class:`ptycho.errors.DataLimitError` naming the outlying scan positions
+    (index and value); the others are :class:`ptycho.errors.ResourceLimitError`.
+    """
+    cfg = config.model
+    positions, indices, read = _group(config, data)
+    n, n_groups, channels = cfg.N, int(positions.shape[0]), int(positions.shape[1])
+    batch = int(batch_size or config.batch_size)
+    chunk = max(1, min(int(chunk_groups), n_groups))
+    scan_pos, scan_idx = positions.reshape(-1, 2), indices.reshape(-1)
+    guess = getattr(data, "object_guess", None)
+    if object_shape is None:
+        object_shape = guess.shape if guess is not None else extent_of(scan_pos, n)
+    shape = check_canvas(object_shape, scan_pos, n, indices=scan_idx)
+    canvas = None
+    if cfg.gridsize > 1 and cfg.object_big:
+        canvas = canvas_size(n, positions - positions.mean(axis=1, keepdims=True))
+        check_group_canvas(canvas, chunk, positions, n, indices=indices)
+    check_bytes(chunk * channels * n * n * CHUNK_BYTES_PER_PIXEL,
+                f"one chunk of {chunk} groups of {channels} patterns of {n} x {n}")
+    if keep_patches:
+        check_bytes(n_groups * channels * n * n * np.dtype(np.complex64).itemsize,
+                    f"keeping the {n_groups * channels} predicted patches of {n} x {n}")
+    check_model_memory(cfg, batch)
+    return ReconstructionPlan(positions=positions, indices=indices, n_groups=n_groups,
+                              object_shape=shape, canvas=canvas, batch_size=batch,
+                              chunk_groups=int(chunk_groups), read=read)
 
 
 def stitch_window(model: PtychoModel) -> np.ndarray:
@@ -214,7 +286,8 @@ def refine_object(model: PtychoModel, obj: np.ndarray, data: DataLike, iteration
 def reconstruct(model: PtychoModel, data: DataLike, *, batch_size: Optional[int] = None,
                 precision: str = "float32", keep_patches: bool = True,
                 object_shape: Optional[Sequence[int]] = None, chunk_groups: int = DEFAULT_CHUNK_GROUPS,
-                progress: Optional[Callable[[int, int], None]] = None, refine: int = 0,
+                progress: Optional[Callable[[int, int], None]] = None,
+                plan: Optional[ReconstructionPlan] = None, refine: int = 0,
                 refine_probe: bool = False,
                 refine_progress: Optional[Callable[[int, int, float], None]] = None
                 ) -> Optional[Reconstruction]:
@@ -228,6 +301,9 @@ def reconstruct(model: PtychoModel, data: DataLike, *, batch_size: Optional[int]
     :func:`stitch_window`.
     ``object_shape`` defaults to the data's ``object_guess`` shape, else the scan's extent.
     ``progress(done, total)`` is called after each chunk (counts of groups).
+    ``plan``: from :func:`plan_reconstruction` (made with the model's config, the same data
+    and options); by default it is made here. Either way the memory the run takes is checked
+    against the budget before the object canvas is allocated.
 
     ``refine=K``: then ``K`` iterations of physics refinement (:func:`refine_object`) from
     the stitched object, in the model's backend, with the model's probe (refined too with
@@ -248,19 +324,19 @@ def reconstruct(model: PtychoModel, data: DataLike, *, batch_size: Optional[int]
         raise ValueError("keep_patches=True needs a single process: in a process group each "
                          "rank predicts only its part of the scan; pass keep_patches=False")
     start = time.perf_counter()
-    positions, read, n_groups = _plan(model, data)
+    if plan is None:
+        plan = plan_reconstruction(model.config, data, batch_size=batch_size,
+                                   object_shape=object_shape, chunk_groups=chunk_groups,
+                                   keep_patches=keep_patches)
+    positions, read, n_groups = plan.positions, plan.read, plan.n_groups
     n = model.model_config.N
-    guess = getattr(data, "object_guess", None)
-    if object_shape is None:
-        object_shape = guess.shape if guess is not None else extent_of(positions.reshape(-1, 2), n)
-    stitcher = Stitcher(object_shape, n, window=stitch_window(model))
-    canvas = constraint_canvas(model, positions)
+    stitcher = Stitcher(plan.object_shape, n, window=stitch_window(model))
     kept = []
     mine = slice(0, n_groups) if group is None else shard(n_groups, group.rank, group.size)
-    for lo in range(mine.start, mine.stop, chunk_groups):
-        sl = slice(lo, min(lo + chunk_groups, mine.stop))
-        patches = predict_chunk(model, read(sl), positions[sl], canvas, batch_size=batch_size,
-                                precision=precision)
+    for lo in range(mine.start, mine.stop, plan.chunk_groups):
+        sl = slice(lo, min(lo + plan.chunk_groups, mine.stop))
+        patches = predict_chunk(model, read(sl), positions[sl], plan.canvas,
+                                batch_size=batch_size, precision=precision)
         stitcher.add(patches.reshape((-1, n, n)), positions[sl].reshape(-1, 2))
         if keep_patches:
             kept.append(patches)
@@ -281,5 +357,6 @@ def reconstruct(model: PtychoModel, data: DataLike, *, batch_size: Optional[int]
                           coverage=stitcher.coverage,
                           positions=positions, patches=np.concatenate(kept) if kept else None,
                           seconds=time.perf_counter() - start,
-                          n_patterns=int(n_groups * model.model_config.n_channels),
+                          n_patterns=distinct_patterns(plan.indices),
+                          n_patches=int(n_groups * model.model_config.n_channels),
                           network_obj=network_obj, refinement=refinement)

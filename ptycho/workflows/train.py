@@ -8,11 +8,16 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Optional, Union
 
+import numpy as np
+
 from backends import configure_process, resolve_backend_name
 from ptycho.config.schema import TrainingConfig
 from ptycho.data.contract import RawData
-from ptycho.data.grouping import GroupedData, group_data_for_training
+from ptycho.data.grouping import GroupedData, distinct_patterns, group_data_for_training
 from ptycho.errors import ConfigError
+from ptycho.limits import check_bytes
+from ptycho.model_memory import check_model_memory
+from ptycho.stitching import GROUP_CANVAS_BYTES_PER_PIXEL, check_group_canvas
 from ptycho.tracking import NullTracker, make_tracker
 from ptycho.training import EpochRecord, History, NonFiniteLossError, ProgressFn, fit
 from ptycho.weights import init_weights
@@ -37,7 +42,11 @@ class TrainResult:
 
 
 def prepare(data: DataLike, config: TrainingConfig) -> GroupedData:
-    """Group and scale ``data`` for ``config`` (a GroupedData passes through, checked)."""
+    """Group and scale ``data`` for ``config`` (a GroupedData passes through, checked).
+
+    The grouped copy of a raw scan, (B, C, N, N) float32, is checked against the memory
+    budget (:mod:`ptycho.limits`) before it is made.
+    """
     if isinstance(data, GroupedData):
         if data.N != config.model.N or data.n_channels != config.model.n_channels:
             raise ConfigError(
@@ -45,8 +54,36 @@ def prepare(data: DataLike, config: TrainingConfig) -> GroupedData:
                 f"N={config.model.N}, C={config.model.n_channels}")
         return data
     if isinstance(data, RawData):
+        m = config.model
+        groups = config.n_groups if config.n_groups is not None else data.n_patterns
+        check_bytes(groups * m.n_channels * data.N * data.N * np.dtype(np.float32).itemsize,
+                    f"the grouped training data ({groups} groups of {m.n_channels} patterns of "
+                    f"{data.N} x {data.N})")
         return group_data_for_training(data, config)
     raise TypeError(f"expected RawData or GroupedData, got {type(data).__name__}")
+
+
+#: Training keeps the overlap constraint's canvases and their gradients.
+TRAINING_CANVAS_FACTOR = 2
+
+
+def check_training_memory(config: TrainingConfig, grouped: GroupedData) -> None:
+    """Check what one training step takes against the memory budget, before a model is built.
+
+    The network in batches of ``config.batch_size`` groups
+    (:func:`ptycho.model_memory.check_model_memory`, training) and, for gridsize > 1 with
+    ``object_big``, the overlap constraint's canvases of one batch (their side comes from the
+    spread of each group's positions: one position far from the others makes every canvas
+    huge; the error names it, index and value).
+    """
+    check_model_memory(config.model, config.batch_size, training=True)
+    m = config.model
+    if m.gridsize > 1 and m.object_big:
+        positions = grouped.global_offsets[:, None, :] + grouped.rel_offsets.astype(np.float64)
+        check_group_canvas(grouped.canvas_size, min(config.batch_size, len(grouped)), positions,
+                           m.N, indices=grouped.indices,
+                           what="the overlap constraint of one training batch",
+                           bytes_per_pixel=TRAINING_CANVAS_FACTOR * GROUP_CANVAS_BYTES_PER_PIXEL)
 
 
 def train(config: TrainingConfig, train_data: DataLike, test_data: Optional[DataLike] = None,
@@ -81,9 +118,11 @@ def train(config: TrainingConfig, train_data: DataLike, test_data: Optional[Data
     t0 = time.perf_counter()
     name, _ = (resolve_backend_name(backend) if backend
                else resolve_backend_name(config.backend, source="TrainingConfig.backend"))
+    check_model_memory(config.model, config.batch_size, training=True)   # before any framework
     impl = configure_process(name)     # deterministic kernels, TF32 off (see backends.registry)
     grouped = prepare(train_data, config)
     grouped_test = prepare(test_data, config) if test_data is not None else None
+    check_training_memory(config, grouped)
     t_prepare = time.perf_counter()
     weights = init_weights(config.model, config.seed, grouped.probe, math.log(grouped.intensity_scale))
     built = (impl.build_model(config.model, weights) if group is None
@@ -128,9 +167,13 @@ def train(config: TrainingConfig, train_data: DataLike, test_data: Optional[Data
         tracker.close("FAILED")
         raise
     tracker.close("KILLED" if history.interrupted else "FINISHED")
-    n_seen = len(history.epochs) * len(grouped) * grouped.n_channels
+    # patterns: distinct scan points per epoch; patches: groups x C the network processed
+    # (at gridsize > 1 each pattern sits in about C groups)
+    train_s = max(t_train - t_build, 1e-9)
+    n_epochs = len(history.epochs)
     timings = {"prepare_s": t_prepare - t0, "build_s": t_build - t_prepare,
                "train_s": t_train - t_build, "total_s": time.perf_counter() - t0,
-               "patterns_per_s": n_seen / max(t_train - t_build, 1e-9)}
+               "patterns_per_s": n_epochs * distinct_patterns(grouped.indices) / train_s,
+               "patches_per_s": n_epochs * len(grouped) * grouped.n_channels / train_s}
     return TrainResult(model=model, history=history, timings=timings, train_data=grouped,
                        test_data=grouped_test, bundle_path=bundle_path)

@@ -1,0 +1,136 @@
+"""Everything the quality benchmark varies, in one place: edit the numbers here.
+
+Three sizes: :data:`FULL` (``make quality``), :data:`QUICK` (``--quick``: the same rows on
+fewer objects, patterns and epochs) and :data:`SMOKE` (one tiny row, for the test that keeps
+the harness from rotting). Scans are integer raster grids (``grid_side**2`` points, an integer
+``step``), so the iterative reference models them exactly (see ``ptycho.iterative.pty_chi``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Mapping
+
+#: Object kinds of the suite: random lines, Gaussian random fields, natural images
+#: (amplitude from one picture of scikit-image's bundled data, phase from another).
+KINDS = ("lines", "grf", "natural")
+
+
+@dataclass(frozen=True)
+class ObjectSpec:
+    """One object of the suite. ``natural``: ``amplitude_image`` / ``phase_image`` name
+    functions of ``skimage.data``; ``lines`` / ``grf``: drawn from ``seed``."""
+
+    name: str
+    kind: str
+    seed: int = 0
+    amplitude_image: str = ""
+    phase_image: str = ""
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ValueError(f"object {self.name!r}: kind must be one of {KINDS}, "
+                             f"got {self.kind!r}")
+        if (self.kind == "natural") != bool(self.amplitude_image and self.phase_image):
+            raise ValueError(f"object {self.name!r}: a natural object needs amplitude_image and "
+                             "phase_image, the others neither")
+
+
+@dataclass(frozen=True)
+class ReferenceEngine:
+    """The pty-chi engine that is the ceiling at one dose, and its batch size (patterns)."""
+
+    engine: str
+    batch_size: int
+
+
+#: Training objects: never reconstructed in a row (the network has to generalise).
+TRAIN_OBJECTS = (
+    ObjectSpec("lines-a", "lines", seed=11),
+    ObjectSpec("grf-a", "grf", seed=12),
+    ObjectSpec("camera/brick", "natural", amplitude_image="camera", phase_image="brick"),
+    ObjectSpec("moon/grass", "natural", amplitude_image="moon", phase_image="grass"),
+)
+#: Held-out objects: one row each (per dose, gridsize and backend).
+HELDOUT_OBJECTS = (
+    ObjectSpec("lines-b", "lines", seed=21),
+    ObjectSpec("grf-b", "grf", seed=22),
+    ObjectSpec("astronaut/gravel", "natural", amplitude_image="astronaut", phase_image="gravel"),
+    ObjectSpec("coffee/coins", "natural", amplitude_image="coffee", phase_image="coins"),
+)
+
+#: Reconstructions made from the trained network, one column each: name -> extra keyword
+#: arguments of ``ptycho.workflows.reconstruct``.
+#: HOOK (issue 11, item 2): once ``reconstruct(..., refine=K)`` exists, add
+#:     "refined": {"refine": 50},
+#: and the rows, the JSON, the tables and the figures carry a "refined" column.
+VARIANTS: Mapping[str, Mapping] = {"network": {}}
+
+#: The iterative reference per dose, chosen by measurement (benchmarks/README.md, "Iterative
+#: reference"): rPIE reaches SSIM 0.99 at 1e9 photons where LSQML stays at 0.97-0.98; at 1e6
+#: LSQML with its Poisson model keeps the amplitude (0.97 against rPIE's 0.92).
+REFERENCE_BY_DOSE = {1e6: ReferenceEngine("lsqml", 32), 1e9: ReferenceEngine("rpie", 16)}
+
+
+@dataclass(frozen=True)
+class QualityConfig:
+    """Sizes and counts of one benchmark run (see the module docstring)."""
+
+    name: str
+    N: int = 64                                   # noqa: N815 (the pattern side, as everywhere)
+    probe: str = "defocus"
+    step: int = 6                                 # pixels between grid neighbours
+    grid_side: int = 16                           # every scan: grid_side**2 patterns
+    amplitude_range: tuple[float, float] = (0.5, 1.0)
+    phase_range: tuple[float, float] = (0.0, math.pi / 2)
+    doses: tuple[float, ...] = (1e6, 1e9)         # photons per pattern
+    gridsizes: tuple[int, ...] = (1, 2)
+    backends: tuple[str, ...] = ("tensorflow", "torch")
+    train_objects: tuple[ObjectSpec, ...] = TRAIN_OBJECTS
+    heldout_objects: tuple[ObjectSpec, ...] = HELDOUT_OBJECTS
+    # the network and its training (ptycho.config.TrainingConfig fields)
+    nepochs: int = 16
+    batch_size: int = 16
+    learning_rate: float = 1e-3
+    base_filters: int = 16
+    n_filters_scale: int = 2
+    variants: Mapping[str, Mapping] = field(default_factory=lambda: dict(VARIANTS))
+    # the iterative reference (pty-chi)
+    reference_epochs: int = 30
+    reference_by_dose: Mapping[float, ReferenceEngine] = field(
+        default_factory=lambda: dict(REFERENCE_BY_DOSE))
+    reference_checkpoint_every: int = 2
+    threads: int = 2                               # intra-op threads of every framework
+    seed: int = 0
+
+    @property
+    def object_side(self) -> int:
+        """Side of every object (pixels): the grid's extent plus one patch."""
+        return (self.grid_side - 1) * self.step + self.N
+
+    def reference_engine(self, dose: float) -> ReferenceEngine:
+        for d, engine in self.reference_by_dose.items():
+            if math.isclose(d, dose, rel_tol=1e-9):
+                return engine
+        return ReferenceEngine("lsqml", 32)
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["reference_by_dose"] = {f"{k:g}": dataclasses.asdict(v)
+                                  for k, v in self.reference_by_dose.items()}
+        d["variants"] = {k: dict(v) for k, v in self.variants.items()}
+        return d
+
+
+FULL = QualityConfig(name="full")
+QUICK = dataclasses.replace(
+    FULL, name="quick", grid_side=12, nepochs=4, reference_epochs=10,
+    train_objects=(TRAIN_OBJECTS[1], TRAIN_OBJECTS[2]), heldout_objects=(HELDOUT_OBJECTS[2],))
+SMOKE = dataclasses.replace(
+    FULL, name="smoke", N=16, step=4, grid_side=5, doses=(1e6,), gridsizes=(1,),
+    backends=("torch",), nepochs=1, batch_size=8, base_filters=2, n_filters_scale=1,
+    reference_epochs=2, reference_checkpoint_every=1, threads=1,
+    train_objects=(TRAIN_OBJECTS[1],), heldout_objects=(HELDOUT_OBJECTS[2],))
+CONFIGS = {c.name: c for c in (FULL, QUICK, SMOKE)}

@@ -1,0 +1,184 @@
+"""The rows of the quality benchmark: train, reconstruct, score; the reference and the floor.
+
+A row is one held-out object at one dose, gridsize and backend. Every reconstruction of a row
+(each entry of ``config.variants``, the pty-chi reference, the constant-image floor) is scored
+over the same region: :func:`ptycho.metrics.metric_region` of the scan's coverage
+(:func:`ptycho.stitching.scan_coverage`), which depends only on the probe and the positions.
+
+The functions here run inside one worker process each (``benchmarks.quality.worker``); they
+write the reconstructed objects as ``.npy`` files for the figures and return JSON records.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Callable
+
+import numpy as np
+
+from benchmarks.quality.config import ObjectSpec, QualityConfig
+from benchmarks.quality.objects import build_object, scan_object, training_scan
+from ptycho.metrics import compare_objects, metric_region
+from ptycho.stitching import scan_coverage
+
+Log = Callable[[str], None]
+
+
+def scored_region(raw, shape) -> tuple[int, int, int, int]:
+    """The region every reconstruction of this scan is scored over."""
+    xy = np.stack([raw.xcoords, raw.ycoords], axis=1)
+    region = metric_region(scan_coverage(raw.probe, xy, shape))
+    if region is None:
+        raise ValueError("the scan covers less than the SSIM window: no region to score")
+    return region
+
+
+def score(obj: np.ndarray, truth: np.ndarray, region) -> dict[str, Any]:
+    """SSIM, PSNR (dB) and FRC 0.5 resolution (px; inf = not resolved) of amplitude and phase,
+    after the alignment :func:`ptycho.metrics.compare_objects` does (kept for the figures)."""
+    m = compare_objects(obj, truth, region=region)
+    out: dict[str, Any] = {part: {k: m[part][k] for k in ("ssim", "psnr", "frc50_px")}
+                           for part in ("amplitude", "phase")}
+    out["amplitude_scale"], out["phase_offset"] = m["amplitude_scale"], m["phase_offset"]
+    return out
+
+
+def floor_scores(truth: np.ndarray, region) -> dict[str, Any]:
+    """The constant-image floor: an object of ones (any constant scores the same after the
+    amplitude scale and phase offset are fitted)."""
+    return score(np.ones_like(truth), truth, region)
+
+
+def object_file(out_dir: str, *parts: Any) -> str:
+    """Where a reconstructed object is saved: ``objects/<parts joined by __>.npy``."""
+    name = "__".join(str(p).replace("/", "-") for p in parts)
+    return os.path.join(out_dir, "objects", name + ".npy")
+
+
+def save_object(path: str, obj: np.ndarray) -> None:
+    from ptycho.atomic import atomic_write
+
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with atomic_write(path, "wb") as f:
+        np.save(f, np.asarray(obj, np.complex64), allow_pickle=False)
+
+
+def training_config(config: QualityConfig, gridsize: int, dose: float):
+    """The TrainingConfig of one trained model (everything else at the library defaults)."""
+    from ptycho.config import ModelConfig, TrainingConfig
+
+    model = ModelConfig(N=config.N, gridsize=gridsize, base_filters=config.base_filters,
+                        n_filters_scale=config.n_filters_scale)
+    return TrainingConfig(model=model, nepochs=config.nepochs, batch_size=config.batch_size,
+                          learning_rate=config.learning_rate, nphotons=dose, seed=config.seed)
+
+
+#: Patterns of the untimed call that warms each variant up (see :func:`warm_up`).
+WARM_UP_PATTERNS = 16
+
+
+def warm_up(model, raw, variants, reconstruct) -> None:
+    """Reconstruct the first :data:`WARM_UP_PATTERNS` patterns of ``raw`` once per variant,
+    untimed: the first call of a fresh model traces its graph (TensorFlow) and allocates
+    (both), which is not the reconstruction's cost; the reference's timing likewise leaves
+    out pty-chi's one-off imports."""
+    from ptycho.data.contract import RawData
+
+    k = min(WARM_UP_PATTERNS, raw.n_patterns)
+    head = RawData(diffraction=raw.diffraction[:k], probe=raw.probe, xcoords=raw.xcoords[:k],
+                   ycoords=raw.ycoords[:k])
+    for kwargs in variants.values():
+        reconstruct(model, head, keep_patches=False, **kwargs)
+
+
+def network_rows(config: QualityConfig, backend: str, out_dir: str, log: Log) -> list[dict]:
+    """Train one model per (dose, gridsize) on the training objects; reconstruct and score
+    every held-out object with each variant of ``config.variants``."""
+    from ptycho.workflows import reconstruct, train
+
+    rows = []
+    for dose in config.doses:
+        train_raw = training_scan(config, dose)
+        heldout = [(spec, *scan_object(spec, dose, config)) for spec in config.heldout_objects]
+        for gridsize in config.gridsizes:
+            tc = training_config(config, gridsize, dose)
+            log(f"{backend}: training, dose {dose:g}, gridsize {gridsize}, "
+                f"{train_raw.n_patterns} patterns x {config.nepochs} epochs")
+            result = train(tc, train_raw, backend=backend)
+            history = result.history
+            warm_up(result.model, heldout[0][1], config.variants, reconstruct)
+            for spec, raw, truth in heldout:
+                region = scored_region(raw, truth.shape)
+                row = {"object": spec.name, "kind": spec.kind, "dose": dose,
+                       "gridsize": gridsize, "backend": backend, "region": list(region),
+                       "train_s": result.timings["train_s"],
+                       "train_patterns": train_raw.n_patterns, "epochs": len(history.epochs),
+                       "final_loss": history.epochs[-1].loss["total"] if history.epochs else None}
+                for variant, kwargs in config.variants.items():
+                    # the row runner's one call per column: a new column is one more entry
+                    # of config.variants (e.g. {"refine": K}), nothing here changes
+                    recon = reconstruct(result.model, raw, keep_patches=False, **kwargs)
+                    row[variant] = {**score(recon.obj, truth, region),
+                                    "seconds": recon.seconds, "kwargs": dict(kwargs)}
+                    save_object(object_file(out_dir, spec.name, f"{dose:g}", f"g{gridsize}",
+                                            backend, variant), recon.obj)
+                rows.append(row)
+                log(f"{backend}: {spec.name} dose {dose:g} g{gridsize}: " + ", ".join(
+                    f"{v} SSIM {row[v]['amplitude']['ssim']:.3f}/{row[v]['phase']['ssim']:.3f}"
+                    for v in config.variants))
+    return rows
+
+
+def reference_rows(config: QualityConfig, out_dir: str, log: Log) -> list[dict]:
+    """pty-chi on every held-out scan (one per object and dose: it does not depend on the
+    network's backend or gridsize), scored like the network. Without pty-chi: one record
+    saying why."""
+    try:
+        from ptycho.iterative import pty_chi
+        warm_s = pty_chi.warm_up()
+    except ImportError as exc:
+        log(f"reference: skipped ({exc})")
+        return [{"available": False, "reason": str(exc)}]
+    log(f"reference: pty-chi warmed up in {warm_s:.1f} s (imports, not counted)")
+    rows = []
+    for dose in config.doses:
+        ref = config.reference_engine(dose)
+        for spec in config.heldout_objects:
+            raw, truth = scan_object(spec, dose, config)
+            region = scored_region(raw, truth.shape)
+            result = pty_chi.reconstruct_ptychi(
+                raw, engine=ref.engine, epochs=config.reference_epochs,
+                batch_size=ref.batch_size, truth=truth, region=region,
+                checkpoint_every=config.reference_checkpoint_every, seed=config.seed)
+            save_object(object_file(out_dir, spec.name, f"{dose:g}", "reference"), result.obj)
+            rows.append({"available": True, "object": spec.name, "dose": dose,
+                         "region": list(region), **score(result.obj, truth, region),
+                         **result.to_dict()})
+            log(f"reference: {spec.name} dose {dose:g} {ref.engine}: SSIM "
+                f"{rows[-1]['amplitude']['ssim']:.3f}/{rows[-1]['phase']['ssim']:.3f} in "
+                f"{result.seconds:.1f} s (within 0.01 of it after {result.seconds_to_final} s)")
+    return rows
+
+
+def floor_rows(config: QualityConfig) -> list[dict]:
+    """The constant-image floor of every held-out scan (numpy only)."""
+    rows = []
+    for dose in config.doses:
+        for spec in config.heldout_objects:
+            raw, truth = scan_object(spec, dose, config)
+            region = scored_region(raw, truth.shape)
+            rows.append({"object": spec.name, "dose": dose, "region": list(region),
+                         **floor_scores(truth, region)})
+    return rows
+
+
+def heldout_truths(config: QualityConfig) -> dict[str, np.ndarray]:
+    """The ground truth of every held-out object, by name (it does not depend on the dose)."""
+    return {spec.name: build_object(spec, config) for spec in config.heldout_objects}
+
+
+def describe(spec: ObjectSpec) -> str:
+    if spec.kind == "natural":
+        return f"{spec.name} (amplitude: {spec.amplitude_image}, phase: {spec.phase_image})"
+    return f"{spec.name} ({spec.kind}, seed {spec.seed})"
+

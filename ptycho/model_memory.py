@@ -1,0 +1,172 @@
+"""What the network of a :class:`ptycho.config.ModelConfig` costs in memory, from the config alone.
+
+Estimated before any backend builds the model (a bundle's config or a training config may ask
+for a network that no machine holds), from the canonical weight specification and the layer
+shapes of the architecture described in :mod:`ptycho.weights`:
+
+* parameters: every canonical entry (:func:`ptycho.weights.weight_spec`), at its dtype's size;
+* activations of one group (float32): the input (C, N, N); per encoder level the two conv
+  outputs and their ReLUs at that level's resolution, and the pooled output; per decoder
+  branch and level the up-sampled input, the two conv outputs and their ReLUs; the heads
+  (border heads too); and the physics of the group: complex object patches, illuminated
+  patches and their far fields (C, N, N) complex, the predicted amplitude (C, N, N). (The
+  overlap constraint's canvas depends on the scan positions; the data side checks it.)
+
+Training keeps every activation for the backward pass and their gradients (x2) and holds the
+parameters, their gradients and Adam's two moments (x4). Inference holds the parameters and,
+per group, only what is alive at once: the largest layer's input and output (x2 for the
+framework's temporaries) and what outlives its layer. Against the resident memory one
+prediction pass adds (default widths 32/64/128, CPU; measured in a fresh process):
+
+==========================  =======  ===========  ========
+N, gridsize, groups         torch    TensorFlow   estimate
+==========================  =======  ===========  ========
+64, 1, 256                  439 MiB  545 MiB      558 MiB
+64, 2, 64                   178 MiB  158 MiB      168 MiB
+128, 1, 64                  454 MiB  550 MiB      558 MiB
+==========================  =======  ===========  ========
+
+The frameworks' own overhead (a few hundred MiB) is not counted.
+
+>>> import os
+>>> from ptycho.config import ModelConfig
+>>> small = estimate_model_memory(ModelConfig(N=32, base_filters=2, n_filters_scale=1))
+>>> small.parameter_bytes, small.activation_bytes_per_group, small.inference_bytes_per_group
+(18172, 245248, 70144)
+>>> os.environ["PTYCHO_MAX_BYTES"] = "8GiB"
+>>> check_model_memory(ModelConfig(N=512, gridsize=4, base_filters=256), batch_size=16)
+Traceback (most recent call last):
+...
+ptycho.errors.ResourceLimitError: the network (N=512, gridsize 4, widths (512, 1024, 2048)): inference in batches of 16 groups (parameters 588 MiB, activations 2.17 GiB per group) needs 35.3 GiB, more than the memory budget of 8 GiB (PTYCHO_MAX_BYTES=8GiB); set PTYCHO_MAX_BYTES to change it
+>>> del os.environ["PTYCHO_MAX_BYTES"]
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from ptycho.config.schema import N_LEVELS, ModelConfig
+from ptycho.errors import ResourceLimitError
+from ptycho.limits import check_bytes, format_bytes
+from ptycho.weights import decoder_widths, has_border_heads, weight_spec
+
+#: Bytes per activation value (float32).
+ACTIVATION_BYTES = 4
+#: Training holds each activation and its gradient.
+TRAINING_ACTIVATION_FACTOR = 2
+#: Training holds the parameters, their gradients and Adam's first and second moments.
+TRAINING_PARAMETER_FACTOR = 4
+
+
+@dataclass(frozen=True)
+class ModelMemory:
+    """Estimated bytes of a network: its parameters, every activation of one group (what
+    training keeps for the backward pass), and the activations alive at once when one group
+    is predicted (inference frees each layer's input once its output exists)."""
+
+    parameter_bytes: int
+    activation_bytes_per_group: int
+    inference_bytes_per_group: int
+
+    def inference_bytes(self, batch_size: int) -> int:
+        """Parameters plus the activations alive at once for ``batch_size`` groups."""
+        return self.parameter_bytes + batch_size * self.inference_bytes_per_group
+
+    def training_bytes(self, batch_size: int) -> int:
+        """Parameters, gradients and Adam moments, plus activations and their gradients."""
+        return (TRAINING_PARAMETER_FACTOR * self.parameter_bytes
+                + TRAINING_ACTIVATION_FACTOR * batch_size * self.activation_bytes_per_group)
+
+
+#: A layer's input and output may be doubled by the framework's temporaries (padding,
+#: workspaces, a ReLU out of place) while it runs.
+INFERENCE_LAYER_FACTOR = 2
+
+
+def _layers(config: ModelConfig) -> list[tuple[int, int]]:
+    """(input values, output values) per group of every layer, in order (float32)."""
+    n, c = config.N, config.n_channels
+    layers = []
+    cin = c
+    for i, w in enumerate(config.widths):
+        side = n >> i
+        layers += [(cin * side * side, w * side * side), (w * side * side, w * side * side),
+                   (w * side * side, w * (side // 2) ** 2)]            # conv1, conv2, pool
+        cin = w
+    heads = 2 if has_border_heads(config) else 1
+    for _branch in ("amp", "phase"):
+        cin, side = config.widths[-1], n >> N_LEVELS
+        for w in decoder_widths(config):
+            layers.append((cin * side * side, cin * (2 * side) ** 2))    # up-sampling
+            side *= 2
+            layers += [(cin * side * side, w * side * side), (w * side * side, w * side * side)]
+            cin = w
+        layers += [(cin * n * n, c * n * n)] * heads
+    return layers
+
+
+def activation_values_per_group(config: ModelConfig) -> int:
+    """Number of float32 activation values one group of ``config``'s network produces
+    (every layer's output, convs counted twice for their ReLUs, the input and the physics)."""
+    n, c = config.N, config.n_channels
+    total = c * n * n                                   # the input
+    for i, w in enumerate(config.widths):
+        side = n >> i
+        total += 2 * 2 * w * side * side                # conv1, conv2, each with its ReLU
+        total += w * (side // 2) ** 2                   # max-pool
+    heads = 2 if has_border_heads(config) else 1
+    for _branch in ("amp", "phase"):
+        cin, side = config.widths[-1], n >> N_LEVELS
+        for w in decoder_widths(config):
+            side *= 2
+            total += cin * side * side                  # up-sampled input
+            total += 2 * 2 * w * side * side            # conv1, conv2, each with its ReLU
+            cin = w
+        total += 2 * heads * c * n * n                  # head(s) and their activation
+    return total + _physics_values(config)
+
+
+def _physics_values(config: ModelConfig) -> int:
+    """Complex object, illuminated patches and far field (2 values each), predicted amplitude."""
+    n, c = config.N, config.n_channels
+    return 2 * 3 * c * n * n + c * n * n
+
+
+def inference_values_per_group(config: ModelConfig) -> int:
+    """Activation values alive at once when one group is predicted: the largest layer's input
+    and output (x :data:`INFERENCE_LAYER_FACTOR`), plus what outlives its layer (the encoder's
+    output, kept for the second branch; the first branch's heads; the physics)."""
+    n, c = config.N, config.n_channels
+    widest = max(a + b for a, b in _layers(config))
+    kept = config.widths[-1] * (n >> N_LEVELS) ** 2 + 2 * c * n * n
+    return INFERENCE_LAYER_FACTOR * widest + kept + _physics_values(config)
+
+
+def estimate_model_memory(config: ModelConfig) -> ModelMemory:
+    """Parameter bytes and activation bytes per group of ``config``'s network (no framework)."""
+    params = sum(math.prod(e.shape) * np.dtype(e.dtype).itemsize
+                 for e in weight_spec(config).values())
+    return ModelMemory(int(params), ACTIVATION_BYTES * activation_values_per_group(config),
+                       ACTIVATION_BYTES * inference_values_per_group(config))
+
+
+def check_model_memory(config: ModelConfig, batch_size: int, *, training: bool = False,
+                       error: type = ResourceLimitError, where: str = "") -> ModelMemory:
+    """Raise ``error`` unless the network of ``config`` fits the memory budget.
+
+    ``batch_size``: groups per batch (of prediction, or of training with ``training``).
+    ``where`` prefixes the message (e.g. the bundle's path). Returns the estimate.
+    """
+    mem = estimate_model_memory(config)
+    batch = max(int(batch_size), 1)
+    need = mem.training_bytes(batch) if training else mem.inference_bytes(batch)
+    per_group = mem.activation_bytes_per_group if training else mem.inference_bytes_per_group
+    what = (f"{where}the network (N={config.N}, gridsize {config.gridsize}, widths "
+            f"{config.widths}): {'training' if training else 'inference'} in batches of {batch} "
+            f"group{'s' if batch != 1 else ''} (parameters {format_bytes(mem.parameter_bytes)}, "
+            f"activations {format_bytes(per_group)} per group)")
+    check_bytes(need, what, error)
+    return mem

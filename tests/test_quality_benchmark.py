@@ -1,0 +1,145 @@
+"""The quality benchmark's harness (benchmarks/quality): its logic without a framework, the
+refine hook, and one tiny row end to end (``--smoke``) so that the harness cannot rot.
+
+Nothing here asserts image quality: the benchmark measures it, tests keep the harness true.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import doctest
+import importlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:       # benchmarks/ is a folder of the repo, not an installed package
+    sys.path.insert(0, str(ROOT))
+
+
+@pytest.mark.parametrize("name", ["benchmarks.quality.report"])
+def test_docstring_examples(name):
+    assert doctest.testmod(importlib.import_module(name)).failed == 0
+
+
+def test_importing_the_quality_benchmark_imports_no_framework():
+    code = ("import sys, benchmarks.quality.__main__, benchmarks.quality.rows, "
+            "benchmarks.quality.report, benchmarks.quality.objects; "
+            "print(sorted(m for m in ('tensorflow', 'torch', 'ptychi') if m in sys.modules))")
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, cwd=str(ROOT), env=env)
+    assert out.stdout.strip() == "[]"
+
+
+def test_configs_keep_training_and_held_out_objects_apart_and_scan_integer_grids():
+    from benchmarks.quality.config import CONFIGS, FULL, ObjectSpec
+
+    for config in CONFIGS.values():
+        train = {o.name for o in config.train_objects}
+        held = {o.name for o in config.heldout_objects}
+        assert train and held and not train & held
+        assert float(config.step).is_integer() and config.object_side == (
+            (config.grid_side - 1) * config.step + config.N)
+    assert {o.kind for o in FULL.heldout_objects} == {"lines", "grf", "natural"}
+    assert FULL.N == 64 and FULL.doses == (1e6, 1e9) and FULL.gridsizes == (1, 2)
+    assert set(FULL.backends) == {"tensorflow", "torch"}
+    with pytest.raises(ValueError, match="needs amplitude_image"):
+        ObjectSpec("x", "natural", amplitude_image="camera")
+    with pytest.raises(ValueError, match="kind must be"):
+        ObjectSpec("x", "photo")
+
+
+def test_training_scans_sit_side_by_side_without_mixing():
+    from benchmarks.quality.config import SMOKE, TRAIN_OBJECTS
+    from benchmarks.quality.objects import training_scan
+
+    config = dataclasses.replace(SMOKE, train_objects=TRAIN_OBJECTS[:2])
+    raw = training_scan(config, 1e6)
+    assert raw.n_patterns == 2 * config.grid_side ** 2 and raw.object_guess is None
+    first, second = raw.xcoords[raw.scan_index == 0], raw.xcoords[raw.scan_index == 1]
+    assert second.min() - first.max() > config.object_side       # far apart: no shared group
+
+
+def test_a_new_reconstruct_argument_is_a_new_column(monkeypatch, tmp_path):
+    """The refine hook: one more entry of config.variants reaches reconstruct as keyword
+    arguments and becomes a column of the rows and the table (here with stand-ins for
+    train and reconstruct, so no framework is needed)."""
+    pytest.importorskip("skimage", reason="natural-image objects need scikit-image: pip install "
+                                          "'ptycho-pinn[quality]'")
+    import ptycho.workflows as workflows
+    from benchmarks.quality import report
+    from benchmarks.quality.config import SMOKE
+    from benchmarks.quality.rows import floor_rows, network_rows
+    from ptycho.training import EpochRecord, History
+    from ptycho.workflows.reconstruct import Reconstruction
+
+    calls, warmed = [], []
+
+    class Result:
+        history = History(epochs=[EpochRecord(0, 1e-3, {"total": 1.0})])
+        timings = {"train_s": 1.0}
+        model = object()
+
+    def fake_reconstruct(model, raw, keep_patches=True, **kwargs):
+        if raw.object_guess is None:          # the untimed warm-up call on a few patterns
+            warmed.append(kwargs)
+            assert raw.n_patterns <= 16
+            return None
+        calls.append(kwargs)
+        truth = raw.object_guess
+        obj = truth if kwargs.get("refine") else np.ones_like(truth)
+        return Reconstruction(obj=obj, coverage=np.ones(truth.shape), positions=np.zeros((1, 1, 2)),
+                              patches=None, seconds=0.5, n_patterns=raw.n_patterns)
+
+    monkeypatch.setattr(workflows, "train", lambda config, data, backend=None: Result())
+    monkeypatch.setattr(workflows, "reconstruct", fake_reconstruct)
+    config = dataclasses.replace(SMOKE, variants={"network": {}, "refined": {"refine": 7}})
+    rows = network_rows(config, "torch", str(tmp_path), lambda msg: None)
+    assert calls == [{}, {"refine": 7}] and warmed == [{}, {"refine": 7}]
+    row = rows[0]
+    assert row["refined"]["kwargs"] == {"refine": 7} and row["refined"]["amplitude"]["ssim"] == 1.0
+    assert row["network"]["amplitude"]["ssim"] < 0.5
+    merged = report.merge(rows, [], floor_rows(config), list(config.variants))
+    table = report.markdown(merged, list(config.variants))
+    assert "amp. SSIM refined" in table and "refined s" in table
+    assert (tmp_path / "objects").is_dir() and len(list((tmp_path / "objects").iterdir())) == 2
+
+
+@pytest.mark.slow
+def test_the_smoke_suite_runs_end_to_end(tmp_path):
+    pytest.importorskip("torch", reason="the smoke row trains on torch: pip install "
+                                        "'ptycho-pinn[torch]'")
+    pytest.importorskip("skimage", reason="natural-image objects need scikit-image: pip install "
+                                          "'ptycho-pinn[quality]'")
+    has_ptychi = importlib.util.find_spec("ptychi") is not None
+    out = tmp_path / "out"
+    readme = tmp_path / "README.md"
+    readme.write_text("# bench\n\n<!-- quality:begin -->\nold\n<!-- quality:end -->\n\nafter\n")
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.quality", "--smoke", "--out",
+                           str(out), "--readme", str(readme)], cwd=str(ROOT), env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads((out / "quality.json").read_text())
+    (row,) = results["rows"]
+    assert (row["object"], row["gridsize"], row["backend"]) == ("astronaut/gravel", 1, "torch")
+    for method in ("network", "floor") + (("reference",) if has_ptychi else ()):
+        for part in ("amplitude", "phase"):
+            assert -1.0 <= row[method][part]["ssim"] <= 1.0
+    assert row["network"]["seconds"] > 0 and row["train_s"] > 0
+    if has_ptychi:
+        assert row["reference"]["engine"] == "lsqml" and row["reference"]["curve"]
+        assert row["network"]["speedup"] > 0
+    (figure,) = results["figures"]
+    assert (out / "figures" / figure).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    text = readme.read_text()
+    assert "old" not in text and text.endswith("after\n") and "| astronaut/gravel | 1e6 |" in text
+    assert (tmp_path / "quality" / "figures" / figure).is_file()
+    assert "| astronaut/gravel | 1e6 |" in (out / "quality.md").read_text()
