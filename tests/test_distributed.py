@@ -351,7 +351,8 @@ def test_reconstruction_with_two_processes_equals_one(shared, scans, trained, ba
     one, two = (np.load(Path(out[k]["out"]) / "reconstruction.npz") for k in (1, 2))
     summary = json.loads((Path(out[2]["out"]) / "summary.json").read_text())
     assert summary["processes"] == 2 and summary["refinement"]["iterations"] == 1
-    assert summary["reconstruction"]["n_patterns"] == 37 * 4
+    assert (summary["reconstruction"]["n_patterns"], summary["reconstruction"]["n_patches"]) \
+        == (37, 37 * 4)
     for key in ("obj", "coverage"):
         scale = float(np.max(np.abs(one[key])))
         assert scale > 0
