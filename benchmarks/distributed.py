@@ -12,7 +12,9 @@ Also measured in the K-process run, separately: one all-reduce of a buffer the s
 gradients, and one ``group.any`` (the per-step communication alone).
 
 Run the rounds alternately (1 process, K processes, 1 process, ...) because the machine is
-shared; medians over rounds. ``python -m benchmarks.distributed --backend torch --batch 16``
+shared; medians over rounds. On a busy machine the wall-clock speed-up measures the share of
+the cores the runs got; the CPU time per global step (all ranks together against the single
+process) still shows what the distribution adds: ``cpu_efficiency``. ``python -m benchmarks.distributed --backend torch --batch 16``
 runs one configuration; ``python -m benchmarks --only distributed`` all of them.
 """
 
@@ -163,7 +165,22 @@ def compare(backend: str, case: dict, nproc: int, rounds: int, steps: int, log=p
     m = statistics.median(x["patterns_per_s"] for x in multi)
     return {"benchmark": "distributed", "backend": backend, **case, "nproc": nproc,
             "single_patterns_per_s": s, "multi_patterns_per_s": m, "speedup": round(m / s, 3),
+            **cpu_per_step(single, multi, nproc),
             "single_runs": single, "multi_runs": multi, "load": load_snapshot()}
+
+
+def cpu_per_step(single: Sequence[dict], multi: Sequence[dict], nproc: int) -> dict:
+    """CPU seconds per global step: the single process's (all threads), and the K processes'
+    together (K x rank 0's: the ranks do the same work); their ratio is the share of the work
+    that distribution adds, which a busy machine does not hide the way it hides speed-ups.
+
+    >>> cpu_per_step([{"step_cpu_s": 1.0}], [{"step_cpu_s": 0.55}], 2)["cpu_efficiency"]
+    0.909
+    """
+    one = statistics.median(x["step_cpu_s"] for x in single)
+    each = statistics.median(x["step_cpu_s"] for x in multi)
+    return {"single_cpu_s_per_step": round(one, 4), "multi_cpu_s_per_step": round(nproc * each, 4),
+            "cpu_efficiency": round(one / (nproc * each), 3)}
 
 
 def run(backends: Sequence[str], quick: bool, nproc: int = 2, rounds: Optional[int] = None,

@@ -17,7 +17,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:       # benchmarks/ is a folder of the repo, not an installed package
     sys.path.insert(0, str(ROOT))
 
-MODULES = ["benchmarks.machine", "benchmarks.timing", "benchmarks.report", "benchmarks.memory"]
+MODULES = ["benchmarks.machine", "benchmarks.timing", "benchmarks.report", "benchmarks.memory",
+           "benchmarks.distributed"]
 
 
 @pytest.mark.parametrize("name", MODULES)
@@ -71,11 +72,13 @@ def test_report_renders_the_distributed_rows():
     multi = dict(run, patterns_per_s=70.0, gradient_all_reduce_ms=4.5)
     records = [{"benchmark": "distributed", "backend": "torch", "N": 64, "gridsize": 1,
                 "batch": 16, "nproc": 2, "single_patterns_per_s": 40.0,
-                "multi_patterns_per_s": 70.0, "speedup": 1.75, "single_runs": [run],
+                "multi_patterns_per_s": 70.0, "speedup": 1.75, "single_cpu_s_per_step": 0.8,
+                "multi_cpu_s_per_step": 0.9, "cpu_efficiency": 0.889, "single_runs": [run],
                 "multi_runs": [multi]}]
     text = report.table(records)
     row = next(line for line in text.splitlines() if line.strip().startswith("torch"))
-    assert row.split() == ["torch", "64", "1", "16", "2", "40.0", "70.0", "1.75", "4.50", "10%"]
+    assert row.split() == ["torch", "64", "1", "16", "2", "40.0", "70.0", "1.75", "0.800",
+                           "0.900", "0.89", "4.50", "10%"]
 
 
 def test_readme_section_is_replaced_not_appended(tmp_path):
