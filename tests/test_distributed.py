@@ -9,8 +9,8 @@ base_filters 2), and check what the issue asks:
 * 2 processes with global batch B follow 1 process with batch B: 20 steps (5 epochs of
   batches 20, 20, 20, 1 over 61 groups: uneven parts, and a last batch of one group, which
   leaves rank 1 an empty part), weights within ``optimizer.weights`` at 20 steps and
-  per-epoch losses within ``e2e.losses`` (the losses catch a wrong gradient scale, to which
-  Adam's weights are blind), per backend;
+  per-epoch training and validation losses within ``e2e.losses`` (the losses catch a wrong
+  gradient scale, to which Adam's weights are blind), per backend;
 * 2-process TensorFlow against 2-process PyTorch, the same bounds as single-process parity;
 * reconstruction with 2 processes equals 1 process to float32 rounding (with refinement on
   rank 0);
@@ -278,8 +278,8 @@ def trained(shared, scans):
     def get(backend: str, nproc: int) -> dict:
         def make(folder):
             out = folder / "run"
-            r = _ptycho("train", "--train-data", scans["train"], "--output-dir", out,
-                        "--backend", backend, *TRAIN, "--nproc", nproc)
+            r = _ptycho("train", "--train-data", scans["train"], "--test-data", scans["test"],
+                        "--output-dir", out, "--backend", backend, *TRAIN, "--nproc", nproc)
             return dict(r, bundle=str(out / "model.zip"), summary=str(out / "summary.json"))
         r = once(f"train-{backend}-{nproc}", make)
         assert r["code"] == 0, r["stderr"]
@@ -290,17 +290,18 @@ def trained(shared, scans):
 def _weights_and_losses(run: dict):
     from ptycho.bundle import read_bundle
     contents = read_bundle(run["bundle"])
-    losses = np.array([[r.loss[k] for k in ("nll", "mae", "realspace", "total")]
+    keys = ("nll", "mae", "realspace", "total")
+    losses = np.array([[r.loss[k] for k in keys] + [r.val_loss[k] for k in keys]
                        for r in contents.history.epochs])
     return contents.weights, losses
 
 
 def _assert_same_path(a: dict, b: dict) -> None:
     """Weights within optimizer.weights at 20 steps (relative to each entry's largest
-    |w|), per-epoch losses within e2e.losses at 20 steps."""
+    |w|), per-epoch training and validation losses within e2e.losses at 20 steps."""
     from parity.tolerances import tolerance
     (wa, la), (wb, lb) = _weights_and_losses(a), _weights_and_losses(b)
-    assert la.shape == lb.shape == (5, 4)
+    assert la.shape == lb.shape == (5, 8)
     tol_w = tolerance("optimizer.weights", steps=STEPS)
     assert list(wa) == list(wb)
     for name in wa:
@@ -318,9 +319,18 @@ def test_two_processes_follow_one_process(trained, backend):
     summary = json.loads(Path(two["summary"]).read_text())
     assert summary["processes"] == 2 and summary["history"]["epochs"] == 5
     _assert_same_path(two, one)
-    # the bundle is rank 0's alone, written atomically: no stray temporary files
-    assert sorted(os.listdir(Path(two["bundle"]).parent)) == ["loss.png", "model.zip",
-                                                              "summary.json"]
+    # rank 0 alone wrote, each file atomically: the same files as one process, nothing stray
+    assert sorted(os.listdir(Path(two["bundle"]).parent)) == \
+        sorted(os.listdir(Path(one["bundle"]).parent)) == \
+        ["comparison.png", "loss.png", "model.zip", "reconstruction.npz", "reconstruction.png",
+         "summary.json"]
+    # the test scan, reconstructed after training by both ranks (each its part of the scan)
+    obj_one, obj_two = (np.load(Path(r["bundle"]).parent / "reconstruction.npz")["obj"]
+                        for r in (one, two))
+    assert summary["reconstruction"]["n_patterns"] == 37
+    from parity.tolerances import tolerance
+    tol = tolerance("e2e.object", steps=STEPS)
+    assert np.max(np.abs(obj_two - obj_one)) <= tol.rtol * np.max(np.abs(obj_one))
 
 
 @pytest.mark.slow

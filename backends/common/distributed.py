@@ -113,7 +113,13 @@ class ProcessGroup:
         """Leave the group (once; later calls do nothing)."""
         if not self.closed:
             self.closed = True
-            self.ops.stop_process_group(self._handle)
+            handle, self._handle = self._handle, None
+            self._reducers.clear()
+            self.ops.stop_process_group(handle)
+            # the last reference to the engine's group goes here, so that its threads end now
+            # and not while the interpreter shuts down (a gloo thread that then releases a
+            # tensor aborts the process: "terminate called without an active exception")
+            del handle
 
 
 #: Lines of a framework's message that say where, not what (TensorFlow's graph trace).
