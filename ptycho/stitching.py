@@ -170,6 +170,27 @@ class Stitcher:
             self._add_chunk(patches[i:i + CHUNK], pos[i:i + CHUNK])
         self.count += len(patches)
 
+    def overlap_with(self, patches: np.ndarray, positions: np.ndarray) -> complex:
+        """``sum w p conj(object)`` of ``patches`` (P, N, N) at ``positions`` (P, 2) = (x, y)
+        (rounded to whole pixels) against the object stitched so far, over the pixels it
+        already covers: its phase is how far the patches' common phase is from the object's
+        (0 when nothing overlaps yet)."""
+        r0, r1, c0, c1 = self._box
+        pos = np.rint(np.asarray(positions, np.float64)).astype(np.int64)
+        rows = pos[:, 1, None] + np.arange(r0 - self.N // 2, r1 - self.N // 2)
+        cols = pos[:, 0, None] + np.arange(c0 - self.N // 2, c1 - self.N // 2)
+        h, w = self.shape
+        inside = (((rows >= 0) & (rows < h))[:, :, None] & ((cols >= 0) & (cols < w))[:, None, :])
+        rr = np.clip(rows, 0, h - 1)[:, :, None]
+        cc = np.clip(cols, 0, w - 1)[:, None, :]
+        den = self._den[rr, cc]
+        covered = inside & (den > 0)
+        if not covered.any():
+            return 0j
+        current = np.where(covered, self._num[rr, cc] / np.where(covered, den, 1.0), 0)
+        vals = np.asarray(patches)[:, r0:r1, c0:c1] * self._wbox
+        return complex(np.sum(vals * np.conj(current)))
+
     def _add_chunk(self, patches: np.ndarray, pos: np.ndarray) -> None:
         r0, r1, c0, c1 = self._box
         hb, wb = r1 - r0, c1 - c0

@@ -108,7 +108,8 @@ def learning_rate_at(config: TrainingConfig, epoch: int) -> float:
     if config.lr_schedule == "exponential":
         return max(lr0 * config.lr_decay_rate ** epoch, config.lr_min)
     if config.lr_schedule == "cosine":
-        frac = epoch / max(config.nepochs - 1, 1)
+        # reaches lr_min at the end of the last epoch, so that every epoch still learns
+        frac = epoch / config.nepochs
         return config.lr_min + 0.5 * (lr0 - config.lr_min) * (1.0 + math.cos(math.pi * frac))
     raise ValueError(f"unknown lr_schedule {config.lr_schedule!r}")
 

@@ -70,10 +70,12 @@ def cfg(**kw):
 
 
 def test_schedules():
-    c = cfg(lr_schedule="cosine", nepochs=5, learning_rate=1.0, lr_min=0.0)
+    c = cfg(lr_schedule="cosine", nepochs=4, learning_rate=1.0, lr_min=0.0)
     assert learning_rate_at(c, 0) == pytest.approx(1.0)
     assert learning_rate_at(c, 2) == pytest.approx(0.5)
-    assert learning_rate_at(c, 4) == pytest.approx(0.0, abs=1e-12)
+    # lr_min is where the schedule ends, after the last epoch: every epoch learns
+    assert learning_rate_at(c, 3) == pytest.approx(0.5 * (1 + math.cos(0.75 * math.pi)))
+    assert learning_rate_at(c, 3) > 0
     e = cfg(lr_schedule="exponential", lr_decay_rate=0.5, lr_min=0.2, learning_rate=1.0)
     assert [learning_rate_at(e, k) for k in range(4)] == [1.0, 0.5, 0.25, 0.2]
 

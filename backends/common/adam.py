@@ -22,14 +22,15 @@ from backends.common.overrides import overridable
 
 
 def check_learning_rate(learning_rate) -> float:
-    """``learning_rate`` as a float, or ValueError unless it is a finite number > 0."""
+    """``learning_rate`` as a float, or ValueError unless it is a finite number >= 0 (0: the
+    steps change nothing, as a schedule may ask)."""
     try:
         lr = float(learning_rate)
     except (TypeError, ValueError):
-        raise ValueError(f"learning rate must be a finite number > 0, got {learning_rate!r}") \
+        raise ValueError(f"learning rate must be a finite number >= 0, got {learning_rate!r}") \
             from None
-    if not (math.isfinite(lr) and lr > 0):
-        raise ValueError(f"learning rate must be a finite number > 0, got {learning_rate!r}")
+    if not (math.isfinite(lr) and lr >= 0):
+        raise ValueError(f"learning rate must be a finite number >= 0, got {learning_rate!r}")
     return lr
 
 

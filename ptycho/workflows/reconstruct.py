@@ -27,6 +27,7 @@ from ptycho.distributed import shard
 from ptycho.limits import check_bytes
 from ptycho.model_memory import check_model_memory
 from ptycho.physics.model import effective_probe
+from ptycho.phase_sync import align_phase, synchronize
 from ptycho.physics.patches import canvas_size, central_mask
 from ptycho.stitching import Stitcher, check_canvas, check_group_canvas, extent_of
 from ptycho.workflows.model import PtychoModel
@@ -287,7 +288,8 @@ def reconstruct(model: PtychoModel, data: DataLike, *, batch_size: Optional[int]
                 precision: str = "float32", keep_patches: bool = True,
                 object_shape: Optional[Sequence[int]] = None, chunk_groups: int = DEFAULT_CHUNK_GROUPS,
                 progress: Optional[Callable[[int, int], None]] = None,
-                plan: Optional[ReconstructionPlan] = None, refine: int = 0,
+                plan: Optional[ReconstructionPlan] = None, phase_sync: bool = True,
+                refine: int = 0,
                 refine_probe: bool = False,
                 refine_progress: Optional[Callable[[int, int, float], None]] = None
                 ) -> Optional[Reconstruction]:
@@ -304,6 +306,11 @@ def reconstruct(model: PtychoModel, data: DataLike, *, batch_size: Optional[int]
     ``plan``: from :func:`plan_reconstruction` (made with the model's config, the same data
     and options); by default it is made here. Either way the memory the run takes is checked
     against the budget before the object canvas is allocated.
+
+    ``phase_sync`` (default on): the network is free to give each patch (each group at
+    gridsize > 1) its own constant phase, which its diffraction pattern cannot see; before
+    stitching, the patches of a chunk are brought to a common phase from their overlaps, and
+    the chunk to the object stitched so far (:mod:`ptycho.phase_sync`).
 
     ``refine=K``: then ``K`` iterations of physics refinement (:func:`refine_object`) from
     the stitched object, in the model's backend, with the model's probe (refined too with
@@ -330,14 +337,20 @@ def reconstruct(model: PtychoModel, data: DataLike, *, batch_size: Optional[int]
                                    keep_patches=keep_patches)
     positions, read, n_groups = plan.positions, plan.read, plan.n_groups
     n = model.model_config.N
-    stitcher = Stitcher(plan.object_shape, n, window=stitch_window(model))
+    window = stitch_window(model)
+    stitcher = Stitcher(plan.object_shape, n, window=window)
     kept = []
     mine = slice(0, n_groups) if group is None else shard(n_groups, group.rank, group.size)
     for lo in range(mine.start, mine.stop, plan.chunk_groups):
         sl = slice(lo, min(lo + plan.chunk_groups, mine.stop))
         patches = predict_chunk(model, read(sl), positions[sl], plan.canvas,
                                 batch_size=batch_size, precision=precision)
-        stitcher.add(patches.reshape((-1, n, n)), positions[sl].reshape(-1, 2))
+        flat, where = patches.reshape((-1, n, n)), positions[sl].reshape(-1, 2)
+        if phase_sync:    # the patches' free phase offsets made to agree, then the chunk's
+            flat = synchronize(flat, where, window)          # with the object so far
+            flat *= np.complex64(align_phase(stitcher.overlap_with(flat, where)))
+            patches = flat.reshape(patches.shape)
+        stitcher.add(flat, where)
         if keep_patches:
             kept.append(patches)
         del patches    # before the next chunk is predicted: one chunk in memory, not two

@@ -97,9 +97,13 @@ def test_training_needs_configuration_and_valid_input(backend):
     with pytest.raises(TypeError, match="TrainingConfig"):
         model.configure_training(cfg)
     model.configure_training(TrainingConfig(model=cfg))
-    for bad in (float("nan"), -1.0, 0.0):
+    for bad in (float("nan"), -1.0, float("inf")):
         with pytest.raises(ValueError, match="learning rate"):
             model.set_learning_rate(bad)
+    model.set_learning_rate(0.0)         # a schedule's end: a step that changes nothing
+    before = model.get_weights()
+    model.train_step(b)
+    assert all(np.array_equal(v, model.get_weights()[k]) for k, v in before.items())
     with pytest.raises(ValueError, match=r"\(B, 1, 16, 16\)"):
         model.train_step(batch(ModelConfig(**SMALL, gridsize=2)))
     with pytest.raises(ValueError, match="canvas side"):
