@@ -284,6 +284,21 @@ def refine_object(model: PtychoModel, obj: np.ndarray, data: DataLike, iteration
             "refine_probe": bool(refine_probe), "seconds": time.perf_counter() - start}
 
 
+def _align_parts(stitcher: Stitcher, group) -> None:
+    """Bring the ranks' parts of a scan to one phase before they are summed.
+
+    Within a part, phase synchronisation turned each chunk to the part stitched so far; the
+    parts' own phases are unrelated. Rank by rank, part r is turned to the sum of parts
+    0 .. r-1 (turned already): one sum of the canvas over the ranks per rank after the first.
+    """
+    num, den, _ = stitcher.accumulators()
+    nothing = [np.zeros_like(num), np.zeros_like(den)]
+    for r in range(1, group.size):
+        before = group.all_reduce_sum([num, den] if group.rank < r else nothing)
+        if group.rank == r:
+            stitcher.turn_to(*before)
+
+
 def reconstruct(model: PtychoModel, data: DataLike, *, batch_size: Optional[int] = None,
                 precision: str = "float32", keep_patches: bool = True,
                 object_shape: Optional[Sequence[int]] = None, chunk_groups: int = DEFAULT_CHUNK_GROUPS,
@@ -322,7 +337,10 @@ def reconstruct(model: PtychoModel, data: DataLike, *, batch_size: Optional[int]
     stitching accumulators are summed over the ranks, and rank 0 returns the
     :class:`Reconstruction` (refined there alone when ``refine``); the other ranks return
     None. ``progress`` then counts this rank's groups. ``keep_patches`` must be False (no
-    rank holds all the patches).
+    rank holds all the patches). With ``phase_sync`` each rank synchronises its own part
+    chunk by chunk and the parts are then turned to one another (:func:`_align_parts`):
+    without it the object equals one process's to float32 rounding; with it, up to the
+    phase estimates, whose reference differs at the parts' boundaries.
     """
     if isinstance(refine, bool) or not isinstance(refine, (int, np.integer)) or refine < 0:
         raise ValueError(f"refine must be an int >= 0 (iterations), got {refine!r}")
@@ -358,6 +376,8 @@ def reconstruct(model: PtychoModel, data: DataLike, *, batch_size: Optional[int]
         if progress is not None:
             progress(sl.stop - mine.start, mine.stop - mine.start)
     if group is not None:
+        if phase_sync:
+            _align_parts(stitcher, group)
         stitcher.sum_over(group.all_reduce_sum)
         if group.rank != 0:
             return None
