@@ -27,7 +27,8 @@ from typing import Callable, Optional
 from benchmarks import report
 from benchmarks.machine import load_snapshot, machine_info, versions
 
-SECTIONS = ("throughput", "stitching", "simulation", "memory", "scaling", "startup", "parity")
+SECTIONS = ("throughput", "stitching", "simulation", "memory", "scaling", "startup",
+            "distributed", "parity")
 
 
 def _log(msg: str) -> None:
@@ -200,6 +201,8 @@ def main(argv=None) -> int:
         ("startup", lambda: _startup(backends, tmp)),
         ("memory", lambda: _memory(backends, a.quick, a.threads)),
         ("scaling", lambda: _scaling(backends, a.quick, a.threads, tmp)),
+        ("distributed", lambda: __import__("benchmarks.distributed", fromlist=["run"]).run(
+            backends, a.quick, log=_log)),
         ("parity", lambda: _parity(tmp)),
     ]
     errors = []

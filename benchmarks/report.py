@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import re
+import statistics
 from typing import Iterable, Optional
 
 #: Thresholds of the targets (see benchmarks/README.md).
@@ -118,6 +119,27 @@ def other_tables(records: list[dict]) -> list[str]:
                      f" s after launch; steps {r['step_median_s'] * 1e3:.0f} ms median, "
                      f"slowest after the first {r['step_max_after_first_s'] * 1e3:.0f} ms "
                      f"(x{r['stall_ratio']:.2f}); epochs {', '.join(f'{s:.1f}' for s in r['epoch_s'])} s")
+    rows = _by(records, "distributed")
+    if rows:
+        lines.append("distributed training: patterns/s, 1 process with K threads vs K processes "
+                     "of 1 thread (one group); load = median CPU pressure of the runs")
+        lines.append("  (CPU s/step: one global step, the single process's and the K processes' "
+                     "together; allreduce: the gradients' all-reduce alone)")
+        lines.append(f"  {'backend':>10} {'N':>4} {'grid':>4} {'batch':>5} {'K':>2} "
+                     f"{'1 proc':>8} {'K procs':>8} {'speedup':>7} {'CPU s/step 1':>12} "
+                     f"{'K':>6} {'eff':>5} {'allreduce ms':>12} {'load':>5}")
+        for r in rows:
+            multi = r["multi_runs"][0] if r["multi_runs"] else {}
+            load = statistics.median(x["load"].get("cpu_pressure_10s", float("nan"))
+                                     for x in r["single_runs"] + r["multi_runs"])
+            lines.append(f"  {r['backend']:>10} {r['N']:>4} {r['gridsize']:>4} {r['batch']:>5} "
+                         f"{r['nproc']:>2} {r['single_patterns_per_s']:>8.1f} "
+                         f"{r['multi_patterns_per_s']:>8.1f} {r['speedup']:>7.2f} "
+                         f"{r.get('single_cpu_s_per_step', float('nan')):>12.3f} "
+                         f"{r.get('multi_cpu_s_per_step', float('nan')):>6.3f} "
+                         f"{r.get('cpu_efficiency', float('nan')):>5.2f} "
+                         f"{multi.get('gradient_all_reduce_ms', float('nan')):>12.2f} "
+                         f"{load:>4.0f}%")
     for r in _by(records, "parity"):
         lines.append(f"parity harness (default config, all stages): {r['seconds']:.1f} s wall, "
                      f"{'PASS' if r.get('passed') else 'FAIL'}")

@@ -43,7 +43,7 @@ class Batch:
                                  f"(per pattern), got {m.shape}")
             if m.dtype != np.bool_ and not np.all((m == 0) | (m == 1)):
                 raise ValueError("Batch.mask must hold only 0/1 (or bool) values")
-            if not np.any(m):
+            if m.size and not np.any(m):    # (an empty batch: one rank's part of a short one)
                 raise ValueError("Batch.mask excludes every pixel; nothing is left to fit")
 
     @property

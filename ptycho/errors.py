@@ -32,6 +32,12 @@ class TrainingError(PtychoError, RuntimeError):
     """Training stopped because something went wrong (e.g. a non-finite loss)."""
 
 
+class DistributedError(PtychoError, RuntimeError):
+    """A process of a multi-process run failed or stopped answering (a collective operation
+    failed or timed out); this process stopped too. The message names the rank and the
+    operation, and the framework's own message."""
+
+
 class DataWarning(UserWarning):
     """A data file was read with something skipped or converted (the message says what and why).
 

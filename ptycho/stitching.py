@@ -27,7 +27,7 @@ how many came before.
 from __future__ import annotations
 
 import math
-from typing import Optional, Sequence, Union
+from typing import Callable, Optional, Sequence, Union
 
 import numpy as np
 
@@ -237,6 +237,59 @@ class Stitcher:
         # matching dtypes keep numpy on the fast path of ufunc.at
         np.add.at(self._num.reshape(-1), flat, vals.astype(self._num.dtype, copy=False))
         np.add.at(self._den.reshape(-1), flat, wts.astype(self._den.dtype, copy=False))
+
+    def sum_over(self, all_reduce_sum: Callable[[list], list]) -> None:
+        """Replace the accumulators (and :attr:`count`) by their sums over the processes of a
+        group, each of which stitched its own patches onto the same canvas.
+
+        ``all_reduce_sum`` maps a list of arrays to their elementwise sums over the ranks,
+        the same on every rank (a process group's ``all_reduce_sum``, see
+        :class:`ptycho.distributed.Communicator`). Every rank's stitcher must have the same
+        shape, window, sub-pixel mode and dtype; the float64 (or float32) sums are the ones
+        one process would have accumulated, up to the order of the additions.
+
+        >>> a, b = Stitcher((4, 4), 2, "full"), Stitcher((4, 4), 2, "full")
+        >>> a.add(np.ones((1, 2, 2)), [[1.0, 1.0]]); b.add(3 * np.ones((1, 2, 2)), [[2.0, 2.0]])
+        >>> a.sum_over(lambda arrays: [x + y for x, y in zip(arrays, b.accumulators())])
+        >>> a.count, complex(a.result()[1, 1]), float(a.coverage[1, 1])
+        (2, (2+0j), 2.0)
+        """
+        num, den, count = all_reduce_sum(self.accumulators())
+        if np.shape(num) != self.shape or np.shape(den) != self.shape:
+            raise ValueError(f"the summed accumulators have shapes {np.shape(num)} and "
+                             f"{np.shape(den)}, this canvas is {self.shape}")
+        self._num[...] = num
+        self._den[...] = den
+        self.count = int(round(float(np.asarray(count).reshape(-1)[0])))
+
+    def accumulators(self) -> list:
+        """What :meth:`sum_over` sums: the weighted sum of the patches and the coverage (the
+        arrays themselves, not copies: read them, do not write), and the patch count (a
+        float64 array of one)."""
+        return [self._num, self._den, np.array([float(self.count)])]
+
+    def turn_to(self, num: np.ndarray, den: np.ndarray) -> complex:
+        """Turn the patches stitched so far by the one phase factor that best matches the
+        object ``num / den`` (another stitcher's accumulators on the same canvas) where both
+        cover the object; return the factor (1 when they share no pixel).
+
+        For a group whose ranks each stitched a part of a scan, their patches brought to one
+        phase within each part: the parts' phases are unrelated until turned to one another.
+
+        >>> a, b = Stitcher((4, 4), 2, "full"), Stitcher((4, 4), 2, "full")
+        >>> a.add(np.full((1, 2, 2), 1j), [[1.0, 1.0]]); b.add(np.ones((1, 2, 2)), [[2.0, 2.0]])
+        >>> f = a.turn_to(*b.accumulators()[:2])
+        >>> complex(np.round(f, 12)), complex(np.round(a.result()[1, 1], 12))
+        (-1j, (1+0j))
+        """
+        both = (self._den > 0) & (np.asarray(den) > 0)
+        z = complex(np.sum(self._num[both] * np.conj(np.asarray(num)[both]
+                                                      / np.asarray(den)[both])))
+        if z == 0 or not np.isfinite(z):
+            return 1.0 + 0j
+        factor = np.conj(z) / abs(z)
+        self._num *= factor
+        return complex(factor)
 
     # -- results -----------------------------------------------------------------------------
 

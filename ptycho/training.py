@@ -5,6 +5,11 @@ the learning-rate schedule, early stopping, the per-epoch history and the handli
 failures (non-finite loss, Ctrl-C). A backend only provides ``configure_training``,
 ``set_learning_rate`` and ``train_step`` (see :class:`backends.protocol.BackendModel`).
 
+It also owns the batch order of a multi-process run: a model that is one rank of a process
+group (``model.process_group``, see :mod:`ptycho.distributed`) trains on its contiguous part
+of every global batch, so K processes with batch size B follow the path of one process with
+batch size B.
+
 >>> learning_rate_at(TrainingConfig(learning_rate=1e-3, lr_schedule="exponential",
 ...                                 lr_decay_rate=0.5), epoch=2)
 0.00025
@@ -24,6 +29,7 @@ import numpy as np
 
 from ptycho.batch import Batch
 from ptycho.config.schema import TrainingConfig
+from ptycho.distributed import Communicator, shard
 from ptycho.errors import TrainingError
 from ptycho.physics.losses import LossSettings
 
@@ -122,13 +128,25 @@ def epoch_batches(n: int, batch_size: int, seed: int, epoch: int) -> list[np.nda
     return [order[i:i + batch_size] for i in range(0, n, batch_size)]
 
 
+def _group_of(model) -> Optional[Communicator]:
+    """The process group ``model`` is one rank of, or None (a single process)."""
+    return getattr(model, "process_group", None)
+
+
+def local_part(idx: np.ndarray, group: Optional[Communicator]) -> np.ndarray:
+    """This rank's contiguous part of the global batch ``idx`` (all of it without a group)."""
+    return idx if group is None else idx[shard(len(idx), group.rank, group.size)]
+
+
 def evaluate(model, data: GroupedLike, settings: LossSettings, batch_size: int) -> dict[str, float]:
-    """Mean loss terms over ``data`` (weighted by batch size), without updating the model."""
+    """Mean loss terms over ``data`` (weighted by batch size), without updating the model.
+    In a process group every rank calls it and computes its part of each batch."""
     sums = dict.fromkeys(LOSS_KEYS, 0.0)
     n = len(data)
+    group = _group_of(model)
     for start in range(0, n, batch_size):
         idx = np.arange(start, min(start + batch_size, n))
-        terms = model.losses(data.batch(idx), settings)
+        terms = model.losses(data.batch(local_part(idx, group)), settings)
         for k in LOSS_KEYS:
             sums[k] += float(terms[k]) * len(idx)
     return {k: v / n for k, v in sums.items()}
@@ -150,6 +168,15 @@ def fit(model, data: GroupedLike, config: TrainingConfig, validation: Optional[G
     arrives while ``on_epoch_end`` runs (in the main thread) is held until it returns, so
     the epoch just completed is saved whole; training then stops as interrupted. A second
     Ctrl-C during that time interrupts at once.
+
+    In a process group (``model.process_group``; every rank calls ``fit`` with the same data
+    and config), each rank trains on its contiguous part of every global batch and gets the
+    whole batch's loss terms back, so every rank keeps the same history and takes the same
+    decisions (non-finite loss, early stopping). Ctrl-C or SIGTERM (what launchers send) on
+    any rank is held and announced to the others before the next step, and every rank stops
+    at that step as interrupted, with the weights of the last completed epoch; a second
+    signal interrupts that rank at once. A rank that dies makes the others raise
+    :class:`ptycho.errors.DistributedError` at their next collective.
     """
     if len(data) == 0:
         raise TrainingError("cannot train on an empty dataset (0 groups)")
@@ -159,43 +186,92 @@ def fit(model, data: GroupedLike, config: TrainingConfig, validation: Optional[G
     best = math.inf
     waited = 0
     monitor = "val" if validation is not None else "train"
+    group = _group_of(model)
     # ``good_weights``: the weights of the last completed epoch while an epoch is running
     # (None when the model holds them already); restored on Ctrl-C or a non-finite loss,
     # wherever in the loop the interrupt lands.
     good_weights = None
     try:
-        for epoch in range(config.nepochs):
-            good_weights = model.get_weights()
-            try:
-                record = _run_epoch(model, data, config, epoch, progress)
-                if validation is not None:
-                    record.val_loss = evaluate(model, validation, settings, config.batch_size)
-            except NonFiniteLossError as err:
-                model.set_weights(good_weights)
-                err.history = history
-                raise
-            with _interrupt_deferred() as pending:
-                history.epochs.append(record)
-                good_weights = None
-                if on_epoch_end is not None:
-                    on_epoch_end(record, model)
-            if pending:
-                history.interrupted = True
-                return history
-            current = (record.val_loss if monitor == "val" else record.loss)["total"]
-            if current < best - config.early_stopping_min_delta:
-                best, waited, history.best_epoch = current, 0, epoch
-            else:
-                waited += 1
-                if (config.early_stopping_patience is not None
-                        and waited >= config.early_stopping_patience):
-                    history.stopped_early = True
-                    break
-    except KeyboardInterrupt:
+        with _stop_requests(group) as stop:
+            for epoch in range(config.nepochs):
+                good_weights = model.get_weights()
+                try:
+                    record = _run_epoch(model, data, config, epoch, progress, stop)
+                    if validation is not None:
+                        record.val_loss = evaluate(model, validation, settings,
+                                                   config.batch_size)
+                except NonFiniteLossError as err:
+                    model.set_weights(good_weights)
+                    err.history = history
+                    raise
+                with _interrupt_deferred() as pending:
+                    history.epochs.append(record)
+                    good_weights = None
+                    if on_epoch_end is not None:
+                        on_epoch_end(record, model)
+                if pending:
+                    history.interrupted = True
+                    return history
+                current = (record.val_loss if monitor == "val" else record.loss)["total"]
+                if current < best - config.early_stopping_min_delta:
+                    best, waited, history.best_epoch = current, 0, epoch
+                else:
+                    waited += 1
+                    if (config.early_stopping_patience is not None
+                            and waited >= config.early_stopping_patience):
+                        history.stopped_early = True
+                        break
+    except (KeyboardInterrupt, _StopRequested):
         if good_weights is not None:
             model.set_weights(good_weights)
         history.interrupted = True
     return history
+
+
+class _StopRequested(Exception):
+    """Every rank of a group agreed to stop (a rank was sent SIGINT or SIGTERM)."""
+
+
+class _StopSignals:
+    """The stop requests of a multi-process run: SIGINT and SIGTERM are held (a rank must not
+    leave in the middle of a collective, where the others would wait for it) and announced
+    to the other ranks before each step (:meth:`check`); a second signal raises
+    KeyboardInterrupt at once."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self, group: Optional[Communicator]):
+        self.group = group
+        self.received: list[int] = []
+
+    def hold(self, signum, frame) -> None:
+        if self.received:
+            raise KeyboardInterrupt
+        self.received.append(signum)
+
+    def check(self) -> None:
+        """Raise _StopRequested on every rank when any rank was asked to stop (a collective:
+        every rank calls it at the same point)."""
+        if self.group is not None and self.group.any(bool(self.received)):
+            raise _StopRequested
+
+
+@contextlib.contextmanager
+def _stop_requests(group: Optional[Communicator]):
+    """:class:`_StopSignals` for ``group``, holding SIGINT and SIGTERM while the block runs
+    (a single process, or a thread other than the main one, keeps Python's handlers)."""
+    stop = _StopSignals(group)
+    if group is None or threading.current_thread() is not threading.main_thread():
+        yield stop
+        return
+    before = {sig: signal.getsignal(sig) for sig in stop.SIGNALS}
+    for sig in stop.SIGNALS:
+        signal.signal(sig, stop.hold)
+    try:
+        yield stop
+    finally:
+        for sig, handler in before.items():
+            signal.signal(sig, handler)
 
 
 @contextlib.contextmanager
@@ -224,14 +300,15 @@ def _interrupt_deferred():
 
 
 def _run_epoch(model, data: GroupedLike, config: TrainingConfig, epoch: int,
-               progress: Optional[ProgressFn]) -> EpochRecord:
+               progress: Optional[ProgressFn], stop: _StopSignals) -> EpochRecord:
     start = time.perf_counter()
     lr = learning_rate_at(config, epoch)
     model.set_learning_rate(lr)
     batches = epoch_batches(len(data), config.batch_size, config.seed, epoch)
     sums = dict.fromkeys(LOSS_KEYS, 0.0)
     for step, idx in enumerate(batches):
-        terms = model.train_step(data.batch(idx))
+        stop.check()
+        terms = model.train_step(data.batch(local_part(idx, stop.group)))
         if not all(math.isfinite(float(terms[k])) for k in LOSS_KEYS):
             raise NonFiniteLossError(epoch, step, {k: float(terms[k]) for k in LOSS_KEYS})
         for k in LOSS_KEYS:

@@ -17,7 +17,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:       # benchmarks/ is a folder of the repo, not an installed package
     sys.path.insert(0, str(ROOT))
 
-MODULES = ["benchmarks.machine", "benchmarks.timing", "benchmarks.report", "benchmarks.memory"]
+MODULES = ["benchmarks.machine", "benchmarks.timing", "benchmarks.report", "benchmarks.memory",
+           "benchmarks.distributed"]
 
 
 @pytest.mark.parametrize("name", MODULES)
@@ -27,7 +28,8 @@ def test_docstring_examples(name):
 
 
 def test_the_parent_process_imports_no_framework():
-    code = ("import sys, benchmarks.__main__, benchmarks.throughput, benchmarks.report; "
+    code = ("import sys, benchmarks.__main__, benchmarks.throughput, benchmarks.report, "
+            "benchmarks.distributed; "
             "print(sorted(m for m in ('tensorflow', 'torch') if m in sys.modules))")
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
@@ -62,6 +64,21 @@ def test_report_checks_the_targets_and_renders_a_table():
     assert checks["memory 100000 vs 1000 (torch): peak <= 1.25x"]
     text = report.table(records)
     assert "training: patterns/s" in text and "[NO ]" in text and "[ok ]" in text
+
+
+def test_report_renders_the_distributed_rows():
+    from benchmarks import report
+    run = {"patterns_per_s": 40.0, "load": {"cpu_pressure_10s": 10.0}}
+    multi = dict(run, patterns_per_s=70.0, gradient_all_reduce_ms=4.5)
+    records = [{"benchmark": "distributed", "backend": "torch", "N": 64, "gridsize": 1,
+                "batch": 16, "nproc": 2, "single_patterns_per_s": 40.0,
+                "multi_patterns_per_s": 70.0, "speedup": 1.75, "single_cpu_s_per_step": 0.8,
+                "multi_cpu_s_per_step": 0.9, "cpu_efficiency": 0.889, "single_runs": [run],
+                "multi_runs": [multi]}]
+    text = report.table(records)
+    row = next(line for line in text.splitlines() if line.strip().startswith("torch"))
+    assert row.split() == ["torch", "64", "1", "16", "2", "40.0", "70.0", "1.75", "0.800",
+                           "0.900", "0.89", "4.50", "10%"]
 
 
 def test_readme_section_is_replaced_not_appended(tmp_path):

@@ -13,8 +13,10 @@ from typing import Mapping, Optional
 import numpy as np
 
 from backends.common import physics
+from backends.common.distributed import ProcessGroup
 from backends.common.model import Model
 from ptycho.config.schema import ModelConfig
+from ptycho.distributed import DEFAULT_TIMEOUT_S, World
 
 
 def _real_or_complex(x) -> tuple[np.ndarray, str]:
@@ -45,14 +47,27 @@ class Backend:
         """
         self.ops.configure_process(threads)
 
+    def start_process_group(self, world: World,
+                            timeout_s: float = DEFAULT_TIMEOUT_S) -> ProcessGroup:
+        """Join the group of processes ``world`` describes (see :mod:`ptycho.distributed`)
+        with the framework's engine (torch: ``torch.distributed``, gloo or NCCL; TensorFlow:
+        ``MultiWorkerMirroredStrategy``). A process-wide act, done only when called: after
+        :meth:`configure_process`, before any model is built. Collectives give up after
+        ``timeout_s`` seconds. ``group.close()`` leaves the group.
+        """
+        return ProcessGroup(self.ops, world, timeout_s)
+
     def build_model(self, config: ModelConfig, weights: Mapping[str, np.ndarray],
-                    device: Optional[str] = None) -> Model:
+                    device: Optional[str] = None, group: Optional[ProcessGroup] = None) -> Model:
         """A model holding exactly ``weights`` (canonical; validated strictly).
 
         ``device``: where the tensors live, for a framework with several (torch: a device
-        string; default CUDA when available, else CPU).
+        string; default CUDA when available, else CPU; in a group, the group's device).
+        ``group``: a started :class:`ProcessGroup`; the model's losses, gradients and
+        training steps then take this rank's part of a global batch and return the whole
+        batch's values, the same on every rank (see :class:`Model`).
         """
-        return Model(self.ops, self.name, config, weights, device)
+        return Model(self.ops, self.name, config, weights, device, group)
 
     # ------------------------------------------------------------ numpy in / numpy out
     def _t(self, x, dtype: Optional[str] = None):

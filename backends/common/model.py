@@ -14,11 +14,22 @@ Losses are means; a batch split into shards computes each shard's share of the b
 means (sums divided by the whole batch's counts) and adds them up, which is exact in real
 arithmetic and equal to float32 rounding in practice (a run is deterministic for a given
 thread count).
+
+Across processes it is the same one level up. A model built with ``group=`` (a started
+:class:`~backends.common.distributed.ProcessGroup`) is one rank of a data-parallel run:
+:meth:`Model.losses`, :meth:`Model.gradients` and :meth:`Model.train_step` take this rank's
+part of a global batch, sum the counts over the ranks first (the whole batch's
+denominators), compute this rank's share of the terms and gradients, and sum those over the
+ranks (one collective: the list packed into one buffer); every rank then applies the same
+Adam update to the same weights. A rank whose part is empty (a last batch shorter than the
+group) contributes zeros. Every rank must call these methods in the same order.
 """
 
 from __future__ import annotations
 
 from typing import Mapping, Optional
+
+import contextlib
 
 import numpy as np
 
@@ -51,13 +62,20 @@ class Model:
     """
 
     def __init__(self, ops, backend_name: str, config: ModelConfig,
-                 weights: Mapping[str, np.ndarray], device=None):
+                 weights: Mapping[str, np.ndarray], device=None, group=None):
         if not isinstance(config, ModelConfig):
             raise TypeError(f"config must be a ModelConfig, got {type(config).__name__}")
         validate_weights(config, weights)
+        if group is not None and group.ops is not ops:
+            raise ValueError(f"the process group runs on {group.ops.FRAMEWORK}, the model on "
+                             f"{ops.FRAMEWORK}: start the group with the model's backend")
         self.ops = ops
         self.backend_name = backend_name
         self.config = config
+        #: the started process group this model is one rank of (None: a single process)
+        self.process_group = group
+        if group is not None and device is None:
+            device = group.device
         self.device = ops.device(device)
         n = config.N
         self._trainable = trainable_names(config)
@@ -162,11 +180,46 @@ class Model:
         return physics.loss_terms(self.ops, pred, diffraction, patches, constrained,
                                   loss_weights, loss_epsilon, mask, pixel_count, element_count)
 
-    def _loss_and_grads(self, *args):
+    def _local_loss_and_grads(self, *args):
         """Loss terms and d total / d trainables, the batch split by ``ops.shards``."""
         per_pattern_mask = len(args) == 8 and len(args[7].shape) == 4
         return sharded_value_and_grad(self.ops, self._loss_terms, self._trainable_variables(),
                                       args, (0, 1, 7) if per_pattern_mask else (0, 1))
+
+    # ------------------------------------------------------------------ across processes
+    def _with_global_counts(self, args: tuple) -> tuple:
+        """The loss arguments with the counts (positions 3, 4) summed over the ranks."""
+        pixels, elements = self.process_group.all_reduce([args[3], args[4]])
+        return tuple(args[:3]) + (pixels, elements) + tuple(args[5:])
+
+    def _zero_terms(self) -> dict:
+        return {k: self.ops.tensor(np.float32(0.0), "float32", self.device) for k in LOSS_KEYS}
+
+    def _loss_and_grads(self, *args):
+        """This rank's share of the terms and gradients, summed over the ranks (in a group)."""
+        if self.process_group is None:
+            return self._local_loss_and_grads(*args)
+        ops = self.ops
+        args = self._with_global_counts(args)
+        variables = self._trainable_variables()
+        terms, grads = ops.cond(
+            ops.shape(args[0])[0] > 0, lambda: self._local_loss_and_grads(*args),
+            lambda: (self._zero_terms(), [ops.zeros_like(ops.value(v)) for v in variables]))
+        summed = self.process_group.all_reduce([terms[k] for k in LOSS_KEYS] + list(grads))
+        return dict(zip(LOSS_KEYS, summed[:len(LOSS_KEYS)])), summed[len(LOSS_KEYS):]
+
+    def _group_loss_terms(self, *args):
+        """The whole global batch's loss terms from this rank's part (in a group)."""
+        args = self._with_global_counts(args)
+        terms = self.ops.cond(self.ops.shape(args[0])[0] > 0,
+                              lambda: self._loss_terms(*args), self._zero_terms)
+        return dict(zip(LOSS_KEYS, self.process_group.all_reduce([terms[k] for k in LOSS_KEYS])))
+
+    def _collective(self, what: str):
+        """Where a collective may fail: a failure becomes a DistributedError naming ``what``."""
+        if self.process_group is None:
+            return contextlib.nullcontext()
+        return self.process_group.guard(what)
 
     def _train_step(self, *args):
         terms, grads = self._loss_and_grads(*args)
@@ -188,7 +241,8 @@ class Model:
                 self._compiled[key] = self.ops.compile(
                     lambda d: self._patches(d, dtype), batch[:1])
             else:
-                fn = {"forward": self._forward, "losses": self._loss_terms,
+                losses = self._loss_terms if self.process_group is None else self._group_loss_terms
+                fn = {"forward": self._forward, "losses": losses,
                       "grads": self._loss_and_grads, "train": self._train_step}[what]
                 specs = batch + mask if what == "forward" else batch + loss + mask
                 self._compiled[key] = self.ops.compile(fn, specs)
@@ -220,6 +274,9 @@ class Model:
         elements = float(d.size)
         pixels = elements if batch.mask is None else float(
             np.count_nonzero(np.broadcast_to(batch.mask, d.shape)))
+        if self.process_group is not None:     # summed over the ranks: tensors
+            pixels, elements = (ops.tensor(np.float32(c), "float32", self.device)
+                                for c in (pixels, elements))
         args = self._batch_args(batch) + [
             pixels, elements,
             ops.tensor(np.array([settings.nll_weight, settings.mae_weight,
@@ -308,17 +365,20 @@ class Model:
                        epsilon=epsilon)
 
     def losses(self, batch: Batch, settings: LossSettings) -> dict[str, float]:
-        """``nll``, ``mae``, ``realspace``, ``total`` for this batch (no update)."""
+        """``nll``, ``mae``, ``realspace``, ``total`` for this batch (no update); in a group,
+        of the global batch whose part on this rank ``batch`` is (every rank calls)."""
         args, kind = self._loss_args(batch, settings)
-        with self.ops.no_grad():
+        with self.ops.no_grad(), self._collective("computing the losses"):
             terms = self._compiled_fn("losses", kind)(*args)
             return {k: float(self.ops.read(terms[k])) for k in LOSS_KEYS}
 
     def gradients(self, batch: Batch, settings: LossSettings) -> dict[str, np.ndarray]:
-        """d total / d entry for every trainable entry; the probe's is ``d/d re + 1j d/d im``."""
+        """d total / d entry for every trainable entry; the probe's is ``d/d re + 1j d/d im``.
+        In a group, of the global batch whose part on this rank ``batch`` is."""
         args, kind = self._loss_args(batch, settings)
-        _, grads = self._compiled_fn("grads", kind)(*args)
-        arrays = iter([self.ops.read(g) for g in grads])
+        with self._collective("computing the gradients"):
+            _, grads = self._compiled_fn("grads", kind)(*args)
+            arrays = iter([self.ops.read(g) for g in grads])
         return {name: self._canonical(name, [next(arrays) for _ in self._variables_of(name)])
                 for name in self._trainable}
 
@@ -351,11 +411,14 @@ class Model:
 
         A non-finite loss skips the update (weights, moments and step counter unchanged) and
         is returned as is: the core's driver raises on it and restores the last good weights.
+        In a group, ``batch`` is this rank's part of the global batch; the terms returned
+        are the global batch's, the same on every rank (so is the decision to skip).
         """
         self._require_training("train_step")
         args, kind = self._loss_args(batch, self._settings)
-        terms = self._compiled_fn("train", kind)(*args)
-        return {k: float(self.ops.read(terms[k])) for k in LOSS_KEYS}
+        with self._collective("a training step"):
+            terms = self._compiled_fn("train", kind)(*args)
+            return {k: float(self.ops.read(terms[k])) for k in LOSS_KEYS}
 
     @property
     def train_step_traces(self) -> Optional[int]:

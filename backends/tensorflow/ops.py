@@ -10,7 +10,11 @@ same names). Reading the two modules side by side shows exactly where the framew
 * translation: an interpolation operator is a dense matrix, applied with batched matmuls;
 * compilation: functions run as ``tf.function`` with a fixed input signature (the batch axis
   ``None``, so a short last batch does not retrace); gradients by ``tf.GradientTape``;
-* threads: TensorFlow parallelises inside each op, so a batch is never split (one shard).
+* threads: TensorFlow parallelises inside each op, so a batch is never split (one shard);
+* process groups: ``tf.distribute.MultiWorkerMirroredStrategy`` with one replica per process;
+  the model's variables stay plain ``tf.Variable`` s (every rank applies the same update) and
+  only the all-reduce runs in the strategy (``strategy.run`` of a replica context's
+  ``all_reduce``, inside the compiled step), the list packed into one tensor.
 
 >>> import numpy as np
 >>> from backends.common.physics import translate
@@ -31,8 +35,8 @@ import numpy as np
 import tensorflow as tf
 
 FRAMEWORK = "tensorflow"
-DTYPES = {"float32": tf.float32, "complex64": tf.complex64, "int32": tf.int32,
-          "int64": tf.int64, "bfloat16": tf.bfloat16}
+DTYPES = {"float32": tf.float32, "float64": tf.float64, "complex64": tf.complex64,
+          "int32": tf.int32, "int64": tf.int64, "bfloat16": tf.bfloat16}
 
 
 def framework_version() -> str:
@@ -321,6 +325,14 @@ def run_if(pred, fn: Callable[[], None]) -> None:
     tf.cond(pred, then, lambda: tf.constant(False))
 
 
+def cond(pred, true_fn: Callable, false_fn: Callable):
+    """``true_fn()`` if ``pred`` else ``false_fn()``: ``tf.cond`` in a graph (both branches
+    traced once, same structure of outputs), a Python branch for a Python bool."""
+    if isinstance(pred, bool):
+        return true_fn() if pred else false_fn()
+    return tf.cond(pred, true_fn, false_fn)
+
+
 def shards(x) -> list:
     """One shard: TensorFlow parallelises inside each op."""
     return [slice(None)]
@@ -332,3 +344,62 @@ def run_sharded(fn: Callable, parts: list) -> list:
 
 def add_lists(lists: Sequence[Sequence]) -> list:
     return [tf.add_n(list(items)) for items in zip(*lists)]
+
+
+# ------------------------------------------------------------------ process groups
+#: What a failed collective raises: a rank found dead by the strategy's health check
+#: (Unavailable), the collective timeout (DeadlineExceeded), or an aborted collective.
+COLLECTIVE_ERRORS = (tf.errors.UnavailableError, tf.errors.DeadlineExceededError,
+                     tf.errors.AbortedError, tf.errors.CancelledError)
+
+
+def start_process_group(world, timeout_s: float):
+    """Join the group ``world`` (a :class:`ptycho.distributed.World` whose ``workers`` list
+    every rank's ``host:port``): a ``MultiWorkerMirroredStrategy`` over a cluster of workers,
+    one replica per process (where GPUs are visible, only GPU ``local_rank`` is kept for this
+    process), collectives timing out after ``timeout_s``. Call before any model is built in
+    the process (TensorFlow places variables on the strategy's devices from then on).
+    Returns ``(strategy, None)`` (TensorFlow places tensors itself).
+    """
+    if not world.workers:
+        raise ValueError("the TensorFlow backend needs every rank's address: set TF_CONFIG "
+                         "(ptycho ... --nproc K sets it; see docs/distributed.md)")
+    gpus = tf.config.list_physical_devices("GPU")
+    if gpus:
+        tf.config.set_visible_devices(gpus[world.local_rank % len(gpus)], "GPU")
+    resolver = tf.distribute.cluster_resolver.SimpleClusterResolver(
+        tf.train.ClusterSpec({"worker": list(world.workers)}), task_type="worker",
+        task_id=world.rank, rpc_layer="grpc", num_accelerators={"GPU": 1} if gpus else None)
+    options = tf.distribute.experimental.CommunicationOptions(timeout_seconds=float(timeout_s))
+    strategy = tf.distribute.MultiWorkerMirroredStrategy(cluster_resolver=resolver,
+                                                         communication_options=options)
+    if strategy.num_replicas_in_sync != world.size:
+        raise RuntimeError(f"the strategy has {strategy.num_replicas_in_sync} replicas for "
+                           f"{world.size} processes: one device per process is expected")
+    return strategy, None
+
+
+def all_reduce_sum(tensors: Sequence, group) -> list:
+    """The elementwise sums over the group's ranks of ``tensors`` (one dtype), on every rank:
+    packed into one tensor, one collective (``strategy.run`` of the replica context's
+    ``all_reduce``), unpacked. Works eagerly and inside a ``tf.function``; every rank must
+    trace its collectives in the same order (the strategy numbers them as they are traced)."""
+    tensors = [tf.convert_to_tensor(t) for t in tensors]
+    if len({t.dtype for t in tensors}) != 1:
+        raise ValueError(f"all_reduce_sum needs one dtype, got {sorted({t.dtype.name for t in tensors})}")
+    static = all(t.shape.is_fully_defined() for t in tensors)
+    sizes = [t.shape.num_elements() for t in tensors] if static else \
+        tf.stack([tf.size(t) for t in tensors])
+    flat = tf.concat([tf.reshape(t, [-1]) for t in tensors], axis=0)
+
+    def reduce(x):
+        return tf.distribute.get_replica_context().all_reduce(
+            tf.distribute.ReduceOp.SUM, tf.identity(x))
+
+    summed = group.experimental_local_results(group.run(reduce, args=(flat,)))[0]
+    parts = tf.split(summed, sizes, num=len(tensors), axis=0)
+    return [tf.reshape(p, t.shape if static else tf.shape(t)) for p, t in zip(parts, tensors)]
+
+
+def stop_process_group(group) -> None:
+    """Nothing to release: the strategy's threads end with the process."""

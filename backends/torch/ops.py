@@ -16,7 +16,10 @@ the same names). Where the frameworks differ:
   compile time is counted); gradients by ``torch.autograd.grad``;
 * threads: a batch is split into one shard per intra-op thread, each shard running in its own
   Python thread with one intra-op thread (torch releases the GIL inside its ops), instead of
-  splitting every op over OpenMP threads.
+  splitting every op over OpenMP threads;
+* process groups: ``torch.distributed`` (gloo on CPU, NCCL on GPU), one collective per
+  all-reduce of a list (the list packed into one buffer, as DistributedDataParallel's
+  buckets are).
 
 The figures behind these choices are in ``benchmarks/README.md``.
 
@@ -40,9 +43,10 @@ import torch
 import torch.nn.functional as F
 
 FRAMEWORK = "torch"
-DTYPES = {"float32": torch.float32, "complex64": torch.complex64, "int32": torch.int32,
-          "int64": torch.int64, "bfloat16": torch.bfloat16}
-_NUMPY = {"float32": np.float32, "complex64": np.complex64, "int32": np.int32, "int64": np.int64}
+DTYPES = {"float32": torch.float32, "float64": torch.float64, "complex64": torch.complex64,
+          "int32": torch.int32, "int64": torch.int64, "bfloat16": torch.bfloat16}
+_NUMPY = {"float32": np.float32, "float64": np.float64, "complex64": np.complex64,
+          "int32": np.int32, "int64": np.int64}
 MEMORY_FORMAT = torch.channels_last
 #: The first convolution's input channels are zero-padded to at least this many.
 MIN_INPUT_CHANNELS = 4
@@ -81,7 +85,9 @@ def device(name=None) -> torch.device:
 
 
 def tensor(x, dtype: str, device=None) -> torch.Tensor:
-    return torch.as_tensor(np.ascontiguousarray(x, dtype=_NUMPY[dtype]), device=device)
+    a = np.asarray(x, dtype=_NUMPY[dtype])
+    # (np.ascontiguousarray would turn a 0-d array into shape (1,))
+    return torch.as_tensor(np.ascontiguousarray(a) if a.ndim else a.copy(), device=device)
 
 
 def read(t: torch.Tensor) -> np.ndarray:
@@ -358,6 +364,11 @@ def run_if(pred, fn: Callable[[], None]) -> None:
         fn()
 
 
+def cond(pred, true_fn: Callable, false_fn: Callable):
+    """``true_fn()`` if ``pred`` else ``false_fn()`` (eager: a Python branch)."""
+    return true_fn() if bool(pred) else false_fn()
+
+
 def _split(n: int, k: int) -> list[slice]:
     """``range(n)`` in ``min(k, n)`` contiguous slices whose sizes differ by at most one.
 
@@ -397,3 +408,74 @@ def add_lists(lists: Sequence[Sequence]) -> list:
     for more in lists[1:]:
         out = torch._foreach_add(out, list(more))
     return out
+
+
+# ------------------------------------------------------------------ process groups
+#: What a failed collective raises (a rank died, a timeout): see ``backends.common.distributed``.
+COLLECTIVE_ERRORS = (torch.distributed.DistError,)
+
+
+def start_process_group(world, timeout_s: float):
+    """Join the group ``world`` (a :class:`ptycho.distributed.World`): NCCL with one GPU per
+    rank (``cuda:local_rank``) where CUDA is available, else gloo on the CPU; collectives
+    give up after ``timeout_s``. Returns ``(group handle, device of this rank's tensors)``.
+
+    Rendezvous at ``world.master`` (``host:port``; else the first of ``world.workers``): by
+    ``env://`` when the environment holds that address (torchrun's agent then serves the
+    store), else by ``tcp://``, rank 0 serving it.
+    """
+    import datetime
+    import os
+
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        raise RuntimeError("a torch.distributed process group is already started in this "
+                           "process; stop it first (one group per process)")
+    master = world.master or (world.workers[0] if world.workers else None)
+    if master is None:
+        raise ValueError("the torch backend needs rank 0's address: set MASTER_ADDR and "
+                         "MASTER_PORT (torchrun sets them)")
+    if torch.cuda.is_available():
+        dev = torch.device("cuda", world.local_rank % torch.cuda.device_count())
+        torch.cuda.set_device(dev)
+        engine = "nccl"
+    else:
+        dev, engine = torch.device("cpu"), "gloo"
+    from_env = f"{os.environ.get('MASTER_ADDR', '')}:{os.environ.get('MASTER_PORT', '')}"
+    init = "env://" if from_env == master else f"tcp://{master}"
+    dist.init_process_group(engine, init_method=init, rank=world.rank, world_size=world.size,
+                            timeout=datetime.timedelta(seconds=float(timeout_s)))
+    return dist.group.WORLD, dev
+
+
+def all_reduce_sum(tensors: Sequence, group) -> list:
+    """The elementwise sums over the group's ranks of ``tensors`` (one dtype), on every rank:
+    packed into one buffer, one ``all_reduce``, unpacked (DistributedDataParallel's bucket,
+    as one bucket)."""
+    import torch.distributed as dist
+
+    tensors = list(tensors)
+    if len({t.dtype for t in tensors}) != 1:
+        raise ValueError(f"all_reduce_sum needs one dtype, got {sorted({str(t.dtype) for t in tensors})}")
+    flat = torch.cat([t.detach().reshape(-1) for t in tensors])
+    try:
+        dist.all_reduce(flat, op=dist.ReduceOp.SUM, group=group)
+    except RuntimeError as err:
+        if isinstance(err, dist.DistError):
+            raise
+        # gloo reports a closed connection (a rank died) as a plain RuntimeError
+        raise dist.DistNetworkError(str(err)) from err
+    out, start = [], 0
+    for t in tensors:
+        out.append(flat[start:start + t.numel()].view(t.shape))
+        start += t.numel()
+    return out
+
+
+def stop_process_group(group) -> None:
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        dist.destroy_process_group()
+

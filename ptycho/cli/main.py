@@ -12,8 +12,9 @@ Registering a new command is one line in :data:`COMMANDS`. Modules must be cheap
 Exit status: what ``run`` returns (0 success); 2 for a usage error or a bad input (a missing
 file, an invalid value, an input that would exceed the memory budget ``PTYCHO_MAX_BYTES``, a
 busy output folder), reported as one line on stderr, ``ptycho <command>: error: ...``; 1 when
-the machine runs out of memory all the same (one line too); 130 when interrupted; 141 (quietly)
-when stdout is closed early, as by ``ptycho ... | head``.
+the machine runs out of memory all the same (one line too), or when another rank of a
+multi-process run failed (:class:`ptycho.errors.DistributedError`); 130 when interrupted; 141
+(quietly) when stdout is closed early, as by ``ptycho ... | head``.
 
 >>> main(["--version"])  # doctest: +ELLIPSIS
 ptycho ...
@@ -98,6 +99,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             raise UsageError(prog, "a command is required: one of "
                              f"{_command_names(parser)} (see 'ptycho --help')")
         prog = f"ptycho {args.command}"
+        args._ptycho_argv = args_list      # what ``--nproc`` runs again in each process
         code = int(run(args))
         sys.stdout.flush()                 # a closed pipe shows here, not at interpreter exit
         return code
@@ -117,6 +119,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except KeyboardInterrupt:
         _report(prog, "interrupted")
         return 130
+    except RuntimeError as exc:
+        from ptycho.errors import DistributedError
+
+        if not isinstance(exc, DistributedError):
+            raise
+        _report(prog, _one_line(exc))
+        return 1
 
 
 def _stdout_closed() -> int:

@@ -88,6 +88,33 @@ def add_backend_option(p: argparse.ArgumentParser) -> None:
                         f"{DEFAULT_BACKEND} (see 'ptycho backends')")
 
 
+def add_distributed_options(p: argparse.ArgumentParser) -> None:
+    """``--nproc K`` and ``--collective-timeout SECONDS`` (see :mod:`ptycho.cli.launch`)."""
+    from ptycho.distributed import DEFAULT_TIMEOUT_S
+
+    p.add_argument("--nproc", type=positive_int, default=1, metavar="K",
+                   help="run as K processes of one data-parallel run on this machine (PyTorch: "
+                        "through torchrun; TensorFlow: K processes with TF_CONFIG); for several "
+                        "machines launch the ranks yourself (docs/distributed.md)")
+    p.add_argument("--collective-timeout", type=positive_float, default=DEFAULT_TIMEOUT_S,
+                   metavar="SECONDS",
+                   help="in a multi-process run, how long a rank waits for the others before "
+                        f"giving up (default {DEFAULT_TIMEOUT_S:g})")
+
+
+def launch_backend(args: argparse.Namespace, config_cls) -> str:
+    """The backend of a run, without reading its data (what ``--nproc`` launches):
+    ``--backend`` or ``--set backend=...``, else the ``--config`` file's, else
+    ``$PTYCHO_BACKEND`` or the default."""
+    name = args.backend or next((v for k, v in reversed(getattr(args, "assignments", []))
+                                 if k == "backend"), None)
+    from_file = None
+    if name is None and args.config is not None:
+        config, document = load_model_config_file(args.config, config_cls)
+        from_file = config.backend if document_sets_key(document, "backend") else None
+    return resolve_backend(name, from_file, args.config)[0]
+
+
 def add_quiet_option(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", "-q", action="store_true",
                    help="no progress bars (they are also off when stdout is not a terminal); "

@@ -9,6 +9,10 @@ the model in chunks, so memory is bounded by the object and one chunk.
 The bundle may come from either backend; it is verified before the framework is imported.
 Diffraction is scaled with the ``nphotons`` the model was trained with.
 
+``--nproc K`` splits the scan over K processes (``docs/distributed.md``): each predicts and
+stitches its part, the stitching sums are added up, and rank 0 normalises, refines
+(``--refine``, alone) and writes.
+
 Examples::
 
     ptycho reconstruct --model run1/model.zip --data scan.npz --output-dir recon1
@@ -19,11 +23,12 @@ Examples::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import time
 
-from ptycho.cli.options import (add_backend_option, add_quiet_option, nonnegative_int,
-                                positive_int, seed_int)
+from ptycho.cli.options import (add_backend_option, add_distributed_options, add_quiet_option,
+                                nonnegative_int, positive_int, seed_int)
 
 NAME = "reconstruct"
 HELP = "reconstruct a scan (NPZ) with a trained model bundle; write the object and figures"
@@ -39,7 +44,8 @@ config), flags."""
 EXAMPLES = """examples:
   ptycho reconstruct --model run1/model.zip --data scan.npz --output-dir recon1
   ptycho reconstruct --model run1 --data scan.npz --output-dir recon2 --backend torch \\
-      --batch-size 256 --precision bfloat16"""
+      --batch-size 256 --precision bfloat16
+  ptycho reconstruct --model run1 --data big_scan.npz --output-dir recon3 --nproc 4"""
 
 #: Groups streamed per chunk, in units of the prediction batch (one progress update each).
 CHUNK_BATCHES = 4
@@ -74,6 +80,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                         "(default 0: the network alone)")
     p.add_argument("--refine-probe", action="store_true",
                    help="with --refine, refine the probe too")
+    add_distributed_options(p)
     add_quiet_option(p)
     return p
 
@@ -125,7 +132,9 @@ def run(args: argparse.Namespace) -> int:
                                     resolve_backend)
     from ptycho.config import InferenceConfig, TrainingConfig
     from ptycho.data.contract import load_npz
+    from ptycho.cli.launch import check_nproc, launch, launched_as_rank
     from ptycho.outdir import output_folder
+    from ptycho.workflows.distributed import process_group
     from ptycho.workflows.reconstruct import plan_reconstruction
 
     t0 = time.perf_counter()
@@ -141,6 +150,16 @@ def run(args: argparse.Namespace) -> int:
     bundle = _bundle_path(config.model_path)
     check_input_file(config.test_data_file, "--data")
     check_output_dir(config.output_dir)
+    world = launched_as_rank()
+    check_nproc(args.nproc, world)
+    if args.nproc > 1 and world is None:
+        from_file = config.backend if document_sets_key(loaded[1], "backend") else None
+        with input_errors(prog):
+            return launch(prog, args._ptycho_argv, args.nproc,
+                          resolve_backend(args.backend, from_file, args.config)[0])
+    lead = world is None or world.rank == 0      # the rank that writes
+    if not lead:
+        prog = f"{prog} [rank {world.rank}]"
     raw = load_npz(config.test_data_file, mmap_mode="r")
     contents = read_bundle(bundle, batch_size=config.batch_size)   # verified before any import
     n_model = contents.model_config.N
@@ -157,32 +176,35 @@ def run(args: argparse.Namespace) -> int:
     backend, why = resolve_backend(args.backend, from_file, args.config)
     # the lock first: a second run finds the folder busy before a framework is imported; a
     # missing framework then ends the run with the folder removed again (it is empty)
-    with output_folder(config.output_dir, prog):
+    # (in a multi-process run only rank 0 writes, and takes the lock)
+    with output_folder(config.output_dir, prog) if lead else contextlib.nullcontext():
         with input_errors(prog):
             prepare_framework_environment()
             backend_ready(backend)
-            return _reconstruct_and_report(prog, config, bundle, contents, train_config, raw,
-                                           plan, (backend, why), args, t0)
+            with process_group(backend, timeout_s=args.collective_timeout) as group:
+                return _reconstruct_and_report(prog, config, bundle, contents, train_config, raw,
+                                               plan, (backend, why), args, t0, group)
 
 
 def _reconstruct_and_report(prog, config, bundle, contents, train_config, raw, plan, choice,
-                            args, t0) -> int:
+                            args, t0, group=None) -> int:
+    """Reconstruct (as one rank of ``group``, when given); rank 0 writes and prints."""
     import dataclasses
 
-    from backends.registry import configure_process, framework_version
+    from backends.registry import framework_version
     from ptycho.cli import summary as S
     from ptycho.cli.progress import ChunkProgress, RefineProgress, bars_enabled
     from ptycho.workflows.cdi import evaluate_against_truth, write_outputs
     from ptycho.workflows.inference import build_inference_model
     from ptycho.workflows.reconstruct import reconstruct
 
-    backend, why = choice
-    configure_process(backend)          # deterministic kernels, TF32 off
+    backend, why = choice               # (process_group set deterministic kernels, TF32 off)
+    lead = group is None or group.rank == 0
     t_load = time.perf_counter()
-    model, _ = build_inference_model(contents, backend=backend)
+    model, _ = build_inference_model(contents, backend=backend, group=group)
     model.config = train_config
     load_s = time.perf_counter() - t_load
-    bars = bars_enabled(args.quiet)
+    bars = bars_enabled(args.quiet) and lead
     chunk = ChunkProgress("reconstruct", enabled=bars)
     refining = RefineProgress(args.refine, enabled=bars)
     recon = reconstruct(model, raw, batch_size=config.batch_size, precision=config.precision,
@@ -192,6 +214,8 @@ def _reconstruct_and_report(prog, config, bundle, contents, train_config, raw, p
                         refine_progress=refining)
     chunk.close()
     refining.close()
+    if not lead:                # rank 0 holds the object and writes every file
+        return 0
     truth = raw.object_guess
     metrics = evaluate_against_truth(recon, truth)
     paths = write_outputs(config.output_dir, recon, None, truth)
@@ -201,6 +225,7 @@ def _reconstruct_and_report(prog, config, bundle, contents, train_config, raw, p
                "framework_version": framework_version(backend), "bundle": bundle,
                "bundle_backend": contents.backend, "data": config.test_data_file,
                "precision": config.precision, "batch_size": config.batch_size,
+               "processes": 1 if group is None else group.size,
                "timings": {"load_model_s": load_s, "reconstruct_s": recon.seconds, "wall_s": wall},
                "reconstruction": recon_info, "metrics": metrics}
     if recon.refinement is not None:

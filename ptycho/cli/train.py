@@ -15,22 +15,29 @@ The config is built in this order, later winning: the library defaults, ``--conf
 ``--set KEY=VALUE`` for any other field (``--set model.probe_trainable=true``). ``model.N``
 defaults to the training data's pattern size when neither the file nor a flag sets it.
 
+``--nproc K`` trains as K processes of one data-parallel run (see :mod:`ptycho.cli.launch`
+and ``docs/distributed.md``): every global batch of ``--batch-size`` groups is split over
+the ranks, rank 0 writes every file, and the run follows the path of one process.
+
 Examples::
 
     ptycho train --train-data train.npz --test-data test.npz --output-dir run1
     ptycho train --train-data train.npz --output-dir run2 --config small.yaml --backend torch \\
         --nepochs 20 --batch-size 32 --seed 3 --set lr_schedule=cosine
+    ptycho train --train-data train.npz --output-dir run3 --backend torch --nproc 4
+    torchrun --nproc-per-node 4 -m ptycho train --train-data train.npz --output-dir run3
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 import time
 
-from ptycho.cli.options import (add_backend_option, add_quiet_option, parse_assignment,
-                                positive_int, seed_int)
+from ptycho.cli.options import (add_backend_option, add_distributed_options, add_quiet_option,
+                                parse_assignment, positive_int, seed_int)
 
 NAME = "train"
 HELP = "train a PINN on a scan (NPZ); write the model bundle, loss curve and a reconstruction"
@@ -45,7 +52,9 @@ typed flags, --set KEY=VALUE. model.N defaults to the training data's pattern si
 EXAMPLES = """examples:
   ptycho train --train-data train.npz --test-data test.npz --output-dir run1
   ptycho train --train-data train.npz --output-dir run2 --config small.yaml --backend torch \\
-      --nepochs 20 --batch-size 32 --seed 3 --set lr_schedule=cosine"""
+      --nepochs 20 --batch-size 32 --seed 3 --set lr_schedule=cosine
+  ptycho train --train-data train.npz --output-dir run3 --backend torch --nproc 4
+  torchrun --nproc-per-node 4 -m ptycho train --train-data train.npz --output-dir run3"""
 
 #: Typed flags: (flag, config key (dotted), argparse type, help). ``--set`` covers the rest.
 _FLAGS = (
@@ -95,6 +104,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--set", dest="assignments", type=parse_assignment, action="append",
                    default=[], metavar="KEY=VALUE",
                    help="set any config field, e.g. --set model.probe_trainable=true (repeatable)")
+    add_distributed_options(p)
     add_quiet_option(p)
     return p
 
@@ -155,12 +165,14 @@ def run(args: argparse.Namespace) -> int:
     (:func:`ptycho.outdir.output_folder`); a run that fails before writing anything leaves no
     folder behind.
     """
+    from ptycho.cli.launch import check_nproc, launch, launched_as_rank
     from ptycho.cli.options import (about_file, backend_ready, check_input_file,
-                                    check_output_dir, input_errors, load_model_config_file,
-                                    prepare_framework_environment)
+                                    check_output_dir, input_errors, launch_backend,
+                                    load_model_config_file, prepare_framework_environment)
     from ptycho.config import TrainingConfig
     from ptycho.data.contract import load_npz
     from ptycho.outdir import output_folder
+    from ptycho.workflows.distributed import process_group
     from ptycho.workflows.reconstruct import plan_reconstruction
     from ptycho.workflows.train import check_training_memory, prepare
 
@@ -173,6 +185,15 @@ def run(args: argparse.Namespace) -> int:
     check_input_file(train_file, "--train-data" if args.train_data else "train_data_file")
     if args.test_data is not None:
         check_input_file(args.test_data, "--test-data")
+    world = launched_as_rank()
+    check_nproc(args.nproc, world)
+    if args.nproc > 1 and world is None:
+        with input_errors(prog):
+            return launch(prog, args._ptycho_argv, args.nproc,
+                          launch_backend(args, TrainingConfig))
+    lead = world is None or world.rank == 0      # the rank that writes
+    if not lead:
+        prog = f"{prog} [rank {world.rank}]"
     # The config decides N; the data's N is its default.
     raw_train = load_npz(train_file)
     config = build_config(args, raw_train.N, loaded)
@@ -203,12 +224,15 @@ def run(args: argparse.Namespace) -> int:
     prepare_s = time.perf_counter() - t_prepare
     # the lock first: a second run finds the folder busy before a framework is imported; a
     # missing framework then ends the run with the folder removed again (it is empty)
-    with output_folder(config.output_dir, prog):
+    # (in a multi-process run only rank 0 writes, and takes the lock)
+    with output_folder(config.output_dir, prog) if lead else contextlib.nullcontext():
         with input_errors(prog):
             prepare_framework_environment()
             backend_ready(backend)
-            return _train_and_report(prog, config, (raw_train, grouped), (raw_test, grouped_test),
-                                     test_plan, (backend, why), args.quiet, t0, prepare_s)
+            with process_group(backend, timeout_s=args.collective_timeout) as group:
+                return _train_and_report(prog, config, (raw_train, grouped),
+                                         (raw_test, grouped_test), test_plan, (backend, why),
+                                         args.quiet, t0, prepare_s, group)
 
 
 def _chunk_groups(config) -> int:
@@ -217,38 +241,47 @@ def _chunk_groups(config) -> int:
 
 
 def _train_and_report(prog, config, train_data, test_data, test_plan, choice, quiet: bool,
-                      t0: float, prepare_s: float) -> int:
+                      t0: float, prepare_s: float, group=None) -> int:
+    """Train (as one rank of ``group``, when given), reconstruct the test scan, and write
+    and print the results (rank 0 alone in a group)."""
     from backends.registry import framework_version
     from ptycho.cli import summary as S
     from ptycho.cli.progress import ChunkProgress, TrainingProgress, bars_enabled
     from ptycho.config import config_to_dict
     from ptycho.data.grouping import distinct_patterns
-    from ptycho.errors import TrainingError
+    from ptycho.errors import DistributedError, TrainingError
     from ptycho.figures import save_loss_figure
     from ptycho.physics.losses import LossSettings
+    from ptycho.training import NonFiniteLossError
     from ptycho.workflows.cdi import FIGURE_NAMES, evaluate_against_truth, write_outputs
     from ptycho.workflows.reconstruct import reconstruct
     from ptycho.workflows.train import BUNDLE_NAME, train
 
     (raw_train, grouped), (raw_test, grouped_test) = train_data, test_data
     backend, why = choice
-    bars = bars_enabled(quiet)
+    lead = group is None or group.rank == 0
+    bars = bars_enabled(quiet) and lead
     note = nphotons_note(raw_train.diffraction, config.nphotons)
-    if note:
+    if note and lead:
         print(f"{prog}: note: {note}", file=sys.stderr, flush=True)
     if bars:
-        print(f"training on {backend} ({why}): {raw_train.n_patterns} patterns, "
+        ranks = f" x {group.size} processes" if group is not None else ""
+        print(f"training on {backend}{ranks} ({why}): {raw_train.n_patterns} patterns, "
               f"N={config.model.N}, gridsize {config.model.gridsize}, {config.nepochs} epochs",
               flush=True)
     progress = TrainingProgress(config.nepochs, enabled=bars)
     try:
-        result = train(config, grouped, grouped_test, backend=backend, progress=progress)
-    except TrainingError as err:
+        result = train(config, grouped, grouped_test, backend=backend, progress=progress,
+                       group=group)
+    except (TrainingError, DistributedError) as err:
         progress.close()
-        bundle = os.path.join(config.output_dir, BUNDLE_NAME)
-        kept = (f"; the last completed epoch is saved in {bundle}" if os.path.exists(bundle)
-                else "")
-        print(f"{prog}: error: {' '.join(str(err).split())}{kept}", file=sys.stderr, flush=True)
+        # a non-finite loss is the same on every rank: rank 0 reports it
+        if lead or not isinstance(err, NonFiniteLossError):
+            bundle = os.path.join(config.output_dir, BUNDLE_NAME)
+            kept = (f"; the last completed epoch is saved in {bundle}"
+                    if os.path.exists(bundle) else "")
+            print(f"{prog}: error: {' '.join(str(err).split())}{kept}", file=sys.stderr,
+                  flush=True)
         return 1
     progress.close()
     model, history = result.model, result.history
@@ -259,11 +292,15 @@ def _train_and_report(prog, config, train_data, test_data, test_plan, choice, qu
         recon = reconstruct(model, raw_test, keep_patches=False, progress=chunk,
                             chunk_groups=_chunk_groups(config), plan=test_plan)
         chunk.close()
+        if not lead:            # rank 0 holds the object and writes every file
+            return 130 if history.interrupted else 0
         truth = raw_test.object_guess
         metrics = evaluate_against_truth(recon, truth)
         paths.update(write_outputs(config.output_dir, recon, history, truth,
                                    LossSettings.from_config(config)))
         recon_info = S.reconstruction_summary(recon, config.model.n_channels)
+    elif not lead:
+        return 130 if history.interrupted else 0
     elif history.epochs:
         paths["loss_figure"] = os.path.join(config.output_dir, FIGURE_NAMES["loss"])
         save_loss_figure(paths["loss_figure"], history, LossSettings.from_config(config))
@@ -276,6 +313,7 @@ def _train_and_report(prog, config, train_data, test_data, test_plan, choice, qu
                "framework_version": framework_version(backend),
                "n_train_patterns": raw_train.n_patterns,
                "n_test_patterns": raw_test.n_patterns if raw_test is not None else None,
+               "processes": 1 if group is None else group.size,
                "timings": timings, "history": hist, "reconstruction": recon_info,
                "metrics": metrics, "config": config_to_dict(config)}
     paths["summary"] = os.path.join(config.output_dir, S.SUMMARY_NAME)

@@ -3,6 +3,12 @@
 Streams: patterns are read, scaled, predicted and stitched one chunk at a time, so a scan held
 in a memory-mapped NPZ is never loaded whole, and memory stays bounded by the object canvas,
 one chunk, and (only when ``keep_patches``) the patches themselves.
+
+With a model that is one rank of a process group (built with ``group=``, see
+:mod:`ptycho.distributed`), the ranks split the scan into contiguous parts, each predicts and
+stitches its part chunk by chunk onto its own accumulators, and the accumulators (weighted
+sum and coverage) are summed over the ranks before the normalisation: the object equals one
+process's up to float32 rounding, and memory per rank stays the canvas and one chunk.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ from ptycho.config.schema import TrainingConfig
 from ptycho.data.contract import RawData
 from ptycho.data.grouping import GroupedData, distinct_patterns, group_scan
 from ptycho.data.scaling import intensity_scale, normalisation_factor
+from ptycho.distributed import shard
 from ptycho.limits import check_bytes
 from ptycho.model_memory import check_model_memory
 from ptycho.physics.model import effective_probe
@@ -277,6 +284,21 @@ def refine_object(model: PtychoModel, obj: np.ndarray, data: DataLike, iteration
             "refine_probe": bool(refine_probe), "seconds": time.perf_counter() - start}
 
 
+def _align_parts(stitcher: Stitcher, group) -> None:
+    """Bring the ranks' parts of a scan to one phase before they are summed.
+
+    Within a part, phase synchronisation turned each chunk to the part stitched so far; the
+    parts' own phases are unrelated. Rank by rank, part r is turned to the sum of parts
+    0 .. r-1 (turned already): one sum of the canvas over the ranks per rank after the first.
+    """
+    num, den, _ = stitcher.accumulators()
+    nothing = [np.zeros_like(num), np.zeros_like(den)]
+    for r in range(1, group.size):
+        before = group.all_reduce_sum([num, den] if group.rank < r else nothing)
+        if group.rank == r:
+            stitcher.turn_to(*before)
+
+
 def reconstruct(model: PtychoModel, data: DataLike, *, batch_size: Optional[int] = None,
                 precision: str = "float32", keep_patches: bool = True,
                 object_shape: Optional[Sequence[int]] = None, chunk_groups: int = DEFAULT_CHUNK_GROUPS,
@@ -285,7 +307,7 @@ def reconstruct(model: PtychoModel, data: DataLike, *, batch_size: Optional[int]
                 refine: int = 0,
                 refine_probe: bool = False,
                 refine_progress: Optional[Callable[[int, int, float], None]] = None
-                ) -> Reconstruction:
+                ) -> Optional[Reconstruction]:
     """Reconstruct the object seen by ``data`` with a trained ``model``.
 
     Raw data is grouped (one group per scan point for gridsize > 1) and scaled with the
@@ -312,9 +334,23 @@ def reconstruct(model: PtychoModel, data: DataLike, *, batch_size: Optional[int]
     the stitched object, in the model's backend, with the model's probe (refined too with
     ``refine_probe``); ``refine_progress(done, K, nll)`` after each iteration. The network's
     object stays in ``network_obj``.
+
+    In a process group (``model.backend_model.process_group``; every rank calls with the
+    same data and arguments) each rank predicts its contiguous part of the groups, the
+    stitching accumulators are summed over the ranks, and rank 0 returns the
+    :class:`Reconstruction` (refined there alone when ``refine``); the other ranks return
+    None. ``progress`` then counts this rank's groups. ``keep_patches`` must be False (no
+    rank holds all the patches). With ``phase_sync`` each rank synchronises its own part
+    chunk by chunk and the parts are then turned to one another (:func:`_align_parts`):
+    without it the object equals one process's to float32 rounding; with it, up to the
+    phase estimates, whose reference differs at the parts' boundaries.
     """
     if isinstance(refine, bool) or not isinstance(refine, (int, np.integer)) or refine < 0:
         raise ValueError(f"refine must be an int >= 0 (iterations), got {refine!r}")
+    group = getattr(model.backend_model, "process_group", None)
+    if group is not None and keep_patches:
+        raise ValueError("keep_patches=True needs a single process: in a process group each "
+                         "rank predicts only its part of the scan; pass keep_patches=False")
     start = time.perf_counter()
     if plan is None:
         plan = plan_reconstruction(model.config, data, batch_size=batch_size,
@@ -325,8 +361,9 @@ def reconstruct(model: PtychoModel, data: DataLike, *, batch_size: Optional[int]
     window = stitch_window(model)
     stitcher = Stitcher(plan.object_shape, n, window=window)
     kept = []
-    for lo in range(0, n_groups, plan.chunk_groups):
-        sl = slice(lo, min(lo + plan.chunk_groups, n_groups))
+    mine = slice(0, n_groups) if group is None else shard(n_groups, group.rank, group.size)
+    for lo in range(mine.start, mine.stop, plan.chunk_groups):
+        sl = slice(lo, min(lo + plan.chunk_groups, mine.stop))
         patches = predict_chunk(model, read(sl), positions[sl], plan.canvas,
                                 batch_size=batch_size, precision=precision)
         flat, where = patches.reshape((-1, n, n)), positions[sl].reshape(-1, 2)
@@ -340,7 +377,13 @@ def reconstruct(model: PtychoModel, data: DataLike, *, batch_size: Optional[int]
         del patches    # before the next chunk is predicted: one chunk in memory, not two
         _release_freed_memory()
         if progress is not None:
-            progress(sl.stop, n_groups)
+            progress(sl.stop - mine.start, mine.stop - mine.start)
+    if group is not None:
+        if phase_sync:
+            _align_parts(stitcher, group)
+        stitcher.sum_over(group.all_reduce_sum)
+        if group.rank != 0:
+            return None
     network_obj = stitcher.result()
     refinement = None
     if refine:

@@ -18,7 +18,7 @@ from ptycho.errors import ConfigError
 from ptycho.limits import check_bytes
 from ptycho.model_memory import check_model_memory
 from ptycho.stitching import GROUP_CANVAS_BYTES_PER_PIXEL, check_group_canvas
-from ptycho.tracking import make_tracker
+from ptycho.tracking import NullTracker, make_tracker
 from ptycho.training import EpochRecord, History, NonFiniteLossError, ProgressFn, fit
 from ptycho.weights import init_weights
 from ptycho.workflows.model import PtychoModel
@@ -88,7 +88,8 @@ def check_training_memory(config: TrainingConfig, grouped: GroupedData) -> None:
 
 def train(config: TrainingConfig, train_data: DataLike, test_data: Optional[DataLike] = None,
           backend: Optional[str] = None, progress: Optional[ProgressFn] = None,
-          on_epoch_end: Optional[Callable[[EpochRecord], None]] = None) -> TrainResult:
+          on_epoch_end: Optional[Callable[[EpochRecord], None]] = None,
+          group=None) -> TrainResult:
     """Train a PINN on ``train_data``; validate on ``test_data`` each epoch when given.
 
     The backend is ``backend`` if given, else ``config.backend``, else ``PTYCHO_BACKEND``, else
@@ -101,6 +102,12 @@ def train(config: TrainingConfig, train_data: DataLike, test_data: Optional[Data
     the run with ``history.interrupted`` set and the last completed epoch saved.
     ``progress(epoch, step, n_steps, terms)`` is called after every step and
     ``on_epoch_end(record)`` after every completed epoch (after its bundle is written).
+
+    ``group``: a started process group of ``backend`` (:func:`ptycho.workflows.distributed.
+    process_group`); every rank then calls ``train`` with the same config and data, trains
+    on its part of every global batch (``config.batch_size`` groups per step over all
+    ranks) and ends with the same weights and history; only rank 0 writes the bundle and
+    tracks the run (``bundle_path`` is None on the other ranks).
 
     Example (needs a backend)::
 
@@ -118,14 +125,17 @@ def train(config: TrainingConfig, train_data: DataLike, test_data: Optional[Data
     check_training_memory(config, grouped)
     t_prepare = time.perf_counter()
     weights = init_weights(config.model, config.seed, grouped.probe, math.log(grouped.intensity_scale))
-    model = PtychoModel(impl.build_model(config.model, weights), config)
+    built = (impl.build_model(config.model, weights) if group is None
+             else impl.build_model(config.model, weights, group=group))
+    model = PtychoModel(built, config)
     t_build = time.perf_counter()
 
+    lead = group is None or group.rank == 0       # the one rank that writes
     bundle_path = None
-    if config.output_dir:
+    if config.output_dir and lead:
         os.makedirs(config.output_dir, exist_ok=True)
         bundle_path = os.path.join(config.output_dir, BUNDLE_NAME)
-    tracker = make_tracker(config)
+    tracker = make_tracker(config) if lead else NullTracker()
     history_so_far = History()
 
     def epoch_done(record: EpochRecord, _backend_model) -> None:
