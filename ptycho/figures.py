@@ -6,7 +6,7 @@ matplotlib is imported only when a figure is drawn.
 from __future__ import annotations
 
 import io
-from typing import Optional
+from typing import Mapping, Optional
 
 import numpy as np
 
@@ -53,13 +53,26 @@ def save_object_figure(path: PathLike, obj: np.ndarray, title: str = "reconstruc
     _save(fig, path)
 
 
-def save_comparison_figure(path: PathLike, obj: np.ndarray, truth: np.ndarray,
+def save_comparison_figure(path: PathLike, obj, truth: np.ndarray,
                            mask: Optional[np.ndarray] = None) -> None:
-    """Reconstruction (top) against ground truth (bottom), amplitude and phase."""
+    """Reconstructions (rows) against the ground truth (last row), amplitude and phase.
+
+    ``obj``: one (H, W) object, or a mapping label -> object (e.g. the network's and the
+    refined one). Each is shown as the metrics compare it: amplitude times its least-squares
+    scale to the truth, phase less its mean offset from the truth, both over ``mask``, so
+    that the global factors no measurement can fix do not hide the likeness.
+    """
+    from ptycho.metrics import align_amplitude, align_phase
+
+    objects = dict(obj) if isinstance(obj, Mapping) else {"reconstruction": obj}
     plt = _pyplot()
-    fig, axes = plt.subplots(2, 2, figsize=(10, 9))
-    for row, (name, img) in enumerate((("reconstruction", obj), ("ground truth", truth))):
-        amp, ph = np.abs(img), np.angle(img)
+    rows = len(objects) + 1
+    fig, axes = plt.subplots(rows, 2, figsize=(10, 4.5 * rows), squeeze=False)
+    t_amp, t_ph = np.abs(truth), np.angle(truth)
+    shown = [(name, align_amplitude(np.abs(o), t_amp, mask), align_phase(np.angle(o), t_ph,
+                                                                          mask=mask))
+             for name, o in objects.items()] + [("ground truth", t_amp, t_ph)]
+    for row, (name, amp, ph) in enumerate(shown):
         if mask is not None:
             amp = np.where(mask, amp, np.nan)
             ph = np.where(mask, ph, np.nan)

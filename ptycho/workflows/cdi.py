@@ -20,10 +20,13 @@ FIGURE_NAMES = {"object": "reconstruction.png", "loss": "loss.png", "comparison"
 
 
 def save_reconstruction(path: str, recon: Reconstruction) -> None:
-    """The stitched object, its amplitude, phase, coverage and positions as one NPZ (atomic)."""
+    """The stitched object, its amplitude, phase, coverage and positions as one NPZ (atomic);
+    after refinement also the network's object (``network_obj``) and the probe it ended with."""
+    extra = {} if recon.refinement is None else {"network_obj": recon.network_obj,
+                                                  "refined_probe": recon.refinement["probe"]}
     atomic_save_npz(path, obj=recon.obj, amplitude=recon.amplitude.astype(np.float32),
                     phase=recon.phase.astype(np.float32), coverage=recon.coverage.astype(np.float32),
-                    positions=recon.positions)
+                    positions=recon.positions, **extra)
 
 
 def evaluate_against_truth(recon: Reconstruction, truth: Optional[np.ndarray]) -> Optional[dict]:
@@ -68,7 +71,9 @@ def write_outputs(output_dir: str, recon: Reconstruction, history=None,
         save_loss_figure(paths["loss_figure"], history, loss_settings)
     if truth is not None and truth.shape == recon.obj.shape:
         paths["comparison_figure"] = os.path.join(output_dir, FIGURE_NAMES["comparison"])
-        save_comparison_figure(paths["comparison_figure"], recon.obj, truth, mask=covered)
+        shown = ({"network": recon.network_obj, "refined": recon.obj}
+                 if recon.refinement is not None else recon.obj)
+        save_comparison_figure(paths["comparison_figure"], shown, truth, mask=covered)
     return paths
 
 
