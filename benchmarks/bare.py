@@ -31,7 +31,7 @@ from ptycho.weights import decoder_widths, has_border_heads
 def _layers(config: ModelConfig) -> list[tuple[str, int, int]]:
     """(name, in, out) of every conv, in the order of the canonical spec."""
     out = []
-    cin = config.n_channels
+    cin = c = config.network_channels
     for i, w in enumerate(config.widths):
         out += [(f"enc{i}.conv1", cin, w), (f"enc{i}.conv2", w, w)]
         cin = w
@@ -40,15 +40,18 @@ def _layers(config: ModelConfig) -> list[tuple[str, int, int]]:
         for j, w in enumerate(decoder_widths(config)):
             out += [(f"{branch}.dec{j}.conv1", cin, w), (f"{branch}.dec{j}.conv2", w, w)]
             cin = w
-        out.append((f"{branch}.head", cin, config.n_channels))
+        out.append((f"{branch}.head", cin, c))
         if has_border_heads(config):
-            out.append((f"{branch}.border_head", cin, config.n_channels))
+            out.append((f"{branch}.border_head", cin, c))
     return out
 
 
 def _input(config: ModelConfig, batch: int, seed: int = 0) -> np.ndarray:
+    """The network's input for ``batch`` groups: C images of one pattern each with
+    ``per_pattern_network``, else one image of C channels per group."""
     rng = np.random.default_rng(seed)
-    return rng.random((batch, config.n_channels, config.N, config.N), dtype=np.float32)
+    return rng.random((batch * config.network_passes, config.network_channels, config.N,
+                       config.N), dtype=np.float32)
 
 
 # ------------------------------------------------------------------------------------ torch

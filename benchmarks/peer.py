@@ -59,8 +59,8 @@ def parameters(n: int = 64, c: int = 1) -> int:
 
 def ours_flops(config: ModelConfig) -> float:
     """Forward FLOPs per pattern group of our network (2 per multiply-add), from the
-    architecture of :mod:`ptycho.weights`."""
-    n, c = config.N, config.n_channels
+    architecture of :mod:`ptycho.weights` (C passes with ``per_pattern_network``)."""
+    n, c = config.N, config.network_channels
     total, cin, side = 0, c, n
     for w in config.widths:
         total += 9 * side * side * (cin * w + w * w)
@@ -74,7 +74,7 @@ def ours_flops(config: ModelConfig) -> float:
         heads = 2 if has_border_heads(config) else 1
         total += heads * 9 * side * side * d_in * c
         side = n // 2 ** N_LEVELS
-    return 2.0 * total
+    return 2.0 * total * config.network_passes
 
 
 def _input(n: int, c: int, batch: int) -> np.ndarray:

@@ -38,7 +38,7 @@ from ptycho.batch import Batch
 from ptycho.config.schema import N_LEVELS, ModelConfig, TrainingConfig
 from ptycho.physics.forward import far_field_amplitude
 from ptycho.physics.losses import LossSettings, masked_mean, poisson_nll, total_loss
-from ptycho.physics.model import effective_probe
+from ptycho.physics.model import INTENSITY_MATCH_EPSILON, effective_probe
 from ptycho.physics.patches import (central_mask, object_support, overlap_constraint,
                                     probe_disk_mask)
 from ptycho.weights import decoder_widths, has_border_heads, trainable_names
@@ -142,15 +142,33 @@ def _w(weights: Mapping[str, np.ndarray], name: str) -> np.ndarray:
     return np.asarray(weights[name], dtype=np.float64)
 
 
+def _to_network(config: ModelConfig, x_nchw: np.ndarray) -> np.ndarray:
+    """Groups (B, C, N, N) -> the network's NHWC images: (B*C, N, N, 1) with
+    ``per_pattern_network``, else (B, N, N, C)."""
+    b, c, n, _ = x_nchw.shape
+    k = config.network_channels
+    return np.transpose(np.reshape(x_nchw, (b * c // k, k, n, n)), (0, 2, 3, 1))
+
+
+def _to_groups(config: ModelConfig, y: np.ndarray) -> np.ndarray:
+    """The network's NHWC images -> groups NHWC (B, N, N, C) (the inverse of ``_to_network``
+    after the transposition to NHWC)."""
+    c, n = config.n_channels, config.N
+    nchw = np.reshape(np.transpose(y, (0, 3, 1, 2)), (-1, c, n, n))
+    return np.transpose(nchw, (0, 2, 3, 1))
+
+
 def _network(config: ModelConfig, weights, x_nchw: np.ndarray, tape: Optional[_Tape]):
-    """Normalised amplitudes (B, C, N, N) -> (amp, phase) (B, N, N, C) and the tape."""
+    """Normalised amplitudes (B, C, N, N) -> (amp, phase) (B, N, N, C) and the tape.
+
+    ``amp`` is the activated amplitude head's output before :class:`_IntensityMatch`."""
     def conv_relu(h, name):
         pre = conv2d(h, _w(weights, name + ".kernel"), _w(weights, name + ".bias"))
         if tape is not None:
             tape.convs.append((name, h, pre))
         return np.maximum(pre, 0.0)
 
-    h = np.transpose(np.asarray(x_nchw, dtype=np.float64), (0, 2, 3, 1))
+    h = _to_network(config, np.asarray(x_nchw, dtype=np.float64))
     for i in range(N_LEVELS):
         h = conv_relu(conv_relu(h, f"enc{i}.conv1"), f"enc{i}.conv2")
         h, arg = maxpool2(h)
@@ -179,14 +197,49 @@ def _network(config: ModelConfig, weights, x_nchw: np.ndarray, tape: Optional[_T
         phase = np.where(inside, phase, math.pi * np.tanh(heads["phase.border_head"]))
     elif config.pad_object:
         amp = amp * object_support(n, True, False)[None, :, :, None]
-    return amp, phase
+    return _to_groups(config, amp), _to_groups(config, phase)
+
+
+class _IntensityMatch:
+    """``match_intensity``: the factor ``s = sqrt((M + e) / (S + e))`` per patch, with
+    ``M = sum x^2`` (the pattern) and ``S = sum |P|^2 a^2`` (what the patch sends through
+    the probe), and its exact backward pass. Without ``match_intensity``, ``s = 1``."""
+
+    def __init__(self, config: ModelConfig, amp: np.ndarray, x: np.ndarray, probe: np.ndarray):
+        self.on = config.match_intensity
+        self.amp, self.x, self.probe = amp, x, probe
+        self.w = (np.abs(probe) ** 2)[None, :, :, None]
+        b, c = x.shape[:2]
+        self.m = np.sum(x ** 2, axis=(-2, -1)).reshape(b, 1, 1, c) + INTENSITY_MATCH_EPSILON
+        self.s_sum = np.sum(self.w * amp ** 2, axis=(1, 2), keepdims=True) \
+            + INTENSITY_MATCH_EPSILON
+        self.scale = np.sqrt(self.m / self.s_sum) if self.on else 1.0
+
+    def backward(self, g_scaled: np.ndarray, absolute: bool = False):
+        """From d/d(s a) (B, N, N, C): d/da, d/dx (B, C, N, N), d/dP (N, N) complex. With
+        ``absolute``, ``g_scaled`` is a magnitude and so are the results (each sum taken
+        over absolute terms)."""
+        if not self.on:
+            return g_scaled, 0.0, 0.0
+        amp, s = self.amp, self.scale
+        t = np.sum(g_scaled * amp, axis=(1, 2), keepdims=True)
+        if absolute:
+            t = np.abs(t)
+        g_amp = s * g_scaled + (1 if absolute else -1) * t * s / self.s_sum * self.w * amp
+        g_x = np.transpose(t * s / self.m, (0, 3, 1, 2)) * self.x
+        g_w = np.sum(t * s / (2 * self.s_sum) * amp ** 2, axis=(0, 3))
+        g_probe = 2 * g_w * (np.abs(self.probe) if absolute else -self.probe)
+        return g_amp, (np.abs(g_x) if absolute else g_x), g_probe
 
 
 def network_patches(config: ModelConfig, weights: Mapping[str, np.ndarray],
                     x: np.ndarray) -> np.ndarray:
     """Complex patches (B, C, N, N) complex128 from the network input ``x`` (normalised
     amplitudes, i.e. ``diffraction / exp(log_intensity_scale)``)."""
+    x = np.asarray(x, np.float64)
     amp, phase = _network(config, weights, x, None)
+    probe = effective_probe(np.asarray(weights["probe"], np.complex128), config.probe_mask)
+    amp = amp * _IntensityMatch(config, amp, x, probe).scale
     return np.transpose(amp * np.exp(1j * phase), (0, 3, 1, 2))
 
 
@@ -197,18 +250,23 @@ def predict(config: ModelConfig, weights: Mapping[str, np.ndarray],
     return network_patches(config, weights, np.asarray(diffraction, np.float64) / scale)
 
 
-def _network_backward(config: ModelConfig, weights, tape: _Tape, amp: np.ndarray,
-                      phase: np.ndarray, g_obj: np.ndarray,
-                      absolute: bool = False) -> tuple[dict, np.ndarray]:
-    """Gradients of the network's entries and of its input, from ``g_obj`` (B, N, N, C) complex.
+def _network_backward(config: ModelConfig, weights, tape: _Tape, g_amp: np.ndarray,
+                      g_phase: np.ndarray, m_amp: Optional[np.ndarray] = None,
+                      m_phase: Optional[np.ndarray] = None) -> tuple[dict, np.ndarray]:
+    """Gradients of the network's entries and of its input (B, C, N, N), from the gradients
+    of the activated amplitude and of the phase (B, N, N, C).
 
-    With ``absolute``, returns instead each entry's term magnitudes: its final reduction
-    (over batch and pixels) taken over absolute values, ``sum |input| |delta|``, where at
-    the heads ``|delta|`` is bounded by ``|g_obj|`` (amplitude and phase gradients can
-    cancel there); and ``|d input|``. This is the scale of the float32 round-off of that
-    final sum. (A full absolute-value backward pass would bound the error of every layer
+    With the magnitudes ``m_amp``, ``m_phase`` of those (bounds on their terms: amplitude and
+    phase gradients can cancel at the heads), returns instead each entry's term magnitudes:
+    its final reduction (over batch and pixels) taken over absolute values,
+    ``sum |input| |delta|``; and ``|d input|``. This is the scale of the float32 round-off of
+    that final sum. (A full absolute-value backward pass would bound the error of every layer
     but is so loose, 1e5 x the gradient, that it would hide real faults.)
     """
+    absolute = m_amp is not None
+    g_amp, g_phase = _to_network(config, _nchw(g_amp)), _to_network(config, _nchw(g_phase))
+    if absolute:
+        m_amp, m_phase = _to_network(config, _nchw(m_amp)), _to_network(config, _nchw(m_phase))
     grads: dict[str, np.ndarray] = {}
     mags: dict[str, np.ndarray] = {}
 
@@ -220,7 +278,6 @@ def _network_backward(config: ModelConfig, weights, tape: _Tape, amp: np.ndarray
                 np.abs(inp), k, np.abs(g) if g_mag is None else g_mag)
         return gx
 
-    e = np.exp(1j * phase)
     act, n = config.amp_activation, config.N
 
     def heads(g_amp, g_phase, d_act):
@@ -238,11 +295,8 @@ def _network_backward(config: ModelConfig, weights, tape: _Tape, amp: np.ndarray
             out["phase.head"] = g_phase * math.pi * (1 - np.tanh(tape.heads["phase.head"]) ** 2)
         return out
 
-    head_grads = heads(np.real(np.conj(g_obj) * e), np.real(np.conj(g_obj) * 1j * amp * e),
-                       lambda pre: activation_grad(act, pre))
-    # magnitudes at the heads: |g_obj| bounds both parts (the phase gradient cancels when
-    # the far field cannot see a patch's global phase)
-    head_mags = heads(np.abs(g_obj), np.abs(g_obj) * np.abs(amp),
+    head_grads = heads(g_amp, g_phase, lambda pre: activation_grad(act, pre))
+    head_mags = heads(m_amp, m_phase,
                       lambda pre: np.abs(activation_grad(act, pre))) if absolute else {}
     convs = {name: (inp, pre) for name, inp, pre in tape.convs}
     g_enc = 0.0
@@ -266,8 +320,13 @@ def _network_backward(config: ModelConfig, weights, tape: _Tape, amp: np.ndarray
             name = f"enc{i}.{part}"
             inp, pre = convs[name]
             g = conv_back(inp, name, g * (pre > 0))
-    g_x = np.transpose(g, (0, 3, 1, 2))
+    c, n = config.n_channels, config.N
+    g_x = np.reshape(np.transpose(g, (0, 3, 1, 2)), (-1, c, n, n))
     return (mags, np.abs(g_x)) if absolute else (grads, g_x)
+
+
+def _nchw(x: np.ndarray) -> np.ndarray:
+    return np.transpose(x, (0, 3, 1, 2))
 
 
 # -- the model: network + physics + losses -------------------------------------------------------
@@ -342,13 +401,15 @@ def gradients(config: ModelConfig, weights: Mapping[str, np.ndarray], batch: Bat
     x = network_input(batch) / scale
     tape = _Tape()
     amp, phase = _network(config, weights, x, tape)
-    obj_nhwc = amp * np.exp(1j * phase)
-    patches = np.transpose(obj_nhwc, (0, 3, 1, 2))
+    probe_raw = np.asarray(weights["probe"], np.complex128)
+    probe = effective_probe(probe_raw, config.probe_mask)
+    match = _IntensityMatch(config, amp, x, probe)
+    amp_scaled = amp * match.scale
+    e = np.exp(1j * phase)
+    patches = np.transpose(amp_scaled * e, (0, 3, 1, 2))
     rel = np.asarray(batch.rel_offsets, np.float64)
     m = int(batch.canvas_size)
     constrained = _constrain(config, patches, rel, m)
-    probe_raw = np.asarray(weights["probe"], np.complex128)
-    probe = effective_probe(probe_raw, config.probe_mask)
     psi = probe * constrained
     f = np.fft.fftshift(np.fft.fft2(psi, axes=(-2, -1), norm="ortho"), axes=(-2, -1))
     a0 = np.abs(f)
@@ -384,17 +445,31 @@ def gradients(config: ModelConfig, weights: Mapping[str, np.ndarray], batch: Bat
     else:
         g_patches = g_patches + g_constrained
     g_obj = np.transpose(g_patches, (0, 2, 3, 1))
-    grads, g_x = _network_backward(config, weights, tape, amp, phase, g_obj)
+    g_amp, g_x_match, g_probe_match = match.backward(np.real(np.conj(g_obj) * e))
+    grads, g_x = _network_backward(config, weights, tape, g_amp,
+                                   np.real(np.conj(g_obj) * 1j * amp_scaled * e))
+    g_x = g_x + g_x_match
     g_lis += float(np.sum(g_x * -x))                        # x = obs * exp(-lis)
-    grads["probe"] = g_probe
+    grads["probe"] = g_probe + _masked_probe(config, g_probe_match)
     grads["log_intensity_scale"] = np.asarray(g_lis)
     names = trainable_names(config)
     if not magnitudes:
         return terms, {name: grads[name] for name in names}
-    mags, m_x = _network_backward(config, weights, tape, amp, phase, g_obj, absolute=True)
-    mags["probe"] = m_probe
+    # magnitudes at the heads: |g_obj| bounds both parts (the phase gradient cancels when
+    # the far field cannot see a patch's global phase)
+    m_amp, m_x_match, m_probe_match = match.backward(np.abs(g_obj), absolute=True)
+    mags, m_x = _network_backward(config, weights, tape, g_amp,
+                                  np.real(np.conj(g_obj) * 1j * amp_scaled * e),
+                                  m_amp, np.abs(g_obj) * np.abs(amp_scaled))
+    m_x = m_x + m_x_match
+    mags["probe"] = m_probe + _masked_probe(config, m_probe_match)
     mags["log_intensity_scale"] = np.asarray(m_lis + float(np.sum(m_x * np.abs(x))))
     return terms, {name: grads[name] for name in names}, {name: mags[name] for name in names}
+
+
+def _masked_probe(config: ModelConfig, g_probe):
+    """A gradient with respect to the effective probe, taken back to the raw probe."""
+    return g_probe * probe_disk_mask(config.N) if config.probe_mask else g_probe
 
 
 def perturb(weights: Mapping[str, np.ndarray], name: str, direction: np.ndarray,

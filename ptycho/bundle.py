@@ -333,12 +333,29 @@ def _check_entries_against_spec(entries: Mapping[str, Any], model_config: ModelC
                            + "; ".join(problems))
 
 
+#: ModelConfig fields added after bundles were first written, with the value that reproduces
+#: how a bundle that lacks them was trained (a missing key must not take today's default:
+#: the weights would be read into another model).
+MODEL_KEYS_ADDED = {"per_pattern_network": False, "match_intensity": False}
+
+
+def _with_added_model_keys(kind: str, config: Any) -> Any:
+    if not isinstance(config, dict):
+        return config
+    if kind == "model":
+        return {**MODEL_KEYS_ADDED, **config}
+    if isinstance(config.get("model"), dict):
+        return {**config, "model": {**MODEL_KEYS_ADDED, **config["model"]}}
+    return config
+
+
 def _bundle_config(manifest: dict[str, Any], path: str) -> AnyConfig:
     kind = manifest["config_kind"]
     if kind not in _CONFIG_KINDS:
         raise NotABundleError(f"{path}: unknown config_kind {kind!r}; expected one of {list(_CONFIG_KINDS)}")
     try:
-        return config_from_dict(_CONFIG_KINDS[kind], manifest["config"])
+        return config_from_dict(_CONFIG_KINDS[kind],
+                                _with_added_model_keys(kind, manifest["config"]))
     except ConfigError as err:
         raise ConfigError(f"{path}: bundle config invalid: {err}") from err
 

@@ -87,8 +87,9 @@ INFERENCE_LAYER_FACTOR = 2
 
 
 def _layers(config: ModelConfig) -> list[tuple[int, int]]:
-    """(input values, output values) per group of every layer, in order (float32)."""
-    n, c = config.N, config.n_channels
+    """(input values, output values) per group of every layer, in order (float32); with
+    ``per_pattern_network`` a group's C passes run together, so each layer holds C images."""
+    n, c, passes = config.N, config.network_channels, config.network_passes
     layers = []
     cin = c
     for i, w in enumerate(config.widths):
@@ -105,13 +106,13 @@ def _layers(config: ModelConfig) -> list[tuple[int, int]]:
             layers += [(cin * side * side, w * side * side), (w * side * side, w * side * side)]
             cin = w
         layers += [(cin * n * n, c * n * n)] * heads
-    return layers
+    return [(passes * a, passes * b) for a, b in layers]
 
 
 def activation_values_per_group(config: ModelConfig) -> int:
     """Number of float32 activation values one group of ``config``'s network produces
     (every layer's output, convs counted twice for their ReLUs, the input and the physics)."""
-    n, c = config.N, config.n_channels
+    n, c = config.N, config.network_channels
     total = c * n * n                                   # the input
     for i, w in enumerate(config.widths):
         side = n >> i
@@ -126,7 +127,7 @@ def activation_values_per_group(config: ModelConfig) -> int:
             total += 2 * 2 * w * side * side            # conv1, conv2, each with its ReLU
             cin = w
         total += 2 * heads * c * n * n                  # head(s) and their activation
-    return total + _physics_values(config)
+    return config.network_passes * total + _physics_values(config)
 
 
 def _physics_values(config: ModelConfig) -> int:
@@ -141,7 +142,7 @@ def inference_values_per_group(config: ModelConfig) -> int:
     output, kept for the second branch; the first branch's heads; the physics)."""
     n, c = config.N, config.n_channels
     widest = max(a + b for a, b in _layers(config))
-    kept = config.widths[-1] * (n >> N_LEVELS) ** 2 + 2 * c * n * n
+    kept = config.network_passes * config.widths[-1] * (n >> N_LEVELS) ** 2 + 2 * c * n * n
     return INFERENCE_LAYER_FACTOR * widest + kept + _physics_values(config)
 
 

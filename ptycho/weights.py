@@ -9,14 +9,16 @@ Architecture (every conv is 3x3, stride 1, zero "same" padding of 1 on each side
 
 * encoder, level i = 0, 1, 2 with width ``w_i = widths[i]``:
   ``enc{i}.conv1`` (in -> w_i), relu, ``enc{i}.conv2`` (w_i -> w_i), relu, max-pool 2x2;
-  the first input has C = gridsize**2 channels.
+  the first input has ``config.network_channels`` channels: C = gridsize**2, or 1 with
+  ``per_pattern_network`` (the network then runs once per pattern of a group).
 * two decoders, ``amp`` and ``phase``, level j = 0, 1, 2 with widths ``(w_1, w_0, w_0)``:
   nearest up-sampling x2, ``{branch}.dec{j}.conv1``, relu, ``{branch}.dec{j}.conv2``, relu.
-* heads from each decoder's last features to C channels: ``amp.head`` (then the configured
+* heads from each decoder's last features to ``network_channels`` channels: ``amp.head`` (then the configured
   amplitude activation) and ``phase.head`` (then ``pi * tanh``). With ``pad_object`` and
   ``probe_big`` also ``amp.border_head`` / ``phase.border_head``, whose output replaces the
   main heads' outside the central N/2 x N/2 square. With ``pad_object`` alone the object is
-  zero outside that square.
+  zero outside that square. With ``match_intensity`` each patch's amplitude is then scaled
+  (no weights) so that ``sum |P O|^2`` equals its pattern's ``sum x^2``.
 
 >>> from ptycho.config import ModelConfig
 >>> spec = weight_spec(ModelConfig(N=32, base_filters=2, n_filters_scale=1, probe_big=False))
@@ -60,7 +62,7 @@ def decoder_widths(config: ModelConfig) -> tuple[int, ...]:
 def network_weight_spec(config: ModelConfig) -> dict[str, WeightEntry]:
     """The network's entries only (kernels and biases), in canonical order."""
     entries: list[tuple[str, WeightEntry]] = []
-    cin = config.n_channels
+    cin = c = config.network_channels
     for i, w in enumerate(config.widths):
         entries += _conv_entries(f"enc{i}.conv1", cin, w)
         entries += _conv_entries(f"enc{i}.conv2", w, w)
@@ -71,9 +73,9 @@ def network_weight_spec(config: ModelConfig) -> dict[str, WeightEntry]:
             entries += _conv_entries(f"{branch}.dec{j}.conv1", cin, w)
             entries += _conv_entries(f"{branch}.dec{j}.conv2", w, w)
             cin = w
-        entries += _conv_entries(f"{branch}.head", cin, config.n_channels)
+        entries += _conv_entries(f"{branch}.head", cin, c)
         if has_border_heads(config):
-            entries += _conv_entries(f"{branch}.border_head", cin, config.n_channels)
+            entries += _conv_entries(f"{branch}.border_head", cin, c)
     return dict(entries)
 
 

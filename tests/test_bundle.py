@@ -295,3 +295,24 @@ def test_sigkill_during_save_leaves_the_previous_bundle_loadable(bundle_path):
     child.wait()
     c = B.read_bundle(bundle_path)   # old or new, never partial
     assert c.backend in ("torch", "tensorflow")
+
+
+def test_bundle_written_before_the_added_model_keys_loads_as_it_was_trained(tmp_path):
+    """A bundle whose config lacks per_pattern_network / match_intensity (written before they
+    existed) is read with the values it was trained with (False), not today's defaults: its
+    gridsize-2 weights have C input channels, which today's default would refuse."""
+    import dataclasses
+    old_model = dataclasses.replace(CFG.model, per_pattern_network=False, match_intensity=False)
+    old_cfg = dataclasses.replace(CFG, model=old_model)
+    weights = init_weights(old_model, 0, np.ones((16, 16), np.complex64), 2.5)
+    assert weights["enc0.conv1.kernel"].shape[2] == 4
+    written, old = tmp_path / "new.zip", tmp_path / "old.zip"
+    B.save_bundle(written, weights, old_cfg, backend_name="torch", framework_version="x")
+
+    def drop_added_keys(m):
+        for key in B.MODEL_KEYS_ADDED:
+            del m["config"]["model"][key]
+    _edit_manifest(written, old, drop_added_keys)
+    loaded = B.read_bundle(old)
+    assert loaded.model_config == old_model
+    assert CFG.model.per_pattern_network and CFG.model.match_intensity   # today's defaults

@@ -23,9 +23,9 @@ def _weights(cfg, seed=0):
 @given(configs)
 def test_spec_shapes_chain(cfg):
     spec = network_weight_spec(cfg)
-    assert spec["enc0.conv1.kernel"].shape[2] == cfg.n_channels
-    assert spec["amp.head.kernel"].shape[3] == cfg.n_channels
-    assert spec["phase.head.kernel"].shape[3] == cfg.n_channels
+    assert spec["enc0.conv1.kernel"].shape[2] == cfg.network_channels
+    assert spec["amp.head.kernel"].shape[3] == cfg.network_channels
+    assert spec["phase.head.kernel"].shape[3] == cfg.network_channels
     for name, entry in spec.items():
         if name.endswith(".kernel"):
             assert spec[name.replace(".kernel", ".bias")].shape == (entry.shape[3],)

@@ -153,9 +153,13 @@ class Model:
     # ------------------------------------------------------------------ the composition
     def _patches(self, diffraction, compute_dtype=None):
         """Diffraction (B, C, N, N) in photon units -> complex64 object patches."""
-        x = diffraction / self.ops.exp(self.ops.value(self._log_scale))
-        heads = network.network(self.ops, x, self._params, self.config, compute_dtype)
-        return network.object_patches(self.ops, heads, self.config, self._central)
+        ops, config = self.ops, self.config
+        x = diffraction / ops.exp(ops.value(self._log_scale))
+        heads = network.network(ops, network.to_patterns(ops, x, config), self._params, config,
+                                compute_dtype)
+        intensity = ops.square(ops.abs(self._probe_eff())) if config.match_intensity else None
+        return network.object_patches(ops, network.to_groups(ops, heads, config), config,
+                                      self._central, x, intensity)
 
     def _probe_eff(self):
         ops = self.ops

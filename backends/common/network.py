@@ -7,6 +7,11 @@ head's activation from the config, the phase head ``pi * tanh``. ``pad_object`` 
 object outside the central N/2 square; with ``probe_big`` the border heads' output replaces
 the main heads' there instead.
 
+With ``per_pattern_network`` the network sees one pattern per image: a group (B, C, N, N)
+is reshaped to (B*C, 1, N, N) before it (:func:`to_patterns`) and its heads back after it
+(:func:`to_groups`). With ``match_intensity`` each patch's amplitude is scaled so that its
+intensity through the probe equals its pattern's (:func:`intensity_match`).
+
 Layouts: the network runs in the backend's fast layout (``ops.to_network_layout``: NHWC in
 TensorFlow, channels_last NCHW in PyTorch); heads come back as images ``(B, C, N, N)``
 float32 (``ops.to_image_layout``), where the activations and the complex patches are formed.
@@ -19,6 +24,7 @@ import math
 from typing import Mapping
 
 from ptycho.config.schema import N_LEVELS, ModelConfig
+from ptycho.physics.model import INTENSITY_MATCH_EPSILON
 from ptycho.weights import decoder_widths, has_border_heads
 
 BRANCHES = ("amp", "phase")
@@ -46,8 +52,8 @@ def _heads(ops, y, params: Mapping, config: ModelConfig, branch: str) -> dict:
     """The branch's head and, with border heads, its border head, in one convolution.
 
     Their kernels are stacked along the output channels: both heads see the same features,
-    and a 3x3 convolution to 2C channels costs about what one to C channels does (C = 1 or
-    4), so one call instead of two. Each output channel is the same sum of products as in
+    and a 3x3 convolution to 2C channels costs about what one to C channels does (C, the
+    network's channels, is 1 to 16), so one call instead of two. Each output channel is the same sum of products as in
     its own convolution. Returned as float32 images (B, C, N, N).
     """
     names = [f"{branch}.head"] + ([f"{branch}.border_head"] if has_border_heads(config) else [])
@@ -56,7 +62,7 @@ def _heads(ops, y, params: Mapping, config: ModelConfig, branch: str) -> dict:
     out = ops.to_image_layout(ops.conv3x3(y, kernel, bias))
     if len(names) == 1:
         return {branch: out}
-    c = config.n_channels
+    c = config.network_channels
     return {branch: out[:, :c], f"{branch}_border": out[:, c:]}
 
 
@@ -79,11 +85,45 @@ def network(ops, x, params: Mapping, config: ModelConfig, compute_dtype=None) ->
     return heads
 
 
-def object_patches(ops, heads: Mapping, config: ModelConfig, central=None):
+def to_patterns(ops, x, config: ModelConfig):
+    """Groups (B, C, N, N) -> the network's images: (B*C, 1, N, N) with
+    ``per_pattern_network``, else unchanged."""
+    if config.network_channels == config.n_channels:
+        return x
+    return ops.reshape(x, (-1, 1, config.N, config.N))
+
+
+def to_groups(ops, heads: Mapping, config: ModelConfig) -> dict:
+    """The inverse of :func:`to_patterns` for every head: back to (B, C, N, N)."""
+    if config.network_channels == config.n_channels:
+        return dict(heads)
+    shape = (-1, config.n_channels, config.N, config.N)
+    return {k: ops.reshape(v, shape) for k, v in heads.items()}
+
+
+def intensity_match(ops, amp, x, probe_intensity):
+    """The factor (B, C, 1, 1) that scales ``amp`` (B, C, N, N) so that each patch's
+    intensity through the probe equals its pattern's: ``sum |P|^2 (s a)^2 = sum x^2``.
+
+    ``x`` is the network input (normalised amplitudes, masked pixels zero), ``probe_intensity``
+    ``|P|^2`` (N, N). By Parseval the orthonormal far field keeps ``sum |P O|^2``, so the
+    scaled patch predicts the measured total exactly (before the overlap constraint, which
+    averages neighbours); the network learns the amplitude's shape, the data fix its level.
+    """
+    shape = (-1, ops.shape(amp)[1], 1, 1)
+    measured = ops.reshape(ops.sum(ops.square(x), axis=(-2, -1)), shape)
+    sent = ops.reshape(ops.sum(probe_intensity * ops.square(amp), axis=(-2, -1)), shape)
+    return ops.sqrt((measured + INTENSITY_MATCH_EPSILON) / (sent + INTENSITY_MATCH_EPSILON))
+
+
+def object_patches(ops, heads: Mapping, config: ModelConfig, central=None, x=None,
+                   probe_intensity=None):
     """Heads (B, C, N, N) -> complex64 object patches with the support options applied.
 
     ``central`` is :func:`ptycho.physics.central_mask` (N, N) float32, needed with
     ``pad_object``: inside it the main heads, outside the border heads (``probe_big``) or zero.
+    ``x`` (the network input, (B, C, N, N)) and ``probe_intensity`` (``|P|^2``, (N, N)) are
+    needed with ``match_intensity`` (:func:`intensity_match`).
     """
     act = amplitude_activation(ops, config.amp_activation)
     amp = act(heads["amp"])
@@ -95,4 +135,6 @@ def object_patches(ops, heads: Mapping, config: ModelConfig, central=None):
             phase = central * phase + outside * (math.pi * ops.tanh(heads["phase_border"]))
         else:
             amp = central * amp
+    if config.match_intensity:
+        amp = amp * intensity_match(ops, amp, x, probe_intensity)
     return ops.polar(amp, phase)

@@ -123,7 +123,7 @@ def shape(x) -> tuple:
 exp, log, log1p, sqrt, square = tf.exp, tf.math.log, tf.math.log1p, tf.sqrt, tf.square
 abs, tanh, sigmoid, softplus, relu = tf.abs, tf.tanh, tf.math.sigmoid, tf.math.softplus, tf.nn.relu
 where, maximum, pow = tf.where, tf.maximum, tf.pow
-zeros_like, ones_like = tf.zeros_like, tf.ones_like
+zeros_like, ones_like, reshape = tf.zeros_like, tf.ones_like, tf.reshape
 real, imag, complex = tf.math.real, tf.math.imag, tf.complex
 
 

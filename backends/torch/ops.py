@@ -157,8 +157,8 @@ def shape(x) -> tuple:
 # ------------------------------------------------------------------ elementwise and reductions
 exp, log, log1p, sqrt, square, abs = torch.exp, torch.log, torch.log1p, torch.sqrt, torch.square, torch.abs
 tanh, sigmoid, relu, where, pow = torch.tanh, torch.sigmoid, F.relu, torch.where, torch.pow
-zeros_like, ones_like, real, imag, complex = (torch.zeros_like, torch.ones_like, torch.real,
-                                              torch.imag, torch.complex)
+zeros_like, ones_like, real, imag, complex, reshape = (
+    torch.zeros_like, torch.ones_like, torch.real, torch.imag, torch.complex, torch.reshape)
 
 
 def softplus(x):

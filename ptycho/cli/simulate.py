@@ -57,6 +57,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--probe", choices=PROBE_CHOICES, default="disk",
                    help="probe: flat disk (radius N/4), Gaussian (sigma N/8), or a defocused "
                         "disk aperture (radius N/8, Fresnel number 4)")
+    p.add_argument("--probe-radius", type=positive_float, default=None, metavar="PX",
+                   help="the disk's or the defocus aperture's radius in pixels, the Gaussian's "
+                        "sigma (default: as --probe says)")
     p.add_argument("--scan", choices=SCAN_CHOICES, default="grid",
                    help="scan pattern; every patch lies inside the object")
     p.add_argument("--step", type=positive_float, default=None,
@@ -122,6 +125,7 @@ def run(args: argparse.Namespace) -> int:
     from ptycho.atomic import atomic_save_npz, remove_stale_parts
     from ptycho.data.contract import save_npz
     from ptycho.simulate import load_image, simulate_dataset
+    from ptycho.simulate.probes import make_probe
 
     _check_target(args.output, "dataset")
     if args.ground_truth is not None:
@@ -134,9 +138,13 @@ def run(args: argparse.Namespace) -> int:
         remove_stale_parts(os.path.dirname(os.path.abspath(target)), {os.path.basename(target)})
     obj, obj_name = _object_from_args(args, load_image)
 
+    probe = args.probe
+    if args.probe_radius is not None:
+        size = "sigma" if args.probe == "gaussian" else "radius"
+        probe = make_probe(args.probe, args.N, **{size: args.probe_radius})
     t0 = time.perf_counter()
     raw, truth = simulate_dataset(
-        args.n_patterns, args.N, object=obj, probe=args.probe, scan=args.scan,
+        args.n_patterns, args.N, object=obj, probe=probe, scan=args.scan,
         nphotons=args.nphotons, seed=args.seed, step=args.step, jitter=args.jitter,
         amplitude_range=tuple(args.amplitude_range), phase_range=tuple(args.phase_range),
         noise=not args.no_noise, store_object=not args.no_object_guess, workers=args.workers)
@@ -150,7 +158,8 @@ def run(args: argparse.Namespace) -> int:
                                                         max(1, len(raw.diffraction) // 1024)))
                         / raw.n_patterns)      # chunk by chunk: no float64 copy of the scan
     print(f"simulated {raw.n_patterns} patterns, N={raw.N}, nphotons={args.nphotons:g} "
-          f"(mean counts {mean_counts:.4g}), {args.scan} scan, {args.probe} probe, {obj_name} "
+          f"(mean counts {mean_counts:.4g}), {args.scan} scan, {args.probe} probe"
+          f"{'' if args.probe_radius is None else f' (radius {args.probe_radius:g} px)'}, {obj_name} "
           f"object {truth.shape[0]}x{truth.shape[1]}, seed {args.seed} -> {args.output} "
           f"in {elapsed:.2f} s ({simulated:.2f} s simulating)")
     return 0

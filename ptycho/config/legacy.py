@@ -61,6 +61,8 @@ LEGACY_KEYS: Mapping[str, str] = MappingProxyType({
     "probe_scale": "probe_scale",
     "probe_trainable": "probe.trainable",
     "intensity_scale_trainable": "intensity_scale.trainable",
+    "per_pattern_network": "per_pattern_network",
+    "match_intensity": "match_intensity",
     # TrainingConfig (and, where the name is shared, InferenceConfig)
     "batch_size": "batch_size",
     "nepochs": "nepochs",

@@ -88,6 +88,16 @@ class ModelConfig:
     probe_scale: the probe is normalised so that ``sum |P|^2 = (probe_scale * N / 2) ** 2``
         (see :func:`ptycho.data.scaling.normalise_probe`); dimensionless.
     probe_trainable, intensity_scale_trainable: whether those parameters are optimised.
+    per_pattern_network: for gridsize > 1, the network maps each pattern of a group to its
+        own patch (one input channel, one output channel, the same weights for every member)
+        instead of the group's C patterns to C patches at once; the group's members are then
+        coupled only through the overlap constraint, so each patch is a function of its own
+        pattern, as at inference on any scan. (The network runs C times per group.)
+    match_intensity: scale each object patch so that the intensity it sends through the
+        probe equals its pattern's measured total, ``sum |P O|^2 = sum x^2`` with ``x`` the
+        normalised amplitudes (Parseval: the far field keeps the total). The scale is the
+        one thing a single pattern measures exactly; the network then learns only the shape
+        of the amplitude, not its level (see ``backends.common.network.object_patches``).
     """
 
     N: int = 64
@@ -102,6 +112,8 @@ class ModelConfig:
     probe_scale: float = 4.0
     probe_trainable: bool = False
     intensity_scale_trainable: bool = True
+    per_pattern_network: bool = True
+    match_intensity: bool = True
 
     def __post_init__(self) -> None:
         o = "ModelConfig"
@@ -113,7 +125,7 @@ class ModelConfig:
         _check_int(o, "base_filters", self.base_filters, 1, 256)
         _check_choice(o, "amp_activation", self.amp_activation, AMP_ACTIVATIONS)
         for b in ("object_big", "probe_big", "probe_mask", "pad_object", "probe_trainable",
-                  "intensity_scale_trainable"):
+                  "intensity_scale_trainable", "per_pattern_network", "match_intensity"):
             _check_bool(o, b, getattr(self, b))
         _check_float(o, "probe_scale", self.probe_scale, 0.0, 1e6, lo_open=True)
 
@@ -121,6 +133,17 @@ class ModelConfig:
     def n_channels(self) -> int:
         """Patterns per group, ``C = gridsize**2``."""
         return self.gridsize ** 2
+
+    @property
+    def network_channels(self) -> int:
+        """Input (and head output) channels of one network pass: 1 with
+        ``per_pattern_network``, else ``C``."""
+        return 1 if self.per_pattern_network else self.n_channels
+
+    @property
+    def network_passes(self) -> int:
+        """Network passes per group: ``C`` with ``per_pattern_network``, else 1."""
+        return self.n_channels // self.network_channels
 
     @property
     def widths(self) -> tuple[int, ...]:

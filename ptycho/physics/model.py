@@ -17,6 +17,12 @@ import numpy as np
 from ptycho.physics.forward import far_field_amplitude, illuminate
 from ptycho.physics.patches import object_support, overlap_constraint, probe_disk_mask
 
+#: Added to both sums of the intensity match (``ModelConfig.match_intensity``), in
+#: normalised-amplitude units squared where a pattern's sum is ~1e2..1e5: keeps the square
+#: root and its gradient finite for an all-zero pattern (its patch is then ~0) without
+#: moving any real pattern's scale.
+INTENSITY_MATCH_EPSILON = 1e-12
+
 
 def effective_probe(probe: np.ndarray, probe_mask: bool) -> np.ndarray:
     """The probe the physics uses: masked by a disk of radius N/4 when ``probe_mask``."""

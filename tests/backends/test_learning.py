@@ -26,9 +26,15 @@ pytestmark = pytest.mark.slow
 
 #: Training must at least halve the Poisson NLL (the issue's bar; observed: / 100 or more).
 NLL_RATIO_MAX = 0.5
-#: Stitched SSIM (amplitude and phase each) must rise by this much over the untrained model
-#: (observed +0.19 .. +0.45 over seeds 0-2).
+#: Stitched SSIM after training, amplitude and phase each (observed: amplitude 0.86-0.88,
+#: phase 0.66-0.73 in both backends at gridsize 1 and 2).
+SSIM_MIN = 0.6
+#: The phase must rise by this much over the untrained model (observed +0.36 .. +0.42). The
+#: untrained amplitude is already ~0.87 on this smooth object: the intensity match
+#: (ModelConfig.match_intensity) sets each patch's level from its pattern's total, so the
+#: amplitude must only not fall by more than SSIM_AMPLITUDE_SLACK (observed -0.013 .. +0.016).
 SSIM_GAIN_MIN = 0.15
+SSIM_AMPLITUDE_SLACK = 0.03
 
 N = 32
 NPHOTONS = 1e6
@@ -84,5 +90,7 @@ def test_training_learns_the_object(framework_backend, scan, gridsize, realspace
                                              for r in history.epochs)
     assert after["nll"] <= NLL_RATIO_MAX * before["nll"]
     assert history.epochs[-1].loss["nll"] < history.epochs[0].loss["nll"]
-    assert ssim_after[0] >= ssim_before[0] + SSIM_GAIN_MIN, ("amplitude", ssim_before, ssim_after)
+    assert min(ssim_after) >= SSIM_MIN, (ssim_before, ssim_after)
+    assert ssim_after[0] >= ssim_before[0] - SSIM_AMPLITUDE_SLACK, ("amplitude", ssim_before,
+                                                                   ssim_after)
     assert ssim_after[1] >= ssim_before[1] + SSIM_GAIN_MIN, ("phase", ssim_before, ssim_after)
