@@ -31,7 +31,8 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from ptycho.config.schema import AMP_ACTIVATIONS, ModelConfig, TrainingConfig
+from ptycho.config.schema import (AMP_ACTIVATIONS, POSITIVE_AMP_ACTIVATIONS, ModelConfig,
+                                  TrainingConfig)
 
 #: Side lengths drawn for N (multiples of 8, small).
 SIZES = (16, 32)
@@ -73,9 +74,11 @@ def model_configs(draw, sizes=SIZES, gridsizes=(1, 2, 3), max_width: int = 8) ->
     scale = draw(st.integers(1, 2))
     base = draw(st.integers(1, max(1, max_width // (4 * scale))))
     pad = draw(st.booleans())
+    activation = draw(st.sampled_from(AMP_ACTIVATIONS))
     return ModelConfig(
         N=n, gridsize=draw(st.sampled_from(gridsizes)), n_filters_scale=scale, base_filters=base,
-        amp_activation=draw(st.sampled_from(AMP_ACTIVATIONS)),
+        amp_activation=activation, per_pattern_network=draw(st.booleans()),
+        match_intensity=activation in POSITIVE_AMP_ACTIVATIONS and draw(st.booleans()),
         object_big=draw(st.booleans()), pad_object=pad,
         probe_big=draw(st.booleans()),
         probe_mask=draw(st.booleans()), probe_scale=draw(st.sampled_from([1.0, 4.0])),

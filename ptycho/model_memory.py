@@ -5,7 +5,8 @@ for a network that no machine holds), from the canonical weight specification an
 shapes of the architecture described in :mod:`ptycho.weights`:
 
 * parameters: every canonical entry (:func:`ptycho.weights.weight_spec`), at its dtype's size;
-* activations of one group (float32): the input (C, N, N); per encoder level the two conv
+* activations of one group (float32), times ``network_passes`` for the network's part: the
+  input (C, N, N); per encoder level the two conv
   outputs and their ReLUs at that level's resolution, and the pooled output; per decoder
   branch and level the up-sampled input, the two conv outputs and their ReLUs; the heads
   (border heads too); and the physics of the group: complex object patches, illuminated
@@ -22,9 +23,13 @@ prediction pass adds (default widths 32/64/128, CPU; measured in a fresh process
 N, gridsize, groups         torch    TensorFlow   estimate
 ==========================  =======  ===========  ========
 64, 1, 256                  439 MiB  545 MiB      558 MiB
-64, 2, 64                   178 MiB  158 MiB      168 MiB
+64, 2, 64 (one C network)   178 MiB  158 MiB      168 MiB
 128, 1, 64                  454 MiB  550 MiB      558 MiB
 ==========================  =======  ===========  ========
+
+The gridsize-2 row was measured with ``per_pattern_network=False`` (one network of C channels
+per group). With ``per_pattern_network`` (the default) a group of C patterns runs the network
+C times, so 64 groups of 4 cost what 256 groups of 1 do: the first row (estimate 558 MiB).
 
 The frameworks' own overhead (a few hundred MiB) is not counted.
 
@@ -37,7 +42,7 @@ The frameworks' own overhead (a few hundred MiB) is not counted.
 >>> check_model_memory(ModelConfig(N=512, gridsize=4, base_filters=256), batch_size=16)
 Traceback (most recent call last):
 ...
-ptycho.errors.ResourceLimitError: the network (N=512, gridsize 4, widths (512, 1024, 2048)): inference in batches of 16 groups (parameters 588 MiB, activations 2.17 GiB per group) needs 35.3 GiB, more than the memory budget of 8 GiB (PTYCHO_MAX_BYTES=8GiB); set PTYCHO_MAX_BYTES to change it
+ptycho.errors.ResourceLimitError: the network (N=512, gridsize 4, widths (512, 1024, 2048)): inference in batches of 16 groups (parameters 587 MiB, activations 32.6 GiB per group) needs 523 GiB, more than the memory budget of 8 GiB (PTYCHO_MAX_BYTES=8GiB); set PTYCHO_MAX_BYTES to change it
 >>> del os.environ["PTYCHO_MAX_BYTES"]
 """
 

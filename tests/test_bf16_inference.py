@@ -30,7 +30,7 @@ BACKENDS = [pytest.param("tensorflow", marks=pytest.mark.tensorflow),
 def case(request):
     gridsize, activation = request.param
     cfg = ModelConfig(N=32, gridsize=gridsize, base_filters=8, n_filters_scale=1,
-                      amp_activation=activation)
+                      amp_activation=activation, match_intensity=activation == "sigmoid")
     tc = TrainingConfig(model=cfg, nphotons=1e6)
     raw, _ = simulate_dataset(24, 32, nphotons=1e6, seed=gridsize, scan="jitter")
     data = group_data_for_training(raw, tc)

@@ -18,7 +18,8 @@ from ptycho.config import (InferenceConfig, ModelConfig, TrainingConfig, config_
                            config_to_dict, from_json, from_yaml, load_config, save_config,
                            to_json, to_yaml)
 from backends.registry import aliases
-from ptycho.config.schema import AMP_ACTIVATIONS, LR_SCHEDULES, PRECISIONS
+from ptycho.config.schema import (AMP_ACTIVATIONS, LR_SCHEDULES, POSITIVE_AMP_ACTIVATIONS,
+                                  PRECISIONS)
 from ptycho.errors import ConfigError
 
 
@@ -31,10 +32,12 @@ _names = st.one_of(st.none(), st.text(min_size=1, max_size=12))
 
 @st.composite
 def model_configs(draw):
+    activation = draw(st.sampled_from(AMP_ACTIVATIONS))
     return ModelConfig(
         N=draw(st.integers(2, 64)) * 8, gridsize=draw(st.integers(1, 4)),
         n_filters_scale=draw(st.integers(1, 16)), base_filters=draw(st.integers(1, 256)),
-        amp_activation=draw(st.sampled_from(AMP_ACTIVATIONS)),
+        amp_activation=activation, per_pattern_network=draw(st.booleans()),
+        match_intensity=activation in POSITIVE_AMP_ACTIVATIONS and draw(st.booleans()),
         object_big=draw(st.booleans()), probe_big=draw(st.booleans()),
         probe_mask=draw(st.booleans()), pad_object=draw(st.booleans()),
         probe_scale=draw(_floats(0.0, 1e6, lo_open=True)),
@@ -97,7 +100,8 @@ def test_round_trips_are_identities(cfg):
 
 @pytest.mark.parametrize("suffix", [".json", ".yaml", ".yml", ".YAML"])
 def test_file_round_trip_by_suffix(tmp_path, suffix):
-    cfg = TrainingConfig(model=ModelConfig(N=32, gridsize=2, amp_activation="swish"),
+    cfg = TrainingConfig(model=ModelConfig(N=32, gridsize=2, amp_activation="swish",
+                                                   match_intensity=False),
                          nepochs=3, output_dir="runs/a", n_groups=12, learning_rate=2e-4)
     path = tmp_path / f"cfg{suffix}"
     save_config(cfg, path)
@@ -230,3 +234,11 @@ def test_failed_save_keeps_old_file_and_leaves_no_partial(tmp_path, monkeypatch)
     with pytest.raises(OSError, match="disk full"):
         save_config(TrainingConfig(nepochs=2), path)
     assert path.read_text() == before and os.listdir(tmp_path) == ["c.yaml"]
+
+
+@pytest.mark.parametrize("activation", ["swish", "relu"])
+def test_intensity_match_refuses_an_amplitude_that_can_be_negative_or_zero(activation):
+    with pytest.raises(ConfigError, match=rf"match_intensity needs a positive amplitude "
+                                          rf".*amp_activation='{activation}'.*match_intensity=False"):
+        ModelConfig(amp_activation=activation)
+    assert not ModelConfig(amp_activation=activation, match_intensity=False).match_intensity

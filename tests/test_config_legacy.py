@@ -17,7 +17,8 @@ import ptycho.params as params
 from ptycho.config import (LEGACY_KEYS, InferenceConfig, ModelConfig, TrainingConfig,
                            config_from_legacy, new_legacy_dict, update_legacy_dict)
 from backends.registry import aliases
-from ptycho.config.schema import AMP_ACTIVATIONS, LR_SCHEDULES, PRECISIONS
+from ptycho.config.schema import (AMP_ACTIVATIONS, LR_SCHEDULES, POSITIVE_AMP_ACTIVATIONS,
+                                  PRECISIONS)
 from ptycho.errors import ConfigError
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -32,10 +33,12 @@ _names = st.one_of(st.none(), st.text(min_size=1, max_size=8))
 
 @st.composite
 def model_configs(draw):
+    activation = draw(st.sampled_from(AMP_ACTIVATIONS))
     return ModelConfig(
         N=draw(st.integers(2, 64)) * 8, gridsize=draw(st.integers(1, 4)),
         n_filters_scale=draw(st.integers(1, 16)), base_filters=draw(st.integers(1, 256)),
-        amp_activation=draw(st.sampled_from(AMP_ACTIVATIONS)),
+        amp_activation=activation, per_pattern_network=draw(st.booleans()),
+        match_intensity=activation in POSITIVE_AMP_ACTIVATIONS and draw(st.booleans()),
         object_big=draw(st.booleans()), probe_big=draw(st.booleans()),
         probe_mask=draw(st.booleans()), pad_object=draw(st.booleans()),
         probe_scale=draw(_floats(0.0, 1e6, lo_open=True)),

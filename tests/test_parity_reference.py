@@ -96,7 +96,9 @@ def test_support_options_shape_the_object():
 
 
 CASES = [
-    dict(gridsize=2, pad_object=True, probe_big=True, probe_trainable=True, amp_activation="swish"),
+    dict(gridsize=2, pad_object=True, probe_big=True, probe_trainable=True, amp_activation="swish",
+         match_intensity=False),
+    dict(gridsize=2, pad_object=True, probe_big=True, probe_trainable=True),
     dict(gridsize=1, pad_object=True, probe_big=False, probe_trainable=True, probe_mask=True),
     dict(gridsize=3, pad_object=False, probe_big=False, amp_activation="softplus",
          intensity_scale_trainable=False, per_pattern_network=False),

@@ -18,6 +18,11 @@ from typing import Any, Optional
 from ptycho.errors import ConfigError
 
 AMP_ACTIVATIONS = ("sigmoid", "swish", "softplus", "relu")
+#: The amplitude activations whose output is positive everywhere, which the intensity match
+#: (ModelConfig.match_intensity) divides by: swish goes negative and relu to exactly zero,
+#: where the match's scale is undefined or its gradient ill-conditioned (measured: swish
+#: gradients off by 1e-2 of their scale in float32).
+POSITIVE_AMP_ACTIVATIONS = ("sigmoid", "softplus")
 LR_SCHEDULES = ("constant", "exponential", "cosine")
 TRACKERS = (None, "mlflow")
 PRECISIONS = ("float32", "bfloat16")
@@ -93,7 +98,7 @@ class ModelConfig:
         instead of the group's C patterns to C patches at once; the group's members are then
         coupled only through the overlap constraint, so each patch is a function of its own
         pattern, as at inference on any scan. (The network runs C times per group.)
-    match_intensity: scale each object patch so that the intensity it sends through the
+    match_intensity: (needs a positive ``amp_activation``: sigmoid or softplus) scale each object patch so that the intensity it sends through the
         probe equals its pattern's measured total, ``sum |P O|^2 = sum x^2`` with ``x`` the
         normalised amplitudes (Parseval: the far field keeps the total). The scale is the
         one thing a single pattern measures exactly; the network then learns only the shape
@@ -128,6 +133,12 @@ class ModelConfig:
                   "intensity_scale_trainable", "per_pattern_network", "match_intensity"):
             _check_bool(o, b, getattr(self, b))
         _check_float(o, "probe_scale", self.probe_scale, 0.0, 1e6, lo_open=True)
+        if self.match_intensity and self.amp_activation not in POSITIVE_AMP_ACTIVATIONS:
+            raise ConfigError(
+                f"{o}.match_intensity needs a positive amplitude activation "
+                f"{list(POSITIVE_AMP_ACTIVATIONS)}, got amp_activation={self.amp_activation!r} "
+                "(its output can be negative or zero, where the match is undefined); "
+                "set match_intensity=False to use it")
 
     @property
     def n_channels(self) -> int:
