@@ -49,8 +49,15 @@ F32_EPS = 2.0 ** -24
 BACKENDS = [pytest.param("tensorflow", marks=pytest.mark.tensorflow, id="tensorflow"),
             pytest.param("torch", marks=pytest.mark.torch, id="torch")]
 #: 61 groups in batches of 20: 20, 20, 20, 1 per epoch; 5 epochs = 20 steps.
+#: Without the intensity match: it makes the loss nearly blind to some directions (the
+#: intensity scale, and in a network 2 channels wide the first layer's biases), whose
+#: gradients are then float32 noise that Adam turns into steps of ~lr of either sign, so two
+#: summation orders (2 ranks vs 1) follow weight paths ~lr apart (measured: 1.9e-4 on
+#: enc0.conv1.bias after 20 steps). Parity's optimizer stage bounds that by each gradient's
+#: noise; this test is about splitting the batch over processes, not about the match.
 TRAIN = ["--nepochs", "5", "--batch-size", "20", "--gridsize", "2", "--base-filters", "2",
-         "--n-filters-scale", "1", "--nphotons", "1e6", "--seed", "4", "--quiet"]
+         "--n-filters-scale", "1", "--nphotons", "1e6", "--seed", "4", "--quiet",
+         "--set", "model.match_intensity=false"]
 STEPS = 20
 #: Wall-clock bound for the other rank to stop after one was killed: gloo sees the closed
 #: connection at once; TensorFlow's health check takes up to ~60 s in the worst case;
