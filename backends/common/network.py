@@ -53,8 +53,8 @@ def _heads(ops, y, params: Mapping, config: ModelConfig, branch: str) -> dict:
 
     Their kernels are stacked along the output channels: both heads see the same features,
     and a 3x3 convolution to 2C channels costs about what one to C channels does (C, the
-    network's channels, is 1 to 16), so one call instead of two. Each output channel is the same sum of products as in
-    its own convolution. Returned as float32 images (B, C, N, N).
+    network's channels, is 1 to 16), so one call instead of two. Each output channel is the
+    same sum of products as in its own convolution. Returned as float32 images (B, C, N, N).
     """
     names = [f"{branch}.head"] + ([f"{branch}.border_head"] if has_border_heads(config) else [])
     kernel = ops.concat_out_channels([params[f"{n}.kernel"] for n in names])
@@ -109,6 +109,9 @@ def intensity_match(ops, amp, x, probe_intensity):
     ``|P|^2`` (N, N). By Parseval the orthonormal far field keeps ``sum |P O|^2``, so the
     scaled patch predicts the measured total exactly (before the overlap constraint, which
     averages neighbours); the network learns the amplitude's shape, the data fix its level.
+    Masked pixels read zero, so a mask lowers the level by the share of the intensity they
+    would have held (small for a beamstop or dead pixels; refinement, which skips them, fits
+    the level exactly).
     """
     shape = (-1, ops.shape(amp)[1], 1, 1)
     measured = ops.reshape(ops.sum(ops.square(x), axis=(-2, -1)), shape)

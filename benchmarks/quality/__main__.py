@@ -4,6 +4,7 @@ Examples::
 
     python -m benchmarks.quality --quick                     # one held-out object (~5-10 min)
     python -m benchmarks.quality                             # the full suite (make quality)
+    python -m benchmarks.quality --natural                   # natural images at 1e9 only
     python -m benchmarks.quality --quick --backends torch --no-reference
     python -m benchmarks.quality --readme benchmarks/README.md
 
@@ -129,6 +130,8 @@ def main(argv=None) -> int:
     size = p.add_mutually_exclusive_group()
     size.add_argument("--quick", action="store_const", dest="config", const="quick",
                       help="one held-out object, fewer patterns and epochs")
+    size.add_argument("--natural", action="store_const", dest="config", const="natural",
+                      help="the natural-image held-out objects at 1e9 photons only")
     size.add_argument("--smoke", action="store_const", dest="config", const="smoke",
                       help="one tiny row (what the test runs)")
     p.add_argument("--out", default="quality_output", help="output folder (default %(default)s)")

@@ -1,8 +1,9 @@
 """Everything the quality benchmark varies, in one place: edit the numbers here.
 
-Three sizes: :data:`FULL` (``make quality``), :data:`QUICK` (``--quick``: the same rows on
-fewer objects, patterns and epochs) and :data:`SMOKE` (one tiny row, for the test that keeps
-the harness from rotting). Scans are integer raster grids (``grid_side**2`` points, an integer
+Four sizes: :data:`FULL` (``make quality``), :data:`NATURAL` (``--natural``: the full suite's
+natural-image rows at 1e9 photons only, the issue's headline figure), :data:`QUICK`
+(``--quick``: the same rows on fewer objects, patterns and epochs) and :data:`SMOKE` (one tiny
+row, for the test that keeps the harness from rotting). Scans are integer raster grids (``grid_side**2`` points, an integer
 ``step``), so the iterative reference models them exactly (see ``ptycho.iterative.pty_chi``).
 """
 
@@ -123,6 +124,9 @@ class QualityConfig:
 
 
 FULL = QualityConfig(name="full")
+NATURAL = dataclasses.replace(
+    FULL, name="natural", doses=(1e9,),
+    heldout_objects=tuple(o for o in HELDOUT_OBJECTS if o.kind == "natural"))
 QUICK = dataclasses.replace(
     FULL, name="quick", grid_side=12, nepochs=4, reference_epochs=10,
     train_objects=(TRAIN_OBJECTS[1], TRAIN_OBJECTS[2]), heldout_objects=(HELDOUT_OBJECTS[2],))
@@ -132,4 +136,4 @@ SMOKE = dataclasses.replace(
     reference_epochs=2, reference_checkpoint_every=1, threads=1,
     train_objects=(TRAIN_OBJECTS[1],), heldout_objects=(HELDOUT_OBJECTS[2],),
     variants={"network": {}, "refined": {"refine": 2}})
-CONFIGS = {c.name: c for c in (FULL, QUICK, SMOKE)}
+CONFIGS = {c.name: c for c in (FULL, NATURAL, QUICK, SMOKE)}

@@ -94,3 +94,47 @@ def test_training_learns_the_object(framework_backend, scan, gridsize, realspace
     assert ssim_after[0] >= ssim_before[0] - SSIM_AMPLITUDE_SLACK, ("amplitude", ssim_before,
                                                                    ssim_after)
     assert ssim_after[1] >= ssim_before[1] + SSIM_GAIN_MIN, ("phase", ssim_before, ssim_after)
+
+
+#: How far above the constant-image floor the natural-image fit must end, in SSIM, amplitude
+#: and phase each (the floor scores ~0.2 / ~0.1 here; see the test's printout).
+NATURAL_MARGIN = 0.1
+
+
+@pytest.fixture(scope="module")
+def natural_scan():
+    """A natural-image object (amplitude: the camera picture, phase: the brick texture, from
+    scikit-image's bundled data) on a 12 x 12 grid, 4 px step, defocused probe of radius N/4."""
+    pytest.importorskip("skimage", reason="natural-image objects need scikit-image: pip install "
+                                          "'ptycho-pinn[quality]'")
+    from benchmarks.quality.objects import natural_image
+    from ptycho.simulate import image_object
+    from ptycho.simulate.probes import defocused_probe
+
+    side = 11 * 4 + N
+    obj = image_object(natural_image("camera", side), phase_image=natural_image("brick", side))
+    return simulate_dataset(144, N, nphotons=1e9, seed=3, scan="grid", step=4, object=obj,
+                            probe=defocused_probe(N, radius=N / 4))
+
+
+def test_training_on_a_natural_image_ends_above_the_constant_floor(framework_backend,
+                                                                    natural_scan):
+    """Issue 11: on natural-image objects training once ended at or below a constant image.
+    The default model (per-pattern network, intensity match) at gridsize 2 must fit the
+    object it trains on clearly above that floor, amplitude and phase."""
+    raw, truth = natural_scan
+    cfg = ModelConfig(N=N, gridsize=2, base_filters=8, n_filters_scale=1)
+    training = TrainingConfig(model=cfg, nepochs=12, batch_size=16, learning_rate=1e-3,
+                              nphotons=1e9, neighbor_count=4, seed=0)
+    data = group_data(raw, cfg, 1e9, neighbor_count=4, seed=0)
+    weights = init_weights(cfg, 0, data.probe, initial_log_intensity_scale(1e9, N))
+    model = framework_backend.build_model(cfg, weights)
+    region = _region(raw)
+    fit(model, data, training)
+    ssim = _ssim(model, data, truth, region)
+    floor = compare_objects(np.ones_like(truth), truth, region=region)
+    floor = floor["amplitude"]["ssim"], floor["phase"]["ssim"]
+    print(f"\n{framework_backend.name} natural image: SSIM amplitude {ssim[0]:.3f} (floor "
+          f"{floor[0]:.3f}), phase {ssim[1]:.3f} (floor {floor[1]:.3f})")
+    assert ssim[0] >= floor[0] + NATURAL_MARGIN, ("amplitude", ssim, floor)
+    assert ssim[1] >= floor[1] + NATURAL_MARGIN, ("phase", ssim, floor)
