@@ -446,8 +446,8 @@ def gradients(config: ModelConfig, weights: Mapping[str, np.ndarray], batch: Bat
         g_patches = g_patches + g_constrained
     g_obj = np.transpose(g_patches, (0, 2, 3, 1))
     g_amp, g_x_match, g_probe_match = match.backward(np.real(np.conj(g_obj) * e))
-    grads, g_x = _network_backward(config, weights, tape, g_amp,
-                                   np.real(np.conj(g_obj) * 1j * amp_scaled * e))
+    g_phase = np.real(np.conj(g_obj) * 1j * amp_scaled * e)
+    grads, g_x = _network_backward(config, weights, tape, g_amp, g_phase)
     g_x = g_x + g_x_match
     g_lis += float(np.sum(g_x * -x))                        # x = obs * exp(-lis)
     grads["probe"] = g_probe + _masked_probe(config, g_probe_match)
@@ -458,8 +458,7 @@ def gradients(config: ModelConfig, weights: Mapping[str, np.ndarray], batch: Bat
     # magnitudes at the heads: |g_obj| bounds both parts (the phase gradient cancels when
     # the far field cannot see a patch's global phase)
     m_amp, m_x_match, m_probe_match = match.backward(np.abs(g_obj), absolute=True)
-    mags, m_x = _network_backward(config, weights, tape, g_amp,
-                                  np.real(np.conj(g_obj) * 1j * amp_scaled * e),
+    mags, m_x = _network_backward(config, weights, tape, g_amp, g_phase,
                                   m_amp, np.abs(g_obj) * np.abs(amp_scaled))
     m_x = m_x + m_x_match
     mags["probe"] = m_probe + _masked_probe(config, m_probe_match)
