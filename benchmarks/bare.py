@@ -91,9 +91,17 @@ def torch_yardstick(config: ModelConfig, batch: int) -> tuple[Callable[[], None]
                     heads.append(self.convs[f"{branch}_border_head"](g))
             return heads
 
-    net = Net().to(memory_format=cl)
+    return torch_closures(Net().to(memory_format=cl),
+                          torch.from_numpy(_input(config, batch)).contiguous(memory_format=cl))
+
+
+def torch_closures(net, x) -> tuple[Callable[[], None], Callable[[], None]]:
+    """(train_step, forward) of a torch module whose outputs are a list of tensors, on the
+    fixed batch ``x``: Adam (foreach) on the mean square of the outputs, and inference mode.
+    The yardsticks here and in :mod:`benchmarks.peer` are timed through these."""
+    import torch
+
     opt = torch.optim.Adam(net.parameters(), lr=1e-4, foreach=True)
-    x = torch.from_numpy(_input(config, batch)).contiguous(memory_format=cl)
 
     def train_step() -> None:
         opt.zero_grad(set_to_none=True)
@@ -152,18 +160,27 @@ def tensorflow_yardstick(config: ModelConfig, batch: int) -> tuple[Callable[[], 
                 heads.append(conv(g, f"{branch}.border_head"))
         return heads
 
-    x = tf.constant(np.transpose(_input(config, batch), (0, 2, 3, 1)))
+    return tensorflow_closures(lambda x, training: net(x), variables, opt,
+                               tf.constant(np.transpose(_input(config, batch), (0, 2, 3, 1))))
+
+
+def tensorflow_closures(outputs, variables, opt, x) -> tuple[Callable[[], None],
+                                                          Callable[[], None]]:
+    """(train_step, forward) of ``outputs(x, training) -> list of tensors`` on the fixed
+    NHWC batch ``x``: ``opt`` on the mean square of the outputs over ``variables``, each step a
+    ``tf.function``. The yardsticks here and in :mod:`benchmarks.peer` are timed through these."""
+    import tensorflow as tf
 
     @tf.function
     def _train(x):
         with tf.GradientTape() as tape:
-            loss = tf.add_n([tf.reduce_mean(h * h) for h in net(x)])
+            loss = tf.add_n([tf.reduce_mean(h * h) for h in outputs(x, True)])
         opt.apply_gradients(zip(tape.gradient(loss, variables), variables))
         return loss
 
     @tf.function
     def _forward(x):
-        return net(x)
+        return outputs(x, False)
 
     def train_step() -> None:
         _train(x).numpy()

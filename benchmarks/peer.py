@@ -24,6 +24,7 @@ from typing import Callable
 
 import numpy as np
 
+from benchmarks.bare import tensorflow_closures, torch_closures
 from ptycho.config.schema import N_LEVELS, ModelConfig
 from ptycho.weights import decoder_widths, has_border_heads
 
@@ -125,23 +126,8 @@ def torch_peer(n: int, c: int, batch: int) -> tuple[Callable[[], None], Callable
                     out.append(F.interpolate(border, scale_factor=2.0, mode="nearest"))
             return out
 
-    net = Peer().to(memory_format=cl)
-    opt = torch.optim.Adam(net.parameters(), lr=1e-4, foreach=True)
-    x = torch.from_numpy(_input(n, c, batch)).contiguous(memory_format=cl)
-
-    def train_step() -> None:
-        opt.zero_grad(set_to_none=True)
-        loss = sum(torch.mean(h * h) for h in net(x))
-        loss.backward()
-        opt.step()
-        float(loss.detach())
-
-    def forward() -> None:
-        with torch.inference_mode():
-            for h in net(x):
-                h.numpy()
-
-    return train_step, forward
+    return torch_closures(Peer().to(memory_format=cl),
+                          torch.from_numpy(_input(n, c, batch)).contiguous(memory_format=cl))
 
 
 def tensorflow_peer(n: int, c: int, batch: int) -> tuple[Callable[[], None], Callable[[], None]]:
@@ -170,29 +156,9 @@ def tensorflow_peer(n: int, c: int, batch: int) -> tuple[Callable[[], None], Cal
             outputs.append(border)
         outputs.append(keras.layers.ZeroPadding2D(n // 4)(head))
     model = keras.Model(inp, outputs)
-    opt = keras.optimizers.Adam(learning_rate=1e-4)
-    x = tf.constant(np.transpose(_input(n, c, batch), (0, 2, 3, 1)))
-
-    @tf.function
-    def _train(x):
-        with tf.GradientTape() as tape:
-            loss = tf.add_n([tf.reduce_mean(o * o) for o in model(x, training=True)])
-        grads = tape.gradient(loss, model.trainable_variables)
-        opt.apply_gradients(zip(grads, model.trainable_variables))
-        return loss
-
-    @tf.function
-    def _forward(x):
-        return model(x, training=False)
-
-    def train_step() -> None:
-        _train(x).numpy()
-
-    def forward() -> None:
-        for o in _forward(x):
-            o.numpy()
-
-    return train_step, forward
+    return tensorflow_closures(lambda x, training: model(x, training=training),
+                               model.trainable_variables, keras.optimizers.Adam(learning_rate=1e-4),
+                               tf.constant(np.transpose(_input(n, c, batch), (0, 2, 3, 1))))
 
 
 PEERS = {"tensorflow": tensorflow_peer, "torch": torch_peer}
