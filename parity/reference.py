@@ -41,7 +41,8 @@ from ptycho.physics.losses import LossSettings, masked_mean, poisson_nll, total_
 from ptycho.physics.model import INTENSITY_MATCH_EPSILON, effective_probe
 from ptycho.physics.patches import (central_mask, object_support, overlap_constraint,
                                     probe_disk_mask)
-from ptycho.weights import decoder_widths, has_border_heads, trainable_names
+from ptycho.weights import (decoder_widths, has_border_heads, has_central_decoder,
+                            trainable_names)
 
 BRANCHES = ("amp", "phase")
 
@@ -158,6 +159,21 @@ def _to_groups(config: ModelConfig, y: np.ndarray) -> np.ndarray:
     return np.transpose(nchw, (0, 2, 3, 1))
 
 
+def _head_input(config: ModelConfig, name: str, feat: np.ndarray):
+    """What head ``name`` runs on, given its decoder's last features ``feat``: (features,
+    the zero margin padded around its output, the adjoint from a gradient of those features
+    back to ``feat``).
+
+    With a central decoder ``feat`` is N/2 x N/2: the main head's output is the central
+    square itself (margin N/4 up to N), the border head runs on ``feat`` up-sampled to N.
+    """
+    if not has_central_decoder(config):
+        return feat, 0, lambda g: g
+    if name.endswith(".border_head"):
+        return upsample2(feat), 0, upsample2_backward
+    return feat, config.N // 4, lambda g: g
+
+
 def _network(config: ModelConfig, weights, x_nchw: np.ndarray, tape: Optional[_Tape]):
     """Normalised amplitudes (B, C, N, N) -> (amp, phase) (B, N, N, C) and the tape.
 
@@ -184,7 +200,9 @@ def _network(config: ModelConfig, weights, x_nchw: np.ndarray, tape: Optional[_T
             tape.feats[branch] = g
         names = [f"{branch}.head"] + ([f"{branch}.border_head"] if has_border_heads(config) else [])
         for name in names:
-            heads[name] = conv2d(g, _w(weights, name + ".kernel"), _w(weights, name + ".bias"))
+            feat, q, _ = _head_input(config, name, g)
+            pre = conv2d(feat, _w(weights, name + ".kernel"), _w(weights, name + ".bias"))
+            heads[name] = np.pad(pre, ((0, 0), (q, q), (q, q), (0, 0)))
     if tape is not None:
         tape.heads = heads
     act = config.amp_activation
@@ -305,7 +323,11 @@ def _network_backward(config: ModelConfig, weights, tape: _Tape, g_amp: np.ndarr
         g = np.zeros_like(feat)
         for name, gh in head_grads.items():
             if name.startswith(branch + "."):
-                g = g + conv_back(feat, name, gh, head_mags.get(name))
+                inp, q, adjoint = _head_input(config, name, feat)
+                # the zero padding's adjoint: keep the gradient where the conv's output is
+                crop = (slice(None), slice(q, n - q), slice(q, n - q))
+                gm = head_mags.get(name)
+                g = g + adjoint(conv_back(inp, name, gh[crop], None if gm is None else gm[crop]))
         for j in reversed(range(len(decoder_widths(config)))):
             for part in ("conv2", "conv1"):
                 name = f"{branch}.dec{j}.{part}"

@@ -78,6 +78,7 @@ def model_configs(draw, sizes=SIZES, gridsizes=(1, 2, 3), max_width: int = 8) ->
     return ModelConfig(
         N=n, gridsize=draw(st.sampled_from(gridsizes)), n_filters_scale=scale, base_filters=base,
         amp_activation=activation, per_pattern_network=draw(st.booleans()),
+        central_decoder=draw(st.booleans()),
         match_intensity=activation in POSITIVE_AMP_ACTIVATIONS and draw(st.booleans()),
         object_big=draw(st.booleans()), pad_object=pad,
         probe_big=draw(st.booleans()),

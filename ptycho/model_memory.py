@@ -9,7 +9,8 @@ shapes of the architecture described in :mod:`ptycho.weights`:
   input (C, N, N); per encoder level the two conv
   outputs and their ReLUs at that level's resolution, and the pooled output; per decoder
   branch and level the up-sampled input, the two conv outputs and their ReLUs; the heads
-  (border heads too); and the physics of the group: complex object patches, illuminated
+  (border heads too; with a central decoder also the main heads' zero padding to N and the
+  border heads' up-sampled input); and the physics of the group: complex object patches, illuminated
   patches and their far fields (C, N, N) complex, the predicted amplitude (C, N, N). (The
   overlap constraint's canvas depends on the scan positions; the data side checks it.)
 
@@ -27,7 +28,9 @@ N, gridsize, groups         torch    TensorFlow   estimate
 128, 1, 64                  454 MiB  550 MiB      558 MiB
 ==========================  =======  ===========  ========
 
-The gridsize-2 row was measured with ``per_pattern_network=False`` (one network of C channels
+The central decoder (``central_decoder=True``) leaves these estimates as they are (the widest
+layer is the encoder's first). The gridsize-2 row was
+measured with ``per_pattern_network=False`` (one network of C channels
 per group). With ``per_pattern_network`` (the default) a group of C patterns runs the network
 C times, so 64 groups of 4 cost what 256 groups of 1 do: the first row (estimate 558 MiB).
 
@@ -56,7 +59,7 @@ import numpy as np
 from ptycho.config.schema import N_LEVELS, ModelConfig
 from ptycho.errors import ResourceLimitError
 from ptycho.limits import check_bytes, format_bytes
-from ptycho.weights import decoder_widths, has_border_heads, weight_spec
+from ptycho.weights import conv_layers, decoder_widths, weight_spec
 
 #: Bytes per activation value (float32).
 ACTIVATION_BYTES = 4
@@ -91,48 +94,43 @@ class ModelMemory:
 INFERENCE_LAYER_FACTOR = 2
 
 
-def _layers(config: ModelConfig) -> list[tuple[int, int]]:
-    """(input values, output values) per group of every layer, in order (float32); with
-    ``per_pattern_network`` a group's C passes run together, so each layer holds C images."""
-    n, c, passes = config.N, config.network_channels, config.network_passes
+def _layers(config: ModelConfig) -> list[tuple[str, int, int]]:
+    """(kind, input values, output values) per group of every layer, in order (float32);
+    with ``per_pattern_network`` a group's C passes run together, so each layer holds C
+    images.
+
+    From :func:`ptycho.weights.conv_layers`: each ``conv``; after the encoder's second conv
+    of a level its ``pool``; before a decoder level's first conv, and before a border head
+    that runs on up-sampled features (central decoder), an ``upsample``; after a main head
+    that runs at N/2 (central decoder), its zero ``pad`` to N."""
+    n, passes = config.N, config.network_passes
     layers = []
-    cin = c
-    for i, w in enumerate(config.widths):
-        side = n >> i
-        layers += [(cin * side * side, w * side * side), (w * side * side, w * side * side),
-                   (w * side * side, w * (side // 2) ** 2)]            # conv1, conv2, pool
-        cin = w
-    heads = 2 if has_border_heads(config) else 1
-    for _branch in ("amp", "phase"):
-        cin, side = config.widths[-1], n >> N_LEVELS
-        for w in decoder_widths(config):
-            layers.append((cin * side * side, cin * (2 * side) ** 2))    # up-sampling
-            side *= 2
-            layers += [(cin * side * side, w * side * side), (w * side * side, w * side * side)]
-            cin = w
-        layers += [(cin * n * n, c * n * n)] * heads
-    return [(passes * a, passes * b) for a, b in layers]
+    for conv in conv_layers(config):
+        side, cin, cout = conv.side, conv.cin, conv.cout
+        upsampled = (".dec" in conv.name and conv.name.endswith("conv1")) or (
+            conv.name.endswith("border_head") and side != _feature_side(config))
+        if upsampled:
+            layers.append(("upsample", cin * (side // 2) ** 2, cin * side * side))
+        layers.append(("conv", cin * side * side, cout * side * side))
+        if conv.name.startswith("enc") and conv.name.endswith("conv2"):
+            layers.append(("pool", cout * side * side, cout * (side // 2) ** 2))
+        if conv.name.endswith(".head") and side != n:
+            layers.append(("pad", cout * side * side, cout * n * n))
+    return [(kind, passes * a, passes * b) for kind, a, b in layers]
+
+
+def _feature_side(config: ModelConfig) -> int:
+    """Side of the decoders' last features: N, or N/2 with a central decoder."""
+    return config.N >> (N_LEVELS - len(decoder_widths(config)))
 
 
 def activation_values_per_group(config: ModelConfig) -> int:
     """Number of float32 activation values one group of ``config``'s network produces
-    (every layer's output, convs counted twice for their ReLUs, the input and the physics)."""
-    n, c = config.N, config.network_channels
-    total = c * n * n                                   # the input
-    for i, w in enumerate(config.widths):
-        side = n >> i
-        total += 2 * 2 * w * side * side                # conv1, conv2, each with its ReLU
-        total += w * (side // 2) ** 2                   # max-pool
-    heads = 2 if has_border_heads(config) else 1
-    for _branch in ("amp", "phase"):
-        cin, side = config.widths[-1], n >> N_LEVELS
-        for w in decoder_widths(config):
-            side *= 2
-            total += cin * side * side                  # up-sampled input
-            total += 2 * 2 * w * side * side            # conv1, conv2, each with its ReLU
-            cin = w
-        total += 2 * heads * c * n * n                  # head(s) and their activation
-    return config.network_passes * total + _physics_values(config)
+    (every layer's output, convs counted twice for their ReLUs or the heads' activations,
+    the input and the physics)."""
+    n, c = config.N, config.n_channels
+    network = sum((2 if kind == "conv" else 1) * out for kind, _, out in _layers(config))
+    return c * n * n + network + _physics_values(config)
 
 
 def _physics_values(config: ModelConfig) -> int:
@@ -146,7 +144,7 @@ def inference_values_per_group(config: ModelConfig) -> int:
     and output (x :data:`INFERENCE_LAYER_FACTOR`), plus what outlives its layer (the encoder's
     output, kept for the second branch; the first branch's heads; the physics)."""
     n, c = config.N, config.n_channels
-    widest = max(a + b for a, b in _layers(config))
+    widest = max(a + b for _, a, b in _layers(config))
     kept = config.network_passes * config.widths[-1] * (n >> N_LEVELS) ** 2 + 2 * c * n * n
     return INFERENCE_LAYER_FACTOR * widest + kept + _physics_values(config)
 

@@ -11,13 +11,17 @@ Architecture (every conv is 3x3, stride 1, zero "same" padding of 1 on each side
   ``enc{i}.conv1`` (in -> w_i), relu, ``enc{i}.conv2`` (w_i -> w_i), relu, max-pool 2x2;
   the first input has ``config.network_channels`` channels: C = gridsize**2, or 1 with
   ``per_pattern_network`` (the network then runs once per pattern of a group).
-* two decoders, ``amp`` and ``phase``, level j = 0, 1, 2 with widths ``(w_1, w_0, w_0)``:
+* two decoders, ``amp`` and ``phase``, level j with widths ``(w_1, w_0, w_0)``:
   nearest up-sampling x2, ``{branch}.dec{j}.conv1``, relu, ``{branch}.dec{j}.conv2``, relu.
-* heads from each decoder's last features to ``network_channels`` channels: ``amp.head`` (then the configured
-  amplitude activation) and ``phase.head`` (then ``pi * tanh``). With ``pad_object`` and
-  ``probe_big`` also ``amp.border_head`` / ``phase.border_head``, whose output replaces the
-  main heads' outside the central N/2 x N/2 square. With ``pad_object`` alone the object is
-  zero outside that square. With ``match_intensity`` each patch's amplitude is then scaled
+  Three levels (back to N); two (to N/2, widths ``(w_1, w_0)``) with ``central_decoder``
+  (:func:`has_central_decoder`).
+* heads from each decoder's last features to ``network_channels`` channels: ``amp.head`` (then
+  the configured amplitude activation) and ``phase.head`` (then ``pi * tanh``). With
+  ``pad_object`` and ``probe_big`` also ``amp.border_head`` / ``phase.border_head``, whose
+  output replaces the main heads' outside the central N/2 x N/2 square. With ``pad_object``
+  alone the object is zero outside that square. With ``central_decoder`` the main heads'
+  N/2 x N/2 output is that square (zero-padded to N), and the border heads run on the last
+  features up-sampled x2 (nearest) to N. With ``match_intensity`` each patch's amplitude is then scaled
   (no weights) so that ``sum |P O|^2`` equals its pattern's ``sum x^2``.
 
 >>> from ptycho.config import ModelConfig
@@ -53,29 +57,61 @@ def _conv_entries(name: str, cin: int, cout: int) -> list[tuple[str, WeightEntry
             (f"{name}.bias", WeightEntry((cout,), "float32"))]
 
 
+def has_central_decoder(config: ModelConfig) -> bool:
+    """Whether the decoders stop at N/2 (``central_decoder`` with ``pad_object``)."""
+    return bool(config.pad_object and config.central_decoder)
+
+
 def decoder_widths(config: ModelConfig) -> tuple[int, ...]:
-    """Output widths of the decoder levels, deep to shallow: ``(w_1, w_0, w_0)``."""
+    """Output widths of the decoder levels, deep to shallow: ``(w_1, w_0, w_0)``, or
+    ``(w_1, w_0)`` with a central decoder (which stops at N/2)."""
     w = config.widths
-    return tuple(w[max(N_LEVELS - 2 - j, 0)] for j in range(N_LEVELS))
+    levels = N_LEVELS - 1 if has_central_decoder(config) else N_LEVELS
+    return tuple(w[max(N_LEVELS - 2 - j, 0)] for j in range(levels))
+
+
+@dataclass(frozen=True)
+class ConvLayer:
+    """One 3x3 conv of the network: its canonical name, the side of the square it runs on,
+    and its input and output channels."""
+
+    name: str
+    side: int
+    cin: int
+    cout: int
+
+    @property
+    def macs(self) -> int:
+        """Multiply-adds of one pass (one image)."""
+        return KERNEL_SIZE * KERNEL_SIZE * self.side * self.side * self.cin * self.cout
+
+
+def conv_layers(config: ModelConfig) -> list[ConvLayer]:
+    """Every conv of one network pass, in canonical order (the spec's, the cost models')."""
+    layers: list[ConvLayer] = []
+    cin = c = config.network_channels
+    side = config.N
+    for i, w in enumerate(config.widths):
+        layers += [ConvLayer(f"enc{i}.conv1", side, cin, w), ConvLayer(f"enc{i}.conv2", side, w, w)]
+        cin, side = w, side // 2
+    for branch in ("amp", "phase"):
+        cin, side = config.widths[-1], config.N >> N_LEVELS
+        for j, w in enumerate(decoder_widths(config)):
+            side *= 2
+            layers += [ConvLayer(f"{branch}.dec{j}.conv1", side, cin, w),
+                       ConvLayer(f"{branch}.dec{j}.conv2", side, w, w)]
+            cin = w
+        layers.append(ConvLayer(f"{branch}.head", side, cin, c))
+        if has_border_heads(config):
+            layers.append(ConvLayer(f"{branch}.border_head", config.N, cin, c))
+    return layers
 
 
 def network_weight_spec(config: ModelConfig) -> dict[str, WeightEntry]:
     """The network's entries only (kernels and biases), in canonical order."""
     entries: list[tuple[str, WeightEntry]] = []
-    cin = c = config.network_channels
-    for i, w in enumerate(config.widths):
-        entries += _conv_entries(f"enc{i}.conv1", cin, w)
-        entries += _conv_entries(f"enc{i}.conv2", w, w)
-        cin = w
-    for branch in ("amp", "phase"):
-        cin = config.widths[-1]
-        for j, w in enumerate(decoder_widths(config)):
-            entries += _conv_entries(f"{branch}.dec{j}.conv1", cin, w)
-            entries += _conv_entries(f"{branch}.dec{j}.conv2", w, w)
-            cin = w
-        entries += _conv_entries(f"{branch}.head", cin, c)
-        if has_border_heads(config):
-            entries += _conv_entries(f"{branch}.border_head", cin, c)
+    for layer in conv_layers(config):
+        entries += _conv_entries(layer.name, layer.cin, layer.cout)
     return dict(entries)
 
 

@@ -37,6 +37,7 @@ def model_configs(draw):
         N=draw(st.integers(2, 64)) * 8, gridsize=draw(st.integers(1, 4)),
         n_filters_scale=draw(st.integers(1, 16)), base_filters=draw(st.integers(1, 256)),
         amp_activation=activation, per_pattern_network=draw(st.booleans()),
+        central_decoder=draw(st.booleans()),
         match_intensity=activation in POSITIVE_AMP_ACTIVATIONS and draw(st.booleans()),
         object_big=draw(st.booleans()), probe_big=draw(st.booleans()),
         probe_mask=draw(st.booleans()), pad_object=draw(st.booleans()),
@@ -67,7 +68,8 @@ def training_configs(draw):
         seed=draw(st.integers(0, 2 ** 32 - 1)), train_data_file=draw(_names),
         test_data_file=draw(_names), output_dir=draw(_names),
         backend=draw(st.sampled_from((None,) + tuple(aliases()))),
-        tracking=draw(st.sampled_from((None, "mlflow"))))
+        tracking=draw(st.sampled_from((None, "mlflow"))),
+        precision=draw(st.sampled_from(PRECISIONS)))
 
 
 @st.composite

@@ -38,6 +38,7 @@ def model_configs(draw):
         N=draw(st.integers(2, 64)) * 8, gridsize=draw(st.integers(1, 4)),
         n_filters_scale=draw(st.integers(1, 16)), base_filters=draw(st.integers(1, 256)),
         amp_activation=activation, per_pattern_network=draw(st.booleans()),
+        central_decoder=draw(st.booleans()),
         match_intensity=activation in POSITIVE_AMP_ACTIVATIONS and draw(st.booleans()),
         object_big=draw(st.booleans()), probe_big=draw(st.booleans()),
         probe_mask=draw(st.booleans()), pad_object=draw(st.booleans()),
@@ -68,7 +69,8 @@ def training_configs(draw):
         seed=draw(st.integers(0, 2 ** 32 - 1)), train_data_file=draw(_names),
         test_data_file=draw(_names), output_dir=draw(_names),
         backend=draw(st.sampled_from((None,) + tuple(aliases()))),
-        tracking=draw(st.sampled_from((None, "mlflow"))))
+        tracking=draw(st.sampled_from((None, "mlflow"))),
+        precision=draw(st.sampled_from(PRECISIONS)))
 
 
 @st.composite
@@ -127,7 +129,7 @@ def test_update_writes_every_mapped_key_as_plain_values():
     d = {}
     out = update_legacy_dict(d, cfg)
     assert out is d
-    expected = {LEGACY_KEYS[f] for f in LEGACY_KEYS} - {"model_path", "precision"}
+    expected = {LEGACY_KEYS[f] for f in LEGACY_KEYS} - {"model_path"}
     assert set(d) == expected
     assert d["object.big"] is True and d["probe.mask"] is True and d["K"] == 4
     assert d["output_prefix"] == "out" and d["N"] == 32 and d["n_groups"] == 5
@@ -150,7 +152,7 @@ def test_owned_keys_of_the_other_class_are_removed_and_foreign_keys_kept():
     assert "nepochs" not in d and "K" not in d and "learning_rate" not in d
     assert d["model_path"] == "m.zip" and d["batch_size"] == 3 and d["my_own_key"] == [1, 2]
     update_legacy_dict(d, TrainingConfig())
-    assert "model_path" not in d and "precision" not in d
+    assert "model_path" not in d and d["precision"] == "float32"   # shared: training's now
 
 
 @given(cfg=top_configs)

@@ -106,6 +106,12 @@ CASES = [
          match_intensity=False, per_pattern_network=False),
     dict(gridsize=2, probe_trainable=True, probe_mask=True, per_pattern_network=False,
          match_intensity=False),
+    # the central decoder (opt-in): with border heads on up-sampled features, and without
+    dict(gridsize=2, pad_object=True, probe_big=True, central_decoder=True, probe_trainable=True,
+         amp_activation="swish", match_intensity=False, per_pattern_network=False),
+    dict(gridsize=2, pad_object=True, probe_big=False, central_decoder=True, probe_mask=True,
+         per_pattern_network=False),
+    dict(gridsize=1, pad_object=True, probe_big=True, central_decoder=True, probe_trainable=True),
 ]
 
 

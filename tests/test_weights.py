@@ -7,12 +7,13 @@ from hypothesis import strategies as st
 
 from ptycho.config import ModelConfig
 from ptycho.errors import WeightsError
-from ptycho.weights import (init_weights, network_weight_spec, trainable_names, validate_weights,
-                            weight_spec)
+from ptycho.weights import (conv_layers, init_weights, network_weight_spec, trainable_names,
+                            validate_weights, weight_spec)
 
 configs = st.builds(ModelConfig, N=st.sampled_from([16, 24, 32]), gridsize=st.integers(1, 3),
                     n_filters_scale=st.integers(1, 2), base_filters=st.integers(1, 4),
-                    pad_object=st.booleans(), probe_big=st.booleans())
+                    pad_object=st.booleans(), probe_big=st.booleans(),
+                    central_decoder=st.booleans(), per_pattern_network=st.booleans())
 
 
 def _weights(cfg, seed=0):
@@ -30,6 +31,25 @@ def test_spec_shapes_chain(cfg):
         if name.endswith(".kernel"):
             assert spec[name.replace(".kernel", ".bias")].shape == (entry.shape[3],)
     assert ("amp.border_head.kernel" in spec) == (cfg.pad_object and cfg.probe_big)
+    central = cfg.pad_object and cfg.central_decoder
+    assert ("amp.dec2.conv1.kernel" in spec) == (not central)
+    assert "amp.dec1.conv2.kernel" in spec
+
+
+@given(configs)
+def test_conv_layers_chain_their_sides_and_channels(cfg):
+    """Each conv's input channels are the previous conv's outputs (within a branch); a
+    decoder doubles the side per level, up to N or, with a central decoder, N/2, where the
+    main head runs; border heads run at N."""
+    layers = {layer.name: layer for layer in conv_layers(cfg)}
+    n, central = cfg.N, cfg.pad_object and cfg.central_decoder
+    assert layers["enc0.conv1"].side == n and layers["enc2.conv2"].side == n // 4
+    for branch in ("amp", "phase"):
+        head = layers[f"{branch}.head"]
+        assert head.side == (n // 2 if central else n)
+        assert head.cin == layers[f"{branch}.dec{1 if central else 2}.conv2"].cout
+        if f"{branch}.border_head" in layers:
+            assert layers[f"{branch}.border_head"].side == n
 
 
 @given(configs, st.integers(0, 2 ** 32 - 1))

@@ -99,6 +99,7 @@ class Model:
         self._constrain = config.gridsize > 1 and config.object_big
         self._optimizer: Optional[Adam] = None
         self._settings: Optional[LossSettings] = None
+        self._train_dtype: Optional[str] = None       # the training step's compute dtype
         self._compiled: dict = {}
 
     # ------------------------------------------------------------------ weights
@@ -166,28 +167,33 @@ class Model:
         return physics.effective_probe(
             ops, ops.complex(ops.value(self._probe[0]), ops.value(self._probe[1])), self._disk)
 
-    def _forward(self, diffraction, rel_offsets, canvas_size, mask=None):
+    def _forward(self, diffraction, rel_offsets, canvas_size, mask=None, *, compute_dtype=None):
         """Network patches, their constrained version and the predicted amplitude. The
         network never sees a masked pixel's value: it reads zero there."""
         ops = self.ops
         if mask is not None:
             diffraction = ops.where(mask > 0, diffraction, ops.zeros_like(diffraction))
-        patches = self._patches(diffraction)
+        patches = self._patches(diffraction, compute_dtype)
         constrained, pred = physics.physics_forward(
             self.ops, patches, self._probe_eff(), self.ops.value(self._log_scale),
             self._constrain, rel_offsets, canvas_size, self._support)
         return patches, constrained, pred
 
     def _loss_terms(self, diffraction, rel_offsets, canvas_size, pixel_count, element_count,
-                    loss_weights, loss_epsilon, mask=None):
-        patches, constrained, pred = self._forward(diffraction, rel_offsets, canvas_size, mask)
+                    loss_weights, loss_epsilon, mask=None, *, compute_dtype=None):
+        patches, constrained, pred = self._forward(diffraction, rel_offsets, canvas_size, mask,
+                                                   compute_dtype=compute_dtype)
         return physics.loss_terms(self.ops, pred, diffraction, patches, constrained,
                                   loss_weights, loss_epsilon, mask, pixel_count, element_count)
 
-    def _local_loss_and_grads(self, *args):
+    def _local_loss_and_grads(self, *args, compute_dtype=None):
         """Loss terms and d total / d trainables, the batch split by ``ops.shards``."""
         per_pattern_mask = len(args) == 8 and len(args[7].shape) == 4
-        return sharded_value_and_grad(self.ops, self._loss_terms, self._trainable_variables(),
+
+        def loss_terms(*a):
+            return self._loss_terms(*a, compute_dtype=compute_dtype)
+
+        return sharded_value_and_grad(self.ops, loss_terms, self._trainable_variables(),
                                       args, (0, 1, 7) if per_pattern_mask else (0, 1))
 
     # ------------------------------------------------------------------ across processes
@@ -199,15 +205,16 @@ class Model:
     def _zero_terms(self) -> dict:
         return {k: self.ops.tensor(np.float32(0.0), "float32", self.device) for k in LOSS_KEYS}
 
-    def _loss_and_grads(self, *args):
+    def _loss_and_grads(self, *args, compute_dtype=None):
         """This rank's share of the terms and gradients, summed over the ranks (in a group)."""
         if self.process_group is None:
-            return self._local_loss_and_grads(*args)
+            return self._local_loss_and_grads(*args, compute_dtype=compute_dtype)
         ops = self.ops
         args = self._with_global_counts(args)
         variables = self._trainable_variables()
         terms, grads = ops.cond(
-            ops.shape(args[0])[0] > 0, lambda: self._local_loss_and_grads(*args),
+            ops.shape(args[0])[0] > 0,
+            lambda: self._local_loss_and_grads(*args, compute_dtype=compute_dtype),
             lambda: (self._zero_terms(), [ops.zeros_like(ops.value(v)) for v in variables]))
         summed = self.process_group.all_reduce([terms[k] for k in LOSS_KEYS] + list(grads))
         return dict(zip(LOSS_KEYS, summed[:len(LOSS_KEYS)])), summed[len(LOSS_KEYS):]
@@ -226,7 +233,7 @@ class Model:
         return self.process_group.guard(what)
 
     def _train_step(self, *args):
-        terms, grads = self._loss_and_grads(*args)
+        terms, grads = self._loss_and_grads(*args, compute_dtype=self._train_dtype)
         self.ops.run_if(self.ops.all_finite([terms[k] for k in LOSS_KEYS]),
                         lambda: self._optimizer.apply(grads))
         return terms
@@ -387,11 +394,13 @@ class Model:
                 for name in self._trainable}
 
     def configure_training(self, training: TrainingConfig) -> None:
-        """A fresh Adam state (beta1, beta2, epsilon, initial learning rate from ``training``)
-        and the loss settings; the training step is compiled on its first call."""
+        """A fresh Adam state (beta1, beta2, epsilon, initial learning rate from ``training``),
+        the loss settings and the training step's precision (``training.precision``); the
+        training step is compiled on its first call."""
         if not isinstance(training, TrainingConfig):
             raise TypeError(f"training must be a TrainingConfig, got {type(training).__name__}")
         self._settings = LossSettings.from_config(training)
+        self._train_dtype = None if training.precision == "float32" else training.precision
         self._optimizer = Adam(self.ops, self._trainable_variables(), training.adam_beta1,
                                training.adam_beta2, training.adam_epsilon, training.learning_rate)
         for kind in MASK_KINDS:

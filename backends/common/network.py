@@ -5,7 +5,8 @@ a zero padding of 1 on each side, relu, 2x2 max-pool (stride 2) in the encoder; 
 up-sampling and two convs + relu per decoder level; heads to C channels; the amplitude
 head's activation from the config, the phase head ``pi * tanh``. ``pad_object`` zeroes the
 object outside the central N/2 square; with ``probe_big`` the border heads' output replaces
-the main heads' there instead.
+the main heads' there instead. With ``central_decoder`` the decoders stop at N/2 and the
+main heads' output is that central square itself.
 
 With ``per_pattern_network`` the network sees one pattern per image: a group (B, C, N, N)
 is reshaped to (B*C, 1, N, N) before it (:func:`to_patterns`) and its heads back after it
@@ -25,7 +26,7 @@ from typing import Mapping
 
 from ptycho.config.schema import N_LEVELS, ModelConfig
 from ptycho.physics.model import INTENSITY_MATCH_EPSILON
-from ptycho.weights import decoder_widths, has_border_heads
+from ptycho.weights import decoder_widths, has_border_heads, has_central_decoder
 
 BRANCHES = ("amp", "phase")
 
@@ -48,14 +49,27 @@ def _conv_block(ops, x, params: Mapping, prefix: str):
     return ops.conv3x3_relu(x, params[f"{prefix}.conv2.kernel"], params[f"{prefix}.conv2.bias"])
 
 
-def _heads(ops, y, params: Mapping, config: ModelConfig, branch: str) -> dict:
-    """The branch's head and, with border heads, its border head, in one convolution.
+def _head(ops, y, params: Mapping, name: str):
+    return ops.to_image_layout(ops.conv3x3(y, params[f"{name}.kernel"], params[f"{name}.bias"]))
 
-    Their kernels are stacked along the output channels: both heads see the same features,
-    and a 3x3 convolution to 2C channels costs about what one to C channels does (C, the
-    network's channels, is 1 to 16), so one call instead of two. Each output channel is the
-    same sum of products as in its own convolution. Returned as float32 images (B, C, N, N).
+
+def _heads(ops, y, params: Mapping, config: ModelConfig, branch: str) -> dict:
+    """The branch's head and, with border heads, its border head, as float32 images
+    (B, C, N, N).
+
+    With a central decoder ``y`` is N/2 x N/2: the main head's output is the central square,
+    zero-padded to N, and the border head runs on ``y`` up-sampled to N. Otherwise both
+    heads see the same N x N features, and their kernels are stacked along the output
+    channels: a 3x3 convolution to 2C channels costs about what one to C channels does (C,
+    the network's channels, is 1 to 16), so one call instead of two. Each output channel is
+    the same sum of products as in its own convolution.
     """
+    if has_central_decoder(config):
+        out = {branch: ops.zero_pad(_head(ops, y, params, f"{branch}.head"), config.N // 4)}
+        if has_border_heads(config):
+            out[f"{branch}_border"] = _head(ops, ops.upsample2(y), params,
+                                            f"{branch}.border_head")
+        return out
     names = [f"{branch}.head"] + ([f"{branch}.border_head"] if has_border_heads(config) else [])
     kernel = ops.concat_out_channels([params[f"{n}.kernel"] for n in names])
     bias = ops.concat([params[f"{n}.bias"] for n in names], axis=0)
@@ -70,7 +84,8 @@ def network(ops, x, params: Mapping, config: ModelConfig, compute_dtype=None) ->
     """The CNN: normalised amplitudes (B, C, N, N) -> pre-activation heads (B, C, N, N) float32.
 
     Keys ``amp``, ``phase`` and, with border heads, ``amp_border``, ``phase_border``. The conv
-    stack runs in ``compute_dtype`` (default float32; bfloat16 for mixed-precision inference:
+    stack runs in ``compute_dtype`` (default float32; bfloat16 for mixed precision, in training
+    with ``TrainingConfig.precision`` or in inference:
     kernels and biases are cast to the activations' dtype); heads come back in float32.
     """
     h = ops.to_network_layout(x if compute_dtype is None else ops.cast(x, compute_dtype))

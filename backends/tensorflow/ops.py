@@ -283,6 +283,11 @@ def upsample2(x):
     return tf.reshape(y, tf.stack([b, 2 * h, 2 * w, c]))
 
 
+def zero_pad(images, width: int):
+    """Images (B, C, H, W) -> (B, C, H + 2 width, W + 2 width), zeros around."""
+    return tf.pad(images, [[0, 0], [0, 0], [width, width], [width, width]])
+
+
 def concat_out_channels(kernels: Sequence):
     """Kernels stacked along their output channels (HWIO: the last axis)."""
     return tf.concat(list(kernels), axis=3)

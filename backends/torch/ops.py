@@ -329,6 +329,11 @@ def upsample2(x):
     return F.interpolate(x, scale_factor=2.0, mode="nearest")
 
 
+def zero_pad(images, width: int):
+    """Images (B, C, H, W) -> (B, C, H + 2 width, W + 2 width), zeros around."""
+    return F.pad(images, (width, width, width, width))
+
+
 def concat_out_channels(kernels: Sequence):
     return torch.cat(list(kernels), dim=0).contiguous(memory_format=MEMORY_FORMAT)
 

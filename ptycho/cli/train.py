@@ -75,6 +75,9 @@ _FLAGS = (
     ("--base-filters", "model.base_filters", positive_int, "width of the first encoder level"),
     ("--n-filters-scale", "model.n_filters_scale", positive_int, "multiplies every width"),
     ("--amp-activation", "model.amp_activation", str, "activation of the amplitude head"),
+    ("--precision", "precision", str,
+     "the training step's convolutions: float32, or bfloat16 (mixed precision; several times "
+     "faster with bfloat16 matrix units, e.g. Intel AMX)"),
 )
 
 
@@ -94,9 +97,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="seed of the initial weights, grouping and batch order (default: config's)")
     p.add_argument("--tracking", choices=("mlflow", "none"), default=None,
                    help="experiment tracking (default: the config's, which is off)")
-    from ptycho.config.schema import AMP_ACTIVATIONS, LR_SCHEDULES
+    from ptycho.config.schema import AMP_ACTIVATIONS, LR_SCHEDULES, PRECISIONS
 
-    choices = {"lr_schedule": LR_SCHEDULES, "model.amp_activation": AMP_ACTIVATIONS}
+    choices = {"lr_schedule": LR_SCHEDULES, "model.amp_activation": AMP_ACTIVATIONS,
+               "precision": PRECISIONS}
     for flag, key, typ, text in _FLAGS:
         p.add_argument(flag, dest=key.replace(".", "__"), type=typ, default=None, help=text,
                        metavar=key.rsplit(".", 1)[-1].upper() if key not in choices else None,

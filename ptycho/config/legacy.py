@@ -58,6 +58,7 @@ LEGACY_KEYS: Mapping[str, str] = MappingProxyType({
     "probe_big": "probe.big",
     "probe_mask": "probe.mask",
     "pad_object": "pad_object",
+    "central_decoder": "central_decoder",
     "probe_scale": "probe_scale",
     "probe_trainable": "probe.trainable",
     "intensity_scale_trainable": "intensity_scale.trainable",
@@ -88,9 +89,9 @@ LEGACY_KEYS: Mapping[str, str] = MappingProxyType({
     "output_dir": "output_prefix",
     "backend": "backend",
     "tracking": "tracking",
+    "precision": "precision",
     # InferenceConfig only
     "model_path": "model_path",
-    "precision": "precision",
 })
 
 _TOP_CLASSES = (TrainingConfig, InferenceConfig)

@@ -89,6 +89,12 @@ class ModelConfig:
     pad_object: restrict the object support to the central N/2 x N/2 region.
     probe_big: with pad_object, predict the border region with a separate head instead of
         zero-filling it.
+    central_decoder: with pad_object, the decoders stop at N/2, where the main heads give
+        the central N/2 x N/2 square pixel for pixel (as PtychoPINN's network does); the
+        border heads see the last decoder features up-sampled x2. 1/1.6 of the full
+        decoder's FLOPs (which goes up to N and cuts the central square from its full-size
+        output), for a somewhat weaker network alone at N=32 (benchmarks/README.md, "At the
+        peer's size"). No effect without pad_object.
     probe_mask: multiply the probe by a disk of radius N/4 centred in the patch.
     probe_scale: the probe is normalised so that ``sum |P|^2 = (probe_scale * N / 2) ** 2``
         (see :func:`ptycho.data.scaling.normalise_probe`); dimensionless.
@@ -114,6 +120,7 @@ class ModelConfig:
     probe_big: bool = True
     probe_mask: bool = False
     pad_object: bool = True
+    central_decoder: bool = False
     probe_scale: float = 4.0
     probe_trainable: bool = False
     intensity_scale_trainable: bool = True
@@ -129,8 +136,9 @@ class ModelConfig:
         _check_int(o, "n_filters_scale", self.n_filters_scale, 1, 16)
         _check_int(o, "base_filters", self.base_filters, 1, 256)
         _check_choice(o, "amp_activation", self.amp_activation, AMP_ACTIVATIONS)
-        for b in ("object_big", "probe_big", "probe_mask", "pad_object", "probe_trainable",
-                  "intensity_scale_trainable", "per_pattern_network", "match_intensity"):
+        for b in ("object_big", "probe_big", "probe_mask", "pad_object", "central_decoder",
+                  "probe_trainable", "intensity_scale_trainable", "per_pattern_network",
+                  "match_intensity"):
             _check_bool(o, b, getattr(self, b))
         _check_float(o, "probe_scale", self.probe_scale, 0.0, 1e6, lo_open=True)
         if self.match_intensity and self.amp_activation not in POSITIVE_AMP_ACTIVATIONS:
@@ -179,6 +187,12 @@ class TrainingConfig:
         and the real-space overlap-consistency term of the total loss.
     loss_epsilon: added to the predicted intensity inside the log of the Poisson NLL
         (photon-count units).
+    precision: of the network's convolutions in the training step: ``float32``, or
+        ``bfloat16`` (mixed precision: every convolution, the heads' included, computes in
+        bfloat16 from float32 weights; the heads' output, the physics, the loss, the
+        weights' gradients and Adam are float32). bfloat16 is several times faster on hardware with bfloat16 matrix units
+        (Intel AMX, recent GPUs) and slower without them; see benchmarks/README.md.
+        Evaluation, inference and refinement run in float32 unless asked otherwise.
     """
 
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -206,6 +220,7 @@ class TrainingConfig:
     output_dir: Optional[str] = None
     backend: Optional[str] = None
     tracking: Optional[str] = None
+    precision: str = "float32"
 
     def __post_init__(self) -> None:
         o = "TrainingConfig"
@@ -241,6 +256,7 @@ class TrainingConfig:
             _check_opt_str(o, s, getattr(self, s))
         _check_backend_name(o, self.backend)
         _check_choice(o, "tracking", self.tracking, TRACKERS)
+        _check_choice(o, "precision", self.precision, PRECISIONS)
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,8 @@ Uses the core end to end (``ptycho.simulate``, ``ptycho.data.group_data``, ``pty
 from __future__ import annotations
 
 import math
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -108,6 +110,9 @@ def natural_scan():
     scikit-image's bundled data) on a 12 x 12 grid, 4 px step, defocused probe of radius N/4."""
     pytest.importorskip("skimage", reason="natural-image objects need scikit-image: pip install "
                                           "'ptycho-pinn[quality]'")
+    root = str(Path(__file__).resolve().parents[2])
+    if root not in sys.path:      # benchmarks/ is a folder of the repo, not an installed package
+        sys.path.insert(0, root)
     from benchmarks.quality.objects import natural_image
     from ptycho.simulate import image_object
     from ptycho.simulate.probes import defocused_probe

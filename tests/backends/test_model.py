@@ -32,6 +32,7 @@ configs = st.sampled_from(["sigmoid", "swish", "softplus", "relu"]).flatmap(
         amp_activation=st.just(activation), object_big=st.booleans(), probe_big=st.booleans(),
         probe_mask=st.booleans(), pad_object=st.booleans(), probe_trainable=st.booleans(),
         intensity_scale_trainable=st.booleans(), per_pattern_network=st.booleans(),
+        central_decoder=st.booleans(),
         match_intensity=st.booleans() if activation in ("sigmoid", "softplus")
         else st.just(False)))
 

@@ -1,0 +1,67 @@
+"""Mixed-precision training (``TrainingConfig.precision="bfloat16"``), in each backend.
+
+The training step's convolutions run in bfloat16 from float32 weights (several times the
+throughput with bfloat16 matrix units, see ``benchmarks/README.md``); the weights, their
+gradients and Adam stay float32. These tests hold what that must keep: from the same weights
+and batch the step's loss is within the tolerance table's ``precision.bf16_training_loss`` of
+float32's, the weights stay float32, and a short training run learns as much as float32's.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from parity.tolerances import tolerance
+from ptycho.config import ModelConfig, TrainingConfig
+from ptycho.data.grouping import group_data_for_training
+from ptycho.simulate import simulate_dataset
+from ptycho.weights import init_weights
+
+BACKENDS = [pytest.param("tensorflow", marks=pytest.mark.tensorflow),
+            pytest.param("torch", marks=pytest.mark.torch)]
+STEPS = 24
+BATCH = 8
+
+
+@pytest.fixture(scope="module", params=[1, 2], ids=["gridsize1", "gridsize2"])
+def case(request):
+    gridsize = request.param
+    cfg = ModelConfig(N=32, gridsize=gridsize, base_filters=8, n_filters_scale=1)
+    raw, _ = simulate_dataset(48, 32, nphotons=1e6, seed=gridsize, scan="jitter")
+    data = group_data_for_training(raw, TrainingConfig(model=cfg, nphotons=1e6, seed=0))
+    weights = init_weights(cfg, gridsize, data.probe, math.log(data.intensity_scale))
+    return cfg, weights, data
+
+
+def _train(backend: str, case, precision: str) -> tuple[list[float], dict]:
+    from backends import get_backend
+
+    cfg, weights, data = case
+    model = get_backend(backend).build_model(cfg, weights)
+    model.configure_training(TrainingConfig(model=cfg, nphotons=1e6, batch_size=BATCH,
+                                            precision=precision))
+    order = np.arange(len(data)) % len(data)
+    losses = []
+    for step in range(STEPS):
+        idx = np.take(order, np.arange(BATCH) + step * BATCH, mode="wrap")
+        losses.append(float(model.train_step(data.batch(idx))["total"]))
+    return losses, model.get_weights()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_bfloat16_training_keeps_to_float32(backend, case):
+    f32, w32 = _train(backend, case, "float32")
+    b16, w16 = _train(backend, case, "bfloat16")
+    first = abs(b16[0] - f32[0]) / abs(f32[0])
+    assert first <= tolerance("precision.bf16_training_loss").rtol, (first, b16[0], f32[0])
+    assert first > 0, "bfloat16 gave float32's loss: the conv stack did not run in bfloat16"
+    assert all(w16[k].dtype == w32[k].dtype for k in w32)
+    assert all(math.isfinite(x) for x in b16)
+    # learning: the last quarter's mean loss falls as far below the first step's as float32's
+    tail = STEPS // 4
+    drop32 = f32[0] - np.mean(f32[-tail:])
+    drop16 = b16[0] - np.mean(b16[-tail:])
+    assert drop32 > 0 and drop16 >= 0.8 * drop32, (drop16, drop32)
