@@ -27,7 +27,7 @@ from typing import Callable, Optional
 from benchmarks import report
 from benchmarks.machine import load_snapshot, machine_info, versions
 
-SECTIONS = ("throughput", "stitching", "simulation", "memory", "scaling", "startup",
+SECTIONS = ("throughput", "peer_size", "stitching", "simulation", "memory", "scaling", "startup",
             "distributed", "parity")
 
 
@@ -195,6 +195,8 @@ def main(argv=None) -> int:
     tmp = tempfile.mkdtemp(prefix="ptycho-bench-")
     steps: list[tuple[str, Callable[[], list[dict]]]] = [
         ("throughput", lambda: __import__("benchmarks.throughput", fromlist=["run"]).run(
+            backends, a.quick, a.threads, a.rounds, log=_log)),
+        ("peer_size", lambda: __import__("benchmarks.peer_size", fromlist=["run"]).run(
             backends, a.quick, a.threads, a.rounds, log=_log)),
         ("stitching", lambda: _stitching(a.quick)),
         ("simulation", lambda: _simulation(a.quick)),

@@ -2,7 +2,7 @@
 
 Each yardstick is the architecture of :mod:`ptycho.weights` (3x3 convs with one zero row and
 column of padding, relu, 2x2 max-pool, nearest x2 up-sampling, an amplitude and a phase
-decoder, main and border heads) written the plain way in one framework, with none of the
+decoder, main and border heads, the central decoder's zero padding) written the plain way in one framework, with none of the
 library around it: no physics, no loss beyond a mean square of the heads, no data pipeline,
 no numpy at the edges (inputs are framework tensors made once), the framework's own Adam.
 Our throughput divided by the yardstick's is the overhead the library adds.
@@ -25,25 +25,12 @@ from typing import Callable
 import numpy as np
 
 from ptycho.config.schema import N_LEVELS, ModelConfig
-from ptycho.weights import decoder_widths, has_border_heads
+from ptycho.weights import conv_layers, decoder_widths, has_border_heads, has_central_decoder
 
 
 def _layers(config: ModelConfig) -> list[tuple[str, int, int]]:
     """(name, in, out) of every conv, in the order of the canonical spec."""
-    out = []
-    cin = c = config.network_channels
-    for i, w in enumerate(config.widths):
-        out += [(f"enc{i}.conv1", cin, w), (f"enc{i}.conv2", w, w)]
-        cin = w
-    for branch in ("amp", "phase"):
-        cin = config.widths[-1]
-        for j, w in enumerate(decoder_widths(config)):
-            out += [(f"{branch}.dec{j}.conv1", cin, w), (f"{branch}.dec{j}.conv2", w, w)]
-            cin = w
-        out.append((f"{branch}.head", cin, c))
-        if has_border_heads(config):
-            out.append((f"{branch}.border_head", cin, c))
-    return out
+    return [(layer.name, layer.cin, layer.cout) for layer in conv_layers(config)]
 
 
 def _input(config: ModelConfig, batch: int, seed: int = 0) -> np.ndarray:
@@ -64,6 +51,7 @@ def torch_yardstick(config: ModelConfig, batch: int) -> tuple[Callable[[], None]
     from torch import nn
 
     cl = torch.channels_last
+    central, pad = has_central_decoder(config), config.N // 4
 
     class Net(nn.Module):
         def __init__(self):
@@ -83,10 +71,14 @@ def torch_yardstick(config: ModelConfig, batch: int) -> tuple[Callable[[], None]
             heads = []
             for branch in ("amp", "phase"):
                 g = h
-                for j in range(N_LEVELS):
+                for j in range(len(decoder_widths(config))):
                     g = self.block(F.interpolate(g, scale_factor=2.0, mode="nearest"),
                                    f"{branch}_dec{j}")
-                heads.append(self.convs[f"{branch}_head"](g))
+                head = self.convs[f"{branch}_head"](g)
+                if central:
+                    head = F.pad(head, (pad,) * 4)
+                    g = F.interpolate(g, scale_factor=2.0, mode="nearest")
+                heads.append(head)
                 if has_border_heads(config):
                     heads.append(self.convs[f"{branch}_border_head"](g))
             return heads
@@ -153,9 +145,14 @@ def tensorflow_yardstick(config: ModelConfig, batch: int) -> tuple[Callable[[], 
         heads = []
         for branch in ("amp", "phase"):
             g = h
-            for j in range(N_LEVELS):
+            for j in range(len(decoder_widths(config))):
                 g = block(up(g), f"{branch}.dec{j}")
-            heads.append(conv(g, f"{branch}.head"))
+            head = conv(g, f"{branch}.head")
+            if has_central_decoder(config):
+                pad = config.N // 4
+                head = tf.pad(head, [[0, 0], [pad, pad], [pad, pad], [0, 0]])
+                g = up(g)
+            heads.append(head)
             if has_border_heads(config):
                 heads.append(conv(g, f"{branch}.border_head"))
         return heads

@@ -25,8 +25,8 @@ from typing import Callable
 import numpy as np
 
 from benchmarks.bare import tensorflow_closures, torch_closures
-from ptycho.config.schema import N_LEVELS, ModelConfig
-from ptycho.weights import decoder_widths, has_border_heads
+from ptycho.config.schema import ModelConfig
+from ptycho.weights import conv_layers
 
 ENCODER = (64, 128, 256)
 DECODER = (128, 64)
@@ -61,21 +61,7 @@ def parameters(n: int = 64, c: int = 1) -> int:
 def ours_flops(config: ModelConfig) -> float:
     """Forward FLOPs per pattern group of our network (2 per multiply-add), from the
     architecture of :mod:`ptycho.weights` (C passes with ``per_pattern_network``)."""
-    n, c = config.N, config.network_channels
-    total, cin, side = 0, c, n
-    for w in config.widths:
-        total += 9 * side * side * (cin * w + w * w)
-        cin, side = w, side // 2
-    for _branch in ("amp", "phase"):
-        d_in = config.widths[-1]
-        for w in decoder_widths(config):
-            side *= 2
-            total += 9 * side * side * (d_in * w + w * w)
-            d_in = w
-        heads = 2 if has_border_heads(config) else 1
-        total += heads * 9 * side * side * d_in * c
-        side = n // 2 ** N_LEVELS
-    return 2.0 * total * config.network_passes
+    return 2.0 * sum(layer.macs for layer in conv_layers(config)) * config.network_passes
 
 
 def _input(n: int, c: int, batch: int) -> np.ndarray:

@@ -12,6 +12,8 @@ import re
 import statistics
 from typing import Iterable, Optional
 
+from benchmarks import peer_size
+
 #: Thresholds of the targets (see benchmarks/README.md).
 RATIO_TO_BARE = 0.9
 TORCH_OVER_TF = 0.9
@@ -21,6 +23,8 @@ SIMULATE_S = 5.0
 FIRST_STEP_S = 5.0
 STALL_RATIO = 2.0
 BF16_SPEEDUP = 1.5
+#: At the peer's size, ours over the peer's network (issue 16).
+OVER_PEER = 1.3
 
 BEGIN, END = "<!-- bench:begin -->", "<!-- bench:end -->"
 
@@ -166,6 +170,13 @@ def targets(records: list[dict]) -> list[dict]:
             v = r["torch_over_tensorflow"]
             add(f"{kind} N=64 grid={g} batch={b}: torch / tensorflow >= {TORCH_OVER_TF}", v,
                 v >= TORCH_OVER_TF)
+    for kind in ("train", "infer"):
+        for r in _by(records, f"{peer_size.PREFIX}{kind}_peer"):
+            n, g, b = _cfg_key(r)
+            c = r["config"]
+            v = r["ratio_ours_to_peer"]
+            add(f"{kind} {r['backend']} N={n} grid={g} batch={b}, {peer_size.variant(c)} "
+                f"decoder, {c['precision']}: ours / peer >= {OVER_PEER}", v, v >= OVER_PEER)
     for r in _by(records, "bf16"):
         n, g, b = _cfg_key(r)
         v = round(1.0 / r["ratio_float32_to_bfloat16"], 3)
@@ -216,6 +227,7 @@ def table(records: list[dict], checks: Optional[list[dict]] = None) -> str:
                      f"{lo.get('cpu_pressure_10s')} %; load column: median CPU pressure "
                      "while a row was measured")
     lines += throughput_table(records)
+    lines += peer_size.table(records)
     lines += other_tables(records)
     checks = targets(records) if checks is None else checks
     if checks:

@@ -27,10 +27,14 @@ class CaseSpec:
     gridsize: int
     batch: int             # groups per call
     model: dict = field(default_factory=lambda: dict(REFERENCE))
+    precision: str = "float32"   # ours: TrainingConfig.precision / predict's precision
 
     @property
     def key(self) -> str:
-        return f"{self.kind}-N{self.N}-g{self.gridsize}-b{self.batch}"
+        widths = "" if self.model == REFERENCE else "-" + "-".join(
+            f"{k}={v}" for k, v in sorted(self.model.items()))
+        bf16 = "" if self.precision == "float32" else f"-{self.precision}"
+        return f"{self.kind}-N{self.N}-g{self.gridsize}-b{self.batch}{widths}{bf16}"
 
 
 def cases(quick: bool) -> list[CaseSpec]:
@@ -56,7 +60,8 @@ def run_case(workers: Sequence[Worker], spec: CaseSpec, rounds: int, target_s: f
     workers = [w for w in workers if w.runtime != "default"]
     everyone = workers + defaults
     setups = {_wkey(w): w.ask(op="setup", key=spec.key, kind=spec.kind, N=spec.N,
-                              gridsize=spec.gridsize, batch=spec.batch, model=spec.model)
+                              gridsize=spec.gridsize, batch=spec.batch, model=spec.model,
+                              precision=spec.precision)
               for w in everyone}
     est = max(max(s["info"]["est_a_s"], s["info"]["est_b_s"]) for s in setups.values())
     steps = _steps(est, target_s)
@@ -100,7 +105,7 @@ def run_case(workers: Sequence[Worker], spec: CaseSpec, rounds: int, target_s: f
         rec = {
             "benchmark": spec.kind, "backend": w.backend,
             "config": {"N": spec.N, "gridsize": spec.gridsize, "batch_groups": spec.batch,
-                       "patterns_per_call": pat, **spec.model},
+                       "patterns_per_call": pat, **spec.model, "precision": spec.precision},
             "threads": w.hello["threads"],
             la: {**sa, "patterns_per_s": round(pat / sa["wall_s"], 2)},
             lb: {**sb, "patterns_per_s": round(pat / sb["wall_s"], 2)},

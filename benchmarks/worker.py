@@ -6,7 +6,7 @@ process, and each process holds the framework with exactly the settings the back
 parent asks the workers for short rounds of measurements in turn, alternating which backend
 goes first, so that both backends, and ours against the yardstick, see the same machine.
 
-Kinds of case (``setup``):
+Kinds of case (``setup``; ``precision`` applies to ours):
 
 * ``train``: *a* = one step of the training driver's loop body on our model
   (``model.train_step(data.batch(idx))`` on a simulated, grouped dataset, batches in the
@@ -16,6 +16,9 @@ Kinds of case (``setup``):
   the overlap constraint for gridsize > 1, numpy out); *b* = the yardstick's forward pass.
 * ``bf16``: *a* = ``predict_chunk`` in float32, *b* = the same in bfloat16; the setup also
   reports the bfloat16 patches' error against float32.
+* ``train_peer`` / ``infer_peer``: *a* as for ``train`` / ``infer``; *b* = the peer's
+  network (PtychoPINN's, :mod:`benchmarks.peer`) on the same batch: one pass of C channels
+  per group, as the peer runs a group.
 
 A worker started with ``runtime="default"`` imports the framework alone, with its own
 defaults (no backend, none of its settings), and measures only the yardstick (*a*): the
@@ -86,14 +89,15 @@ def _threads(backend: str) -> dict:
             "inter_op": tf.config.threading.get_inter_op_parallelism_threads() or "default"}
 
 
-def _dataset(cfg, batch: int, seed: int = 0):
+def _dataset(cfg, batch: int, seed: int = 0, precision: str = "float32"):
     """A simulated scan grouped for training: ``N_BATCHES * batch`` groups."""
     from ptycho.config import TrainingConfig
     from ptycho.data.grouping import group_data_for_training
     from ptycho.simulate import simulate_dataset
 
     n_groups = N_BATCHES * batch
-    tc = TrainingConfig(model=cfg, batch_size=batch, nphotons=1e6, n_groups=n_groups, seed=seed)
+    tc = TrainingConfig(model=cfg, batch_size=batch, nphotons=1e6, n_groups=n_groups, seed=seed,
+                        precision=precision)
     raw, _ = simulate_dataset(max(n_groups, 16), cfg.N, nphotons=1e6, seed=seed, scan="jitter")
     return tc, group_data_for_training(raw, tc)
 
@@ -101,8 +105,10 @@ def _dataset(cfg, batch: int, seed: int = 0):
 class Case:
     """One set-up measurement: two callables *a* and *b* and what describes them."""
 
-    def __init__(self, impl, kind: str, n: int, gridsize: int, batch: int, model: dict):
+    def __init__(self, impl, kind: str, n: int, gridsize: int, batch: int, model: dict,
+                 precision: str = "float32"):
         from benchmarks.bare import YARDSTICKS
+        from benchmarks.peer import PEERS
         from ptycho.config import ModelConfig
         from ptycho.training import epoch_batches
         from ptycho.weights import init_weights
@@ -121,13 +127,13 @@ class Case:
                          "first_a_s": time_calls(self.a, 1)[0][0]}
             self.info["est_a_s"] = self.info["est_b_s"] = time_calls(self.a, 1)[0][0]
             return
-        tc, data = _dataset(cfg, batch)
+        tc, data = _dataset(cfg, batch, precision=precision)
         weights = init_weights(cfg, 0, data.probe, math.log(data.intensity_scale))
         backend_model = impl.build_model(cfg, weights)
         self.patterns = batch * cfg.n_channels
         self.info: dict = {"groups_per_call": batch, "patterns_per_call": self.patterns}
         self.nonfinite = 0
-        if kind == "train":
+        if kind in ("train", "train_peer"):
             backend_model.configure_training(tc)
             order = itertools.chain.from_iterable(
                 epoch_batches(len(data), batch, tc.seed, e) for e in itertools.count())
@@ -137,22 +143,30 @@ class Case:
                 if not all(math.isfinite(float(v)) for v in terms.values()):
                     self.nonfinite += 1
 
-            bare_train, _ = YARDSTICKS[impl.name](cfg, batch)
-            self.a, self.b = ours, bare_train
-            self.labels = ("ours", "bare")
+            if kind == "train":
+                self.b, _ = YARDSTICKS[impl.name](cfg, batch)
+                self.labels = ("ours", "bare")
+            else:
+                self.b, _ = PEERS[impl.name](n, cfg.n_channels, batch)
+                self.labels = ("ours", "peer")
+            self.a = ours
         else:
             pmodel = PtychoModel(backend_model, tc)
             pos = data.global_offsets[:, None, :] + data.rel_offsets.astype(np.float64)
             d, p = data.diffraction[:batch], pos[:batch]
             canvas = constraint_canvas(pmodel, pos)
 
-            def run(precision: str):
-                return predict_chunk(pmodel, d, p, canvas, batch_size=batch, precision=precision)
+            def run(dtype: str):
+                return predict_chunk(pmodel, d, p, canvas, batch_size=batch, precision=dtype)
 
             if kind == "infer":
                 _, bare_forward = YARDSTICKS[impl.name](cfg, batch)
-                self.a, self.b = (lambda: run("float32")), bare_forward
+                self.a, self.b = (lambda: run(precision)), bare_forward
                 self.labels = ("ours", "bare")
+            elif kind == "infer_peer":
+                _, peer_forward = PEERS[impl.name](n, cfg.n_channels, batch)
+                self.a, self.b = (lambda: run(precision)), peer_forward
+                self.labels = ("ours", "peer")
             elif kind == "bf16":
                 self.a, self.b = (lambda: run("float32")), (lambda: run("bfloat16"))
                 self.labels = ("float32", "bfloat16")
@@ -195,12 +209,15 @@ def serve(conn, backend: str, threads: Optional[int], runtime: str = "library") 
                 return
             if op == "setup":
                 case = Case(impl, msg["kind"], msg["N"], msg["gridsize"], msg["batch"],
-                            msg.get("model", {}))
+                            msg.get("model", {}), msg.get("precision", "float32"))
                 cases[msg["key"]] = case
                 conn.send({"ok": True, "labels": case.labels, "info": case.info,
                            "patterns": case.patterns})
             elif op == "round":
                 conn.send({"ok": True, **cases[msg["key"]].round(int(msg["steps"]))})
+            elif op == "peak":
+                from benchmarks.peak import conv_peak
+                conn.send({"ok": True, "peak": conv_peak(impl.name, msg["precision"])})
             elif op == "drop":
                 cases.pop(msg["key"], None)
                 conn.send({"ok": True})

@@ -90,3 +90,37 @@ def test_readme_section_is_replaced_not_appended(tmp_path):
     text = path.read_text()
     assert text.count(report.BEGIN) == 1 and "second run" in text and "first run" not in text
     assert text.startswith("# Bench\n\nintro\n")
+
+
+def test_our_network_counts_the_peers_flops_at_its_size():
+    """At widths 64/128/256, N=64, the central decoder costs what the peer's network does,
+    within 1 %; the full decoder (the default) about 1.6x. One counting rule for both."""
+    from benchmarks.peer import ours_flops, parameters, peer_flops
+    from ptycho.config import ModelConfig
+
+    peer = peer_flops(64, 1)
+    assert 2.0e9 < peer < 2.2e9 and 2.2e6 < parameters(64, 1) < 2.4e6
+    assert abs(ours_flops(ModelConfig(base_filters=32, central_decoder=True)) / peer - 1) < 0.01
+    assert 1.5 < ours_flops(ModelConfig(base_filters=32)) / peer < 1.65
+    # gridsize 2: ours runs a pass per pattern, the peer one pass of 4 channels per group
+    g2 = ModelConfig(base_filters=32, gridsize=2, central_decoder=True)
+    assert abs(ours_flops(g2) / (4 * peer_flops(64, 4)) - 1) < 0.01
+
+
+def test_peer_size_rows_carry_flops_and_share_of_peak_and_render():
+    from benchmarks import peer_size, report
+
+    rec = {"benchmark": "train_peer", "backend": "torch",
+           "config": {"N": 64, "gridsize": 1, "batch_groups": 16, "patterns_per_call": 16,
+                      "base_filters": 32, "n_filters_scale": 2, "precision": "bfloat16"},
+           "ours": {"patterns_per_s": 100.0}, "peer": {"patterns_per_s": 40.0},
+           "ratio_ours_to_peer": 2.5, "load": {}}
+    rec = peer_size._with_flops(rec, {("torch", "bfloat16"): 2000.0})
+    ours = rec["gflop_per_pattern_forward"]["ours"]           # rounded to 3 places
+    assert abs(rec["ours"]["gflops"] - 3 * ours * 100.0) < 0.2
+    assert abs(rec["ours"]["share_of_peak"] - 3 * ours * 100.0 / 2000.0) < 1e-3
+    records = [{**rec, "benchmark": peer_size.PREFIX + "train_peer"}]
+    text = report.table(records)
+    assert "at the peer's size" in text and "bfloat16" in text
+    checks = {c["target"]: c["holds"] for c in report.targets(records)}
+    assert checks["train torch N=64 grid=1 batch=16, full decoder, bfloat16: ours / peer >= 1.3"]

@@ -7,6 +7,7 @@ Examples::
     python -m benchmarks.quality --natural                   # natural images at 1e9 only
     python -m benchmarks.quality --quick --backends torch --no-reference
     python -m benchmarks.quality --readme benchmarks/README.md
+    python -m benchmarks.quality --natural --set precision=bfloat16 --set base_filters=32
 
 Writes into ``--out`` (default ``quality_output/``): ``quality.json`` (every number),
 ``quality.md`` (the tables) and ``figures/*.png``. ``--readme`` also replaces the section
@@ -27,7 +28,7 @@ import sys
 import tempfile
 import time
 
-from benchmarks.quality.config import CONFIGS
+from benchmarks.quality.config import CONFIGS, with_settings
 from benchmarks.quality.worker import log, part_path
 
 
@@ -40,9 +41,10 @@ def _env() -> dict:
     return env
 
 
-def _worker(config_name: str, role: str, work: str, backend: str = "") -> dict:
+def _worker(config_name: str, settings, role: str, work: str, backend: str = "") -> dict:
     args = [sys.executable, "-m", "benchmarks.quality.worker", "--config", config_name,
             "--role", role, "--out", work] + (["--backend", backend] if backend else [])
+    args += [f"--set={text}" for text in settings]
     proc = subprocess.run(args, env=_env(), stdout=subprocess.DEVNULL)
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(args[1:])} failed with exit status {proc.returncode}")
@@ -63,15 +65,16 @@ def _ptychi_version():
 
 
 def run(config_name: str, out: str, backends=None, reference: bool = True,
-        readme=None, keep_work: bool = False) -> dict:
-    """Run the suite ``config_name``; write the outputs into ``out``; return the results."""
+        readme=None, keep_work: bool = False, settings=()) -> dict:
+    """Run the suite ``config_name`` (with the ``KEY=VALUE`` ``settings``); write the outputs
+    into ``out``; return the results."""
     from benchmarks.machine import machine_info, versions
     from benchmarks.quality import report
     from benchmarks.quality.rows import floor_rows, heldout_truths
     from ptycho.atomic import atomic_write
     from ptycho.cli.summary import to_jsonable
 
-    config = CONFIGS[config_name]
+    config = with_settings(CONFIGS[config_name], settings)
     backends = backends or list(config.backends)
     started = datetime.datetime.now().isoformat(timespec="seconds")
     t0 = time.perf_counter()
@@ -80,11 +83,11 @@ def run(config_name: str, out: str, backends=None, reference: bool = True,
         network = []
         for backend in backends:
             log(f"== {backend}")
-            network += _worker(config_name, "network", work, backend)["rows"]
+            network += _worker(config_name, settings, "network", work, backend)["rows"]
         references = []
         if reference:
             log("== iterative reference (pty-chi)")
-            references = _worker(config_name, "reference", work)["rows"]
+            references = _worker(config_name, settings, "reference", work)["rows"]
         variants = list(config.variants)
         rows = report.merge(network, references, floor_rows(config), variants)
         results = {"benchmark": "quality", "config": config.to_dict(), "started": started,
@@ -141,8 +144,16 @@ def main(argv=None) -> int:
     p.add_argument("--readme", default=None, help="replace the quality section of this file")
     p.add_argument("--keep-work", action="store_true",
                    help="keep the work folder (reconstructed objects, the workers' JSON)")
+    p.add_argument("--set", dest="settings", action="append", default=[], metavar="KEY=VALUE",
+                   help="change one of the size's fields (repeatable), e.g. precision=bfloat16, "
+                        "base_filters=32, gridsizes=1,2, nepochs=24")
     a = p.parse_args(argv)
-    run(a.config or "full", a.out, a.backends, not a.no_reference, a.readme, a.keep_work)
+    try:
+        with_settings(CONFIGS[a.config or "full"], a.settings)
+    except ValueError as err:
+        p.error(str(err))
+    run(a.config or "full", a.out, a.backends, not a.no_reference, a.readme, a.keep_work,
+        a.settings)
     return 0
 
 

@@ -95,6 +95,7 @@ class QualityConfig:
     learning_rate: float = 1e-3
     base_filters: int = 16
     n_filters_scale: int = 2
+    precision: str = "float32"                    # TrainingConfig.precision
     variants: Mapping[str, Mapping] = field(default_factory=lambda: dict(VARIANTS))
     # the iterative reference (pty-chi)
     reference_epochs: int = 30
@@ -137,3 +138,31 @@ SMOKE = dataclasses.replace(
     train_objects=(TRAIN_OBJECTS[1],), heldout_objects=(HELDOUT_OBJECTS[2],),
     variants={"network": {}, "refined": {"refine": 2}})
 CONFIGS = {c.name: c for c in (FULL, NATURAL, QUICK, SMOKE)}
+
+#: Fields ``--set`` may change, with how their text is read (``gridsizes``: "1,2").
+SETTABLE = {"nepochs": int, "batch_size": int, "learning_rate": float, "base_filters": int,
+            "n_filters_scale": int, "precision": str, "grid_side": int,
+            "gridsizes": lambda text: tuple(int(g) for g in text.split(","))}
+
+
+def with_settings(config: QualityConfig, assignments) -> QualityConfig:
+    """``config`` with ``KEY=VALUE`` texts applied (keys from :data:`SETTABLE`), renamed so
+    that its results say they differ from the named size."""
+    from ptycho.config.schema import PRECISIONS
+
+    changes, texts = {}, {}
+    for text in assignments:
+        key, sep, value = text.partition("=")
+        if not sep or key not in SETTABLE:
+            raise ValueError(f"--set {text!r}: expected KEY=VALUE with KEY one of {sorted(SETTABLE)}")
+        try:
+            changes[key] = SETTABLE[key](value)
+        except ValueError as err:
+            raise ValueError(f"--set {text!r}: {err}") from err
+        if key == "precision" and value not in PRECISIONS:
+            raise ValueError(f"--set {text!r}: precision must be one of {list(PRECISIONS)}")
+        texts[key] = value
+    if not changes:
+        return config
+    name = config.name + "".join(f",{k}={v}" for k, v in sorted(texts.items()))
+    return dataclasses.replace(config, name=name, **changes)

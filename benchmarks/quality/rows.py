@@ -70,7 +70,8 @@ def training_config(config: QualityConfig, gridsize: int, dose: float):
     model = ModelConfig(N=config.N, gridsize=gridsize, base_filters=config.base_filters,
                         n_filters_scale=config.n_filters_scale)
     return TrainingConfig(model=model, nepochs=config.nepochs, batch_size=config.batch_size,
-                          learning_rate=config.learning_rate, nphotons=dose, seed=config.seed)
+                          learning_rate=config.learning_rate, nphotons=dose, seed=config.seed,
+                          precision=config.precision)
 
 
 #: Patterns of the untimed call that warms each variant up (see :func:`warm_up`).

@@ -26,7 +26,7 @@ def part_path(out_dir: str, role: str, backend: str = "") -> str:
 
 
 def main(argv=None) -> int:
-    from benchmarks.quality.config import CONFIGS
+    from benchmarks.quality.config import CONFIGS, with_settings
     from benchmarks.quality.rows import network_rows, reference_rows
 
     p = argparse.ArgumentParser(prog="python -m benchmarks.quality.worker")
@@ -34,8 +34,9 @@ def main(argv=None) -> int:
     p.add_argument("--role", choices=("network", "reference"), required=True)
     p.add_argument("--backend", default="")
     p.add_argument("--out", required=True)
+    p.add_argument("--set", dest="settings", action="append", default=[])
     a = p.parse_args(argv)
-    config = CONFIGS[a.config]
+    config = with_settings(CONFIGS[a.config], a.settings)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     start = time.perf_counter()
     if a.role == "network":
