@@ -281,6 +281,20 @@ def _args(argv):
     return build_parser().parse_args(argv)
 
 
+def test_train_precision_and_central_decoder_reach_the_config():
+    from ptycho.cli.train import build_config
+
+    args = _args(["train", "--train-data", "t.npz", "--output-dir", "o", "--precision",
+                  "bfloat16", "--set", "model.central_decoder=true"])
+    cfg = build_config(args, data_n=32)
+    assert cfg.precision == "bfloat16" and cfg.model.central_decoder
+    assert build_config(_args(["train", "--train-data", "t.npz"]), data_n=32).precision == \
+        "float32"
+    from ptycho.cli.main import UsageError
+    with pytest.raises(UsageError, match="invalid choice: 'float16'.*'bfloat16'"):
+        _args(["train", "--train-data", "t.npz", "--precision", "float16"])
+
+
 def test_config_precedence_file_then_flags_then_set(tmp_path):
     from ptycho.cli.train import build_config
 

@@ -190,9 +190,10 @@ class TrainingConfig:
     precision: of the network's convolutions in the training step: ``float32``, or
         ``bfloat16`` (mixed precision: every convolution, the heads' included, computes in
         bfloat16 from float32 weights; the heads' output, the physics, the loss, the
-        weights' gradients and Adam are float32). bfloat16 is several times faster on hardware with bfloat16 matrix units
-        (Intel AMX, recent GPUs) and slower without them; see benchmarks/README.md.
-        Evaluation, inference and refinement run in float32 unless asked otherwise.
+        weights' gradients and Adam are float32). With bfloat16 matrix units (Intel AMX,
+        recent GPUs) it trains 2.4-2.9x faster with the same reconstructions
+        (benchmarks/README.md); the gain depends on the hardware. Evaluation, inference and
+        refinement run in float32 unless asked otherwise.
     """
 
     model: ModelConfig = field(default_factory=ModelConfig)
