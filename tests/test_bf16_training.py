@@ -17,13 +17,20 @@ import pytest
 from parity.tolerances import tolerance
 from ptycho.config import ModelConfig, TrainingConfig
 from ptycho.data.grouping import group_data_for_training
+from ptycho.physics.losses import LossSettings
 from ptycho.simulate import simulate_dataset
+from ptycho.training import evaluate
 from ptycho.weights import init_weights
 
 BACKENDS = [pytest.param("tensorflow", marks=pytest.mark.tensorflow),
             pytest.param("torch", marks=pytest.mark.torch)]
-STEPS = 24
+#: 16 epochs of the 6 batches: at 4 epochs float32 alone ended anywhere within +-1 of a fall
+#: of ~6 at gridsize 2 (thread counts change its rounding), too noisy to compare precisions.
+STEPS = 96
 BATCH = 8
+#: The share of float32's fall of the whole scan's loss that bfloat16 training must reach;
+#: measured 0.91-1.04 (both backends, gridsize 1 and 2, 1 and 2 threads).
+LEARNING_SHARE = 0.8
 
 
 @pytest.fixture(scope="module", params=[1, 2], ids=["gridsize1", "gridsize2"])
@@ -36,32 +43,35 @@ def case(request):
     return cfg, weights, data
 
 
-def _train(backend: str, case, precision: str) -> tuple[list[float], dict]:
+def _train(backend: str, case, precision: str) -> tuple[list[float], dict, tuple]:
+    """The training steps' losses, the final weights, and the whole scan's float32 loss
+    before and after (``evaluate``: what training has learnt, not one batch's noise)."""
     from backends import get_backend
 
     cfg, weights, data = case
+    training = TrainingConfig(model=cfg, nphotons=1e6, batch_size=BATCH, precision=precision)
+    settings = LossSettings.from_config(training)
     model = get_backend(backend).build_model(cfg, weights)
-    model.configure_training(TrainingConfig(model=cfg, nphotons=1e6, batch_size=BATCH,
-                                            precision=precision))
-    order = np.arange(len(data)) % len(data)
+    model.configure_training(training)
+    before = evaluate(model, data, settings, BATCH)["total"]
+    order = np.arange(len(data))
     losses = []
     for step in range(STEPS):
         idx = np.take(order, np.arange(BATCH) + step * BATCH, mode="wrap")
         losses.append(float(model.train_step(data.batch(idx))["total"]))
-    return losses, model.get_weights()
+    after = evaluate(model, data, settings, BATCH)["total"]
+    return losses, model.get_weights(), (before, after)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_bfloat16_training_keeps_to_float32(backend, case):
-    f32, w32 = _train(backend, case, "float32")
-    b16, w16 = _train(backend, case, "bfloat16")
+    f32, w32, (start, end32) = _train(backend, case, "float32")
+    b16, w16, (_, end16) = _train(backend, case, "bfloat16")
     first = abs(b16[0] - f32[0]) / abs(f32[0])
     assert first <= tolerance("precision.bf16_training_loss").rtol, (first, b16[0], f32[0])
     assert first > 0, "bfloat16 gave float32's loss: the conv stack did not run in bfloat16"
     assert all(w16[k].dtype == w32[k].dtype for k in w32)
     assert all(math.isfinite(x) for x in b16)
-    # learning: the last quarter's mean loss falls as far below the first step's as float32's
-    tail = STEPS // 4
-    drop32 = f32[0] - np.mean(f32[-tail:])
-    drop16 = b16[0] - np.mean(b16[-tail:])
-    assert drop32 > 0 and drop16 >= 0.8 * drop32, (drop16, drop32)
+    # learning: the whole scan's loss falls about as far as with float32
+    drop32, drop16 = start - end32, start - end16
+    assert drop32 > 0 and drop16 >= LEARNING_SHARE * drop32, (start, end16, end32)
