@@ -2,8 +2,8 @@
 
 Examples::
 
-    python -m benchmarks                      # everything (~10-15 min on 2 cores)
-    python -m benchmarks --quick              # reduced sizes and rounds (~3-4 min)
+    python -m benchmarks                      # everything (~20-25 min on 2 cores)
+    python -m benchmarks --quick              # reduced sizes and rounds (~6-8 min)
     python -m benchmarks --only throughput,scaling --backends torch
     python -m benchmarks --json out.json --readme benchmarks/README.md
 
