@@ -34,8 +34,9 @@ TRAIN_PASSES = 3
 
 
 def cases(quick: bool) -> list[CaseSpec]:
-    """Training at batch 16 and inference at 64 patterns per call, N=64 gridsize 1 and 2
-    and N=128, in float32 and bfloat16; the bare yardstick at N=64 in float32."""
+    """Training at batch 16 and inference at 64 patterns per call (16 at N=128), N=64
+    gridsize 1 and 2 and N=128, in float32 and bfloat16; the bare yardstick at N=64 in
+    float32."""
     grid = [(64, 1, 16, 64, PEER_SIZE), (64, 1, 16, 64, CENTRAL), (64, 2, 16, 16, PEER_SIZE),
             (64, 2, 16, 16, GROUPED)]
     if not quick:
