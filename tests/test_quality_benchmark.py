@@ -143,3 +143,19 @@ def test_the_smoke_suite_runs_end_to_end(tmp_path):
     assert "old" not in text and text.endswith("after\n") and "| astronaut/gravel | 1e6 |" in text
     assert (tmp_path / "quality" / "figures" / figure).is_file()
     assert "| astronaut/gravel | 1e6 |" in (out / "quality.md").read_text()
+
+
+def test_set_changes_a_size_for_one_run_and_names_what_is_wrong():
+    from benchmarks.quality.config import NATURAL, with_settings
+
+    cfg = with_settings(NATURAL, ["precision=bfloat16", "gridsizes=1,2", "nepochs=48"])
+    assert (cfg.precision, cfg.gridsizes, cfg.nepochs) == ("bfloat16", (1, 2), 48)
+    assert cfg.name == "natural,gridsizes=1,2,nepochs=48,precision=bfloat16"
+    assert cfg.heldout_objects == NATURAL.heldout_objects          # the rest as the size has it
+    assert with_settings(NATURAL, []) is NATURAL
+    with pytest.raises(ValueError, match="'seed=3'.*KEY one of"):
+        with_settings(NATURAL, ["seed=3"])
+    with pytest.raises(ValueError, match="'precision=float16'.*float32"):
+        with_settings(NATURAL, ["precision=float16"])
+    with pytest.raises(ValueError, match="'nepochs=many'"):
+        with_settings(NATURAL, ["nepochs=many"])
