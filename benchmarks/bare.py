@@ -2,9 +2,10 @@
 
 Each yardstick is the architecture of :mod:`ptycho.weights` (3x3 convs with one zero row and
 column of padding, relu, 2x2 max-pool, nearest x2 up-sampling, an amplitude and a phase
-decoder, main and border heads, the central decoder's zero padding) written the plain way in one framework, with none of the
-library around it: no physics, no loss beyond a mean square of the heads, no data pipeline,
-no numpy at the edges (inputs are framework tensors made once), the framework's own Adam.
+decoder, main and border heads, the central decoder's zero padding) written the plain way in
+one framework, with none of the library around it: no physics, no loss beyond a mean square
+of the heads, no data pipeline, no numpy at the edges (inputs are framework tensors made
+once), the framework's own Adam.
 Our throughput divided by the yardstick's is the overhead the library adds.
 
 * PyTorch: ``torch.nn.Conv2d`` layers, ``channels_last`` activations and weights (the

@@ -59,7 +59,7 @@ import numpy as np
 from ptycho.config.schema import N_LEVELS, ModelConfig
 from ptycho.errors import ResourceLimitError
 from ptycho.limits import check_bytes, format_bytes
-from ptycho.weights import conv_layers, decoder_widths, weight_spec
+from ptycho.weights import conv_layers, has_central_decoder, weight_spec
 
 #: Bytes per activation value (float32).
 ACTIVATION_BYTES = 4
@@ -103,25 +103,20 @@ def _layers(config: ModelConfig) -> list[tuple[str, int, int]]:
     of a level its ``pool``; before a decoder level's first conv, and before a border head
     that runs on up-sampled features (central decoder), an ``upsample``; after a main head
     that runs at N/2 (central decoder), its zero ``pad`` to N."""
-    n, passes = config.N, config.network_passes
+    n, passes, central = config.N, config.network_passes, has_central_decoder(config)
     layers = []
     for conv in conv_layers(config):
         side, cin, cout = conv.side, conv.cin, conv.cout
         upsampled = (".dec" in conv.name and conv.name.endswith("conv1")) or (
-            conv.name.endswith("border_head") and side != _feature_side(config))
+            central and conv.name.endswith("border_head"))
         if upsampled:
             layers.append(("upsample", cin * (side // 2) ** 2, cin * side * side))
         layers.append(("conv", cin * side * side, cout * side * side))
         if conv.name.startswith("enc") and conv.name.endswith("conv2"):
             layers.append(("pool", cout * side * side, cout * (side // 2) ** 2))
-        if conv.name.endswith(".head") and side != n:
+        if central and conv.name.endswith(".head"):
             layers.append(("pad", cout * side * side, cout * n * n))
     return [(kind, passes * a, passes * b) for kind, a, b in layers]
-
-
-def _feature_side(config: ModelConfig) -> int:
-    """Side of the decoders' last features: N, or N/2 with a central decoder."""
-    return config.N >> (N_LEVELS - len(decoder_widths(config)))
 
 
 def activation_values_per_group(config: ModelConfig) -> int:

@@ -154,7 +154,8 @@ def with_settings(config: QualityConfig, assignments) -> QualityConfig:
     for text in assignments:
         key, sep, value = text.partition("=")
         if not sep or key not in SETTABLE:
-            raise ValueError(f"--set {text!r}: expected KEY=VALUE with KEY one of {sorted(SETTABLE)}")
+            raise ValueError(f"--set {text!r}: expected KEY=VALUE with KEY one of "
+                             f"{sorted(SETTABLE)}")
         try:
             changes[key] = SETTABLE[key](value)
         except ValueError as err:
