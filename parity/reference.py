@@ -38,7 +38,8 @@ from ptycho.batch import Batch
 from ptycho.config.schema import N_LEVELS, ModelConfig, TrainingConfig
 from ptycho.physics.forward import far_field_amplitude
 from ptycho.physics.losses import LossSettings, masked_mean, poisson_nll, total_loss
-from ptycho.physics.model import INTENSITY_MATCH_EPSILON, effective_probe
+from ptycho.physics.model import (INTENSITY_MATCH_EPSILON, backprop_estimate, backprop_filters,
+                                  effective_probe, estimate_magnitude_phase)
 from ptycho.physics.patches import (central_mask, object_support, overlap_constraint,
                                     probe_disk_mask)
 from ptycho.weights import (decoder_widths, has_border_heads, has_central_decoder,
@@ -137,6 +138,10 @@ class _Tape:
     pools: list = field(default_factory=list)
     heads: dict = field(default_factory=dict)     # head name -> pre-activation (B, N, N, C)
     feats: dict = field(default_factory=dict)     # branch -> decoder output features
+    # backprop_estimate: the estimate E (B, N, N, C) complex and the activated amplitude
+    # before it was scaled by |E|
+    estimate: Optional[np.ndarray] = None
+    amp_activated: Optional[np.ndarray] = None
 
 
 def _w(weights: Mapping[str, np.ndarray], name: str) -> np.ndarray:
@@ -149,6 +154,62 @@ def _to_network(config: ModelConfig, x_nchw: np.ndarray) -> np.ndarray:
     b, c, n, _ = x_nchw.shape
     k = config.network_channels
     return np.transpose(np.reshape(x_nchw, (b * c // k, k, n, n)), (0, 2, 3, 1))
+
+
+def _network_images(config: ModelConfig, x_nchw: np.ndarray,
+                    estimate: Optional[np.ndarray]) -> np.ndarray:
+    """Normalised amplitudes (B, C, N, N) -> the network's NHWC input: :func:`_to_network`
+    of them and, with ``backprop_estimate``, of their ``estimate``'s real and imaginary
+    parts, along the channels (``backends.common.network.network_input``)."""
+    if estimate is None:
+        return _to_network(config, x_nchw)
+    parts = [_to_network(config, p) for p in (x_nchw, estimate.real, estimate.imag)]
+    return np.concatenate(parts, axis=-1)
+
+
+def _probe(config: ModelConfig, weights) -> np.ndarray:
+    return effective_probe(np.asarray(weights["probe"], np.complex128), config.probe_mask)
+
+
+def _input_backward(config: ModelConfig, weights, g: np.ndarray, absolute: bool,
+                    g_estimate: Optional[np.ndarray] = None) -> np.ndarray:
+    """The gradient of the network's NHWC input (:func:`_network_images`) -> that of the
+    normalised amplitudes (B, C, N, N). ``g_estimate`` (B, C, N, N) complex,
+    ``d/d Re E + 1j d/d Im E``, is what reached the estimate from the heads' correction of it.
+    The estimate is linear in the amplitudes, ``E = R ifft2(S(x) U)`` (``S`` the ifftshift,
+    ``U`` the probe's far-field phase, ``R`` the regularised division by the probe), so its
+    adjoint is ``Re S^-1(conj(U) fft2(conj(R) g))``. With ``absolute`` (magnitudes), the
+    three paths' magnitudes are added (as everywhere in the backward pass, magnitudes are
+    taken of the terms of the final sums only)."""
+    c, n = config.n_channels, config.N
+    k = config.network_channels
+    g = np.transpose(g, (0, 3, 1, 2))
+    if not config.backprop_estimate:
+        return np.reshape(g, (-1, c, n, n))
+    g_x, g_re, g_im = (np.reshape(g[:, i * k:(i + 1) * k], (-1, c, n, n)) for i in range(3))
+    unit, inverse = backprop_filters(_probe(config, weights))
+
+    def adjoint(g_est):
+        back = np.conj(unit) * np.fft.fft2(np.conj(inverse) * g_est, axes=(-2, -1),
+                                           norm="ortho")
+        return np.real(np.fft.fftshift(back, axes=(-2, -1)))
+
+    if absolute:
+        return np.abs(g_x) + np.abs(adjoint(g_re + 1j * g_im)) + np.abs(adjoint(g_estimate))
+    return g_x + adjoint(g_re + 1j * g_im + g_estimate)
+
+
+def _estimate_backward(estimate: np.ndarray, amp_activated: np.ndarray, g_amp: np.ndarray,
+                       g_phase: np.ndarray):
+    """The heads' correction of the estimate, ``amp = |E| a``, ``phase = arg E + p``,
+    backwards: from d/d amp and d/d phase (B, N, N, C) to d/d a (B, N, N, C) and
+    ``d/d Re E + 1j d/d Im E`` (B, C, N, N)."""
+    magnitude, _ = estimate_magnitude_phase(estimate)
+    power = np.abs(estimate) ** 2
+    inv_power = np.where(power > 0, 1.0 / np.where(power > 0, power, 1.0), 0.0)
+    # d|E| = (re dre + im dim) / |E|; d arg E = (re dim - im dre) / |E|^2
+    g_est = g_amp * amp_activated * estimate / magnitude + g_phase * 1j * estimate * inv_power
+    return g_amp * magnitude, _nchw(g_est)
 
 
 def _to_groups(config: ModelConfig, y: np.ndarray) -> np.ndarray:
@@ -184,7 +245,10 @@ def _network(config: ModelConfig, weights, x_nchw: np.ndarray, tape: Optional[_T
             tape.convs.append((name, h, pre))
         return np.maximum(pre, 0.0)
 
-    h = _to_network(config, np.asarray(x_nchw, dtype=np.float64))
+    x_nchw = np.asarray(x_nchw, dtype=np.float64)
+    estimate = (backprop_estimate(x_nchw, _probe(config, weights)) if config.backprop_estimate
+                else None)
+    h = _network_images(config, x_nchw, estimate)
     for i in range(N_LEVELS):
         h = conv_relu(conv_relu(h, f"enc{i}.conv1"), f"enc{i}.conv2")
         h, arg = maxpool2(h)
@@ -215,7 +279,14 @@ def _network(config: ModelConfig, weights, x_nchw: np.ndarray, tape: Optional[_T
         phase = np.where(inside, phase, math.pi * np.tanh(heads["phase.border_head"]))
     elif config.pad_object:
         amp = amp * object_support(n, True, False)[None, :, :, None]
-    return _to_groups(config, amp), _to_groups(config, phase)
+    amp, phase = _to_groups(config, amp), _to_groups(config, phase)
+    if estimate is None:
+        return amp, phase
+    estimate = np.transpose(estimate, (0, 2, 3, 1))
+    magnitude, angle = estimate_magnitude_phase(estimate)
+    if tape is not None:
+        tape.estimate, tape.amp_activated = estimate, amp
+    return magnitude * amp, angle + phase
 
 
 class _IntensityMatch:
@@ -282,6 +353,12 @@ def _network_backward(config: ModelConfig, weights, tape: _Tape, g_amp: np.ndarr
     but is so loose, 1e5 x the gradient, that it would hide real faults.)
     """
     absolute = m_amp is not None
+    g_estimate = None
+    if config.backprop_estimate:
+        if absolute:
+            m_amp = m_amp * estimate_magnitude_phase(tape.estimate)[0]
+        g_amp, g_estimate = _estimate_backward(tape.estimate, tape.amp_activated, g_amp,
+                                               g_phase)
     g_amp, g_phase = _to_network(config, _nchw(g_amp)), _to_network(config, _nchw(g_phase))
     if absolute:
         m_amp, m_phase = _to_network(config, _nchw(m_amp)), _to_network(config, _nchw(m_phase))
@@ -342,8 +419,7 @@ def _network_backward(config: ModelConfig, weights, tape: _Tape, g_amp: np.ndarr
             name = f"enc{i}.{part}"
             inp, pre = convs[name]
             g = conv_back(inp, name, g * (pre > 0))
-    c, n = config.n_channels, config.N
-    g_x = np.reshape(np.transpose(g, (0, 3, 1, 2)), (-1, c, n, n))
+    g_x = _input_backward(config, weights, g, absolute, g_estimate)
     return (mags, np.abs(g_x)) if absolute else (grads, g_x)
 
 

@@ -75,6 +75,7 @@ def model_configs(draw, sizes=SIZES, gridsizes=(1, 2, 3), max_width: int = 8) ->
     base = draw(st.integers(1, max(1, max_width // (4 * scale))))
     pad = draw(st.booleans())
     activation = draw(st.sampled_from(AMP_ACTIVATIONS))
+    probe_trainable = draw(st.booleans())
     return ModelConfig(
         N=n, gridsize=draw(st.sampled_from(gridsizes)), n_filters_scale=scale, base_filters=base,
         amp_activation=activation, per_pattern_network=draw(st.booleans()),
@@ -83,7 +84,8 @@ def model_configs(draw, sizes=SIZES, gridsizes=(1, 2, 3), max_width: int = 8) ->
         object_big=draw(st.booleans()), pad_object=pad,
         probe_big=draw(st.booleans()),
         probe_mask=draw(st.booleans()), probe_scale=draw(st.sampled_from([1.0, 4.0])),
-        probe_trainable=draw(st.booleans()), intensity_scale_trainable=draw(st.booleans()))
+        probe_trainable=probe_trainable, intensity_scale_trainable=draw(st.booleans()),
+        backprop_estimate=not probe_trainable and draw(st.booleans()))
 
 
 def nphotons() -> st.SearchStrategy[float]:

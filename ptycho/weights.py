@@ -9,8 +9,9 @@ Architecture (every conv is 3x3, stride 1, zero "same" padding of 1 on each side
 
 * encoder, level i = 0, 1, 2 with width ``w_i = widths[i]``:
   ``enc{i}.conv1`` (in -> w_i), relu, ``enc{i}.conv2`` (w_i -> w_i), relu, max-pool 2x2;
-  the first input has ``config.network_channels`` channels: C = gridsize**2, or 1 with
-  ``per_pattern_network`` (the network then runs once per pattern of a group).
+  the first input has ``config.input_channels`` channels: C = gridsize**2, or 1 with
+  ``per_pattern_network`` (the network then runs once per pattern of a group); three times
+  that with ``backprop_estimate`` (each pattern, then its estimate's real and imaginary parts).
 * two decoders, ``amp`` and ``phase``, level j with widths ``(w_1, w_0, w_0)``:
   nearest up-sampling x2, ``{branch}.dec{j}.conv1``, relu, ``{branch}.dec{j}.conv2``, relu.
   Three levels (back to N); two (to N/2, widths ``(w_1, w_0)``) with ``central_decoder``
@@ -89,7 +90,7 @@ class ConvLayer:
 def conv_layers(config: ModelConfig) -> list[ConvLayer]:
     """Every conv of one network pass, in canonical order (the spec's, the cost models')."""
     layers: list[ConvLayer] = []
-    cin = c = config.network_channels
+    c, cin = config.network_channels, config.input_channels
     side = config.N
     for i, w in enumerate(config.widths):
         layers += [ConvLayer(f"enc{i}.conv1", side, cin, w), ConvLayer(f"enc{i}.conv2", side, w, w)]

@@ -34,6 +34,7 @@ _names = st.one_of(st.none(), st.text(min_size=1, max_size=8))
 @st.composite
 def model_configs(draw):
     activation = draw(st.sampled_from(AMP_ACTIVATIONS))
+    probe_trainable = draw(st.booleans())
     return ModelConfig(
         N=draw(st.integers(2, 64)) * 8, gridsize=draw(st.integers(1, 4)),
         n_filters_scale=draw(st.integers(1, 16)), base_filters=draw(st.integers(1, 256)),
@@ -43,7 +44,8 @@ def model_configs(draw):
         object_big=draw(st.booleans()), probe_big=draw(st.booleans()),
         probe_mask=draw(st.booleans()), pad_object=draw(st.booleans()),
         probe_scale=draw(_floats(0.0, 1e6, lo_open=True)),
-        probe_trainable=draw(st.booleans()), intensity_scale_trainable=draw(st.booleans()))
+        probe_trainable=probe_trainable, intensity_scale_trainable=draw(st.booleans()),
+        backprop_estimate=not probe_trainable and draw(st.booleans()))
 
 
 @st.composite

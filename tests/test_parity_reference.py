@@ -112,6 +112,12 @@ CASES = [
     dict(gridsize=2, pad_object=True, probe_big=False, central_decoder=True, probe_mask=True,
          per_pattern_network=False),
     dict(gridsize=1, pad_object=True, probe_big=True, central_decoder=True, probe_trainable=True),
+    # the back-propagated estimate (opt-in): seen by the network and corrected by its heads
+    dict(gridsize=1, pad_object=True, probe_big=True, probe_mask=True, backprop_estimate=True),
+    dict(gridsize=2, pad_object=True, probe_big=False, per_pattern_network=False,
+         amp_activation="softplus", backprop_estimate=True),
+    dict(gridsize=2, pad_object=False, amp_activation="swish", match_intensity=False,
+         backprop_estimate=True),
 ]
 
 

@@ -13,7 +13,8 @@ from ptycho.weights import (conv_layers, init_weights, network_weight_spec, trai
 configs = st.builds(ModelConfig, N=st.sampled_from([16, 24, 32]), gridsize=st.integers(1, 3),
                     n_filters_scale=st.integers(1, 2), base_filters=st.integers(1, 4),
                     pad_object=st.booleans(), probe_big=st.booleans(),
-                    central_decoder=st.booleans(), per_pattern_network=st.booleans())
+                    central_decoder=st.booleans(), per_pattern_network=st.booleans(),
+                    backprop_estimate=st.booleans())
 
 
 def _weights(cfg, seed=0):
@@ -24,7 +25,8 @@ def _weights(cfg, seed=0):
 @given(configs)
 def test_spec_shapes_chain(cfg):
     spec = network_weight_spec(cfg)
-    assert spec["enc0.conv1.kernel"].shape[2] == cfg.network_channels
+    assert spec["enc0.conv1.kernel"].shape[2] == cfg.network_channels * (
+        3 if cfg.backprop_estimate else 1) == cfg.input_channels
     assert spec["amp.head.kernel"].shape[3] == cfg.network_channels
     assert spec["phase.head.kernel"].shape[3] == cfg.network_channels
     for name, entry in spec.items():

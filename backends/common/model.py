@@ -156,11 +156,13 @@ class Model:
         """Diffraction (B, C, N, N) in photon units -> complex64 object patches."""
         ops, config = self.ops, self.config
         x = diffraction / ops.exp(ops.value(self._log_scale))
-        heads = network.network(ops, network.to_patterns(ops, x, config), self._params, config,
-                                compute_dtype)
-        intensity = ops.square(ops.abs(self._probe_eff())) if config.match_intensity else None
+        probe = self._probe_eff()
+        estimate = network.backprop_estimate(ops, x, probe) if config.backprop_estimate else None
+        heads = network.network(ops, network.network_input(ops, x, config, estimate),
+                                self._params, config, compute_dtype)
+        intensity = ops.square(ops.abs(probe)) if config.match_intensity else None
         return network.object_patches(ops, network.to_groups(ops, heads, config), config,
-                                      self._central, x, intensity)
+                                      self._central, x, intensity, estimate)
 
     def _probe_eff(self):
         ops = self.ops

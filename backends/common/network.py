@@ -25,7 +25,8 @@ import math
 from typing import Mapping
 
 from ptycho.config.schema import N_LEVELS, ModelConfig
-from ptycho.physics.model import INTENSITY_MATCH_EPSILON
+from ptycho.physics.model import (BACKPROP_EPSILON, BACKPROP_REGULARISATION,
+                                  INTENSITY_MATCH_EPSILON)
 from ptycho.weights import decoder_widths, has_border_heads, has_central_decoder
 
 BRANCHES = ("amp", "phase")
@@ -108,6 +109,42 @@ def to_patterns(ops, x, config: ModelConfig):
     return ops.reshape(x, (-1, 1, config.N, config.N))
 
 
+def backprop_estimate(ops, x, probe):
+    """The back-propagated object estimate of each image of ``x`` (..., N, N) float32 with
+    ``probe`` (N, N) complex64, as its (real, imaginary) parts, float32: the twin of
+    :func:`ptycho.physics.model.backprop_estimate` (the probe is not trainable with
+    ``backprop_estimate``)."""
+    far = ops.fft2(probe)
+    unit = ops.divide_real(far, ops.maximum(ops.abs(far), 1e-30))
+    power = ops.square(ops.abs(probe))
+    inverse = ops.divide_real(ops.complex(ops.real(probe), -ops.imag(probe)),
+                              power + BACKPROP_REGULARISATION * ops.amax(power))
+    # fftshift2 is its own inverse for the even N every config has
+    est = inverse * ops.ifft2(ops.fftshift2(ops.as_complex(x)) * unit)
+    return ops.real(est), ops.imag(est)
+
+
+def network_input(ops, x, config: ModelConfig, estimate=None):
+    """Normalised amplitudes (B, C, N, N) -> the network's images (B', input_channels, N, N):
+    :func:`to_patterns` of ``x`` and, with ``backprop_estimate``, of the ``estimate``'s
+    (real, imaginary) parts (:func:`backprop_estimate` of ``x``), along the channels."""
+    parts = [x] + ([] if estimate is None else list(estimate))
+    images = [to_patterns(ops, part, config) for part in parts]
+    return images[0] if len(images) == 1 else ops.concat(images, axis=1)
+
+
+def estimate_magnitude_phase(ops, estimate):
+    """``(|E|, arg E)`` of the estimate's (real, imaginary) parts, with finite gradients
+    where ``E`` is zero (an all-zero pattern): ``|E| = sqrt(re^2 + im^2 + e)`` and the angle
+    taken of ``1`` there (the twin of ``ptycho.physics.model.estimate_magnitude_phase``)."""
+    re, im = estimate
+    power = ops.square(re) + ops.square(im)
+    nonzero = power > 0
+    phase = ops.atan2(ops.where(nonzero, im, ops.zeros_like(im)),
+                      ops.where(nonzero, re, ops.ones_like(re)))
+    return ops.sqrt(power + BACKPROP_EPSILON), phase
+
+
 def to_groups(ops, heads: Mapping, config: ModelConfig) -> dict:
     """The inverse of :func:`to_patterns` for every head: back to (B, C, N, N)."""
     if config.network_channels == config.n_channels:
@@ -135,13 +172,16 @@ def intensity_match(ops, amp, x, probe_intensity):
 
 
 def object_patches(ops, heads: Mapping, config: ModelConfig, central=None, x=None,
-                   probe_intensity=None):
+                   probe_intensity=None, estimate=None):
     """Heads (B, C, N, N) -> complex64 object patches with the support options applied.
 
     ``central`` is :func:`ptycho.physics.central_mask` (N, N) float32, needed with
     ``pad_object``: inside it the main heads, outside the border heads (``probe_big``) or zero.
     ``x`` (the network input, (B, C, N, N)) and ``probe_intensity`` (``|P|^2``, (N, N)) are
-    needed with ``match_intensity`` (:func:`intensity_match`).
+    needed with ``match_intensity`` (:func:`intensity_match`), ``estimate`` (the
+    (real, imaginary) parts of :func:`backprop_estimate` of ``x``, (B, C, N, N)) with
+    ``backprop_estimate``: the heads then correct it, amplitude ``|E| act(h)``, phase
+    ``arg E + pi tanh(h)``.
     """
     act = amplitude_activation(ops, config.amp_activation)
     amp = act(heads["amp"])
@@ -153,6 +193,9 @@ def object_patches(ops, heads: Mapping, config: ModelConfig, central=None, x=Non
             phase = central * phase + outside * (math.pi * ops.tanh(heads["phase_border"]))
         else:
             amp = central * amp
+    if config.backprop_estimate:
+        magnitude, angle = estimate_magnitude_phase(ops, estimate)
+        amp, phase = magnitude * amp, angle + phase
     if config.match_intensity:
         amp = amp * intensity_match(ops, amp, x, probe_intensity)
     return ops.polar(amp, phase)

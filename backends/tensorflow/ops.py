@@ -122,7 +122,7 @@ def shape(x) -> tuple:
 # ------------------------------------------------------------------ elementwise and reductions
 exp, log, log1p, sqrt, square = tf.exp, tf.math.log, tf.math.log1p, tf.sqrt, tf.square
 abs, tanh, sigmoid, softplus, relu = tf.abs, tf.tanh, tf.math.sigmoid, tf.math.softplus, tf.nn.relu
-where, maximum, pow = tf.where, tf.maximum, tf.pow
+where, maximum, pow, atan2 = tf.where, tf.maximum, tf.pow, tf.math.atan2
 zeros_like, ones_like, reshape = tf.zeros_like, tf.ones_like, tf.reshape
 real, imag, complex = tf.math.real, tf.math.imag, tf.complex
 
@@ -177,6 +177,22 @@ def fft2_magnitude(psi):
 
 def fftshift2(x):
     return tf.signal.fftshift(x, axes=(-2, -1))
+
+
+def _pixels(x) -> int:
+    """H W of ``x``'s two innermost axes (static in every compiled signature)."""
+    return int(x.shape[-2]) * int(x.shape[-1])
+
+
+def fft2(x):
+    """Orthonormal ``fft2`` of a complex64 tensor over the two innermost axes (not shifted)."""
+    return tf.signal.fft2d(x) * tf.constant(1.0 / math.sqrt(_pixels(x)), tf.complex64)
+
+
+def ifft2(x):
+    """Orthonormal ``ifft2`` of a complex64 tensor over the two innermost axes (not shifted);
+    ``tf.signal.ifft2d`` divides by ``H W``, orthonormal by ``sqrt(H W)``."""
+    return tf.signal.ifft2d(x) * tf.constant(math.sqrt(_pixels(x)), tf.complex64)
 
 
 # ------------------------------------------------------------------ translation operators

@@ -157,6 +157,7 @@ def shape(x) -> tuple:
 # ------------------------------------------------------------------ elementwise and reductions
 exp, log, log1p, sqrt, square, abs = torch.exp, torch.log, torch.log1p, torch.sqrt, torch.square, torch.abs
 tanh, sigmoid, relu, where, pow = torch.tanh, torch.sigmoid, F.relu, torch.where, torch.pow
+atan2 = torch.atan2
 zeros_like, ones_like, real, imag, complex, reshape = (
     torch.zeros_like, torch.ones_like, torch.real, torch.imag, torch.complex, torch.reshape)
 
@@ -206,6 +207,16 @@ def fft2_magnitude(psi):
 
 def fftshift2(x):
     return torch.fft.fftshift(x, dim=(-2, -1))
+
+
+def fft2(x):
+    """Orthonormal ``fft2`` of a complex64 tensor over the two innermost axes (not shifted)."""
+    return torch.fft.fft2(x, dim=(-2, -1), norm="ortho")
+
+
+def ifft2(x):
+    """Orthonormal ``ifft2`` of a complex64 tensor over the two innermost axes (not shifted)."""
+    return torch.fft.ifft2(x, dim=(-2, -1), norm="ortho")
 
 
 # ------------------------------------------------------------------ translation operators

@@ -64,6 +64,7 @@ LEGACY_KEYS: Mapping[str, str] = MappingProxyType({
     "intensity_scale_trainable": "intensity_scale.trainable",
     "per_pattern_network": "per_pattern_network",
     "match_intensity": "match_intensity",
+    "backprop_estimate": "backprop_estimate",
     # TrainingConfig (and, where the name is shared, InferenceConfig)
     "batch_size": "batch_size",
     "nepochs": "nepochs",

@@ -109,6 +109,16 @@ class ModelConfig:
         normalised amplitudes (Parseval: the far field keeps the total). The scale is the
         one thing a single pattern measures exactly; the network then learns only the shape
         of the amplitude, not its level (see ``backends.common.network.object_patches``).
+    backprop_estimate: the network starts from the object each pattern gives when
+        back-propagated with the probe's far-field phase
+        (:func:`ptycho.physics.model.backprop_estimate`, ``E``): it sees ``E``'s real and
+        imaginary parts beside the pattern (three input channels per pattern instead of one)
+        and its heads correct it, amplitude ``|E| act(h)``, phase ``arg E + pi tanh(h)``
+        (before the intensity match). ``E`` is in real space, pixel for pixel where the
+        object is, so the network refines an image instead of learning a Fourier inversion;
+        on held-out natural images it scores far above the plain network, on the demo's
+        random fields far below (benchmarks/README.md, "The back-propagated estimate").
+        Needs ``probe_trainable=False``.
     """
 
     N: int = 64
@@ -126,6 +136,7 @@ class ModelConfig:
     intensity_scale_trainable: bool = True
     per_pattern_network: bool = True
     match_intensity: bool = True
+    backprop_estimate: bool = False
 
     def __post_init__(self) -> None:
         o = "ModelConfig"
@@ -138,7 +149,7 @@ class ModelConfig:
         _check_choice(o, "amp_activation", self.amp_activation, AMP_ACTIVATIONS)
         for b in ("object_big", "probe_big", "probe_mask", "pad_object", "central_decoder",
                   "probe_trainable", "intensity_scale_trainable", "per_pattern_network",
-                  "match_intensity"):
+                  "match_intensity", "backprop_estimate"):
             _check_bool(o, b, getattr(self, b))
         _check_float(o, "probe_scale", self.probe_scale, 0.0, 1e6, lo_open=True)
         if self.match_intensity and self.amp_activation not in POSITIVE_AMP_ACTIVATIONS:
@@ -147,6 +158,11 @@ class ModelConfig:
                 f"{list(POSITIVE_AMP_ACTIVATIONS)}, got amp_activation={self.amp_activation!r} "
                 "(its output can be negative or zero, where the match is undefined); "
                 "set match_intensity=False to use it")
+        if self.backprop_estimate and self.probe_trainable:
+            raise ConfigError(
+                f"{o}.backprop_estimate needs a fixed probe (probe_trainable=False): the "
+                "estimate divides the back-propagated wave by the probe, a constant of the "
+                "network's input")
 
     @property
     def n_channels(self) -> int:
@@ -158,6 +174,12 @@ class ModelConfig:
         """Input (and head output) channels of one network pass: 1 with
         ``per_pattern_network``, else ``C``."""
         return 1 if self.per_pattern_network else self.n_channels
+
+    @property
+    def input_channels(self) -> int:
+        """Input channels of one network pass: ``network_channels`` images, and with
+        ``backprop_estimate`` their estimates' real and imaginary parts."""
+        return self.network_channels * (3 if self.backprop_estimate else 1)
 
     @property
     def network_passes(self) -> int:
