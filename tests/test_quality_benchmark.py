@@ -159,3 +159,6 @@ def test_set_changes_a_size_for_one_run_and_names_what_is_wrong():
         with_settings(NATURAL, ["precision=float16"])
     with pytest.raises(ValueError, match="'nepochs=many'"):
         with_settings(NATURAL, ["nepochs=many"])
+    assert with_settings(NATURAL, ["backprop_estimate=true"]).backprop_estimate is True
+    with pytest.raises(ValueError, match="'backprop_estimate=yes'.*true or false"):
+        with_settings(NATURAL, ["backprop_estimate=yes"])

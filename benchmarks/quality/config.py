@@ -96,6 +96,7 @@ class QualityConfig:
     base_filters: int = 16
     n_filters_scale: int = 2
     precision: str = "float32"                    # TrainingConfig.precision
+    backprop_estimate: bool = False                  # ModelConfig.backprop_estimate
     variants: Mapping[str, Mapping] = field(default_factory=lambda: dict(VARIANTS))
     # the iterative reference (pty-chi)
     reference_epochs: int = 30
@@ -139,8 +140,16 @@ SMOKE = dataclasses.replace(
     variants={"network": {}, "refined": {"refine": 2}})
 CONFIGS = {c.name: c for c in (FULL, NATURAL, QUICK, SMOKE)}
 
+def _flag(text: str) -> bool:
+    """A boolean field's text: true / false (or 1 / 0)."""
+    value = {"true": True, "1": True, "false": False, "0": False}.get(text.lower())
+    if value is None:
+        raise ValueError(f"expected true or false, got {text!r}")
+    return value
+
+
 #: Fields ``--set`` may change, with how their text is read (``gridsizes``: "1,2").
-SETTABLE = {"nepochs": int, "batch_size": int, "learning_rate": float, "base_filters": int,
+SETTABLE = {"backprop_estimate": _flag, "nepochs": int, "batch_size": int, "learning_rate": float, "base_filters": int,
             "n_filters_scale": int, "precision": str, "grid_side": int,
             "gridsizes": lambda text: tuple(int(g) for g in text.split(","))}
 

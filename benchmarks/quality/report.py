@@ -217,7 +217,9 @@ def summary_text(results: dict[str, Any], figures: Sequence[str], fig_link_dir: 
         f"N={cfg['N']}, {cfg['probe']} probe, raster scans of {cfg['grid_side']}x"
         f"{cfg['grid_side']} points {cfg['step']} px apart (objects {side}x{side} px); "
         f"network base_filters {cfg['base_filters']}, "
-        f"n_filters_scale {cfg['n_filters_scale']}, {cfg['nepochs']} epochs, batch "
+        f"n_filters_scale {cfg['n_filters_scale']}"
+        f"{', back-propagated estimate' if cfg.get('backprop_estimate') else ''}, "
+        f"{cfg['nepochs']} epochs, batch "
         f"{cfg['batch_size']}, lr {cfg['learning_rate']:g}, trained on "
         f"{', '.join(o['name'] for o in cfg['train_objects'])}; reference "
         f"{cfg['reference_epochs']} epochs; {cfg['threads']} threads per framework.",

@@ -68,7 +68,8 @@ def training_config(config: QualityConfig, gridsize: int, dose: float):
     from ptycho.config import ModelConfig, TrainingConfig
 
     model = ModelConfig(N=config.N, gridsize=gridsize, base_filters=config.base_filters,
-                        n_filters_scale=config.n_filters_scale)
+                        n_filters_scale=config.n_filters_scale,
+                        backprop_estimate=config.backprop_estimate)
     return TrainingConfig(model=model, nepochs=config.nepochs, batch_size=config.batch_size,
                           learning_rate=config.learning_rate, nphotons=dose, seed=config.seed,
                           precision=config.precision)
