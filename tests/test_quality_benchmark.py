@@ -76,7 +76,7 @@ def test_a_new_reconstruct_argument_is_a_new_column(monkeypatch, tmp_path):
     import ptycho.workflows as workflows
     from benchmarks.quality import report
     from benchmarks.quality.config import SMOKE
-    from benchmarks.quality.rows import floor_rows, network_rows
+    from benchmarks.quality.rows import baseline_rows, network_rows
     from ptycho.training import EpochRecord, History
     from ptycho.workflows.reconstruct import Reconstruction
 
@@ -106,9 +106,10 @@ def test_a_new_reconstruct_argument_is_a_new_column(monkeypatch, tmp_path):
     row = rows[0]
     assert row["refined"]["kwargs"] == {"refine": 7} and row["refined"]["amplitude"]["ssim"] == 1.0
     assert row["network"]["amplitude"]["ssim"] < 0.5
-    merged = report.merge(rows, [], floor_rows(config), list(config.variants))
+    merged = report.merge(rows, [], baseline_rows(config), list(config.variants))
     table = report.markdown(merged, list(config.variants))
     assert "amp. SSIM refined" in table and "refined s" in table
+    assert "amp. SSIM estimate" in table and merged[0]["estimate"]["amplitude"]["ssim"] > 0
     assert (tmp_path / "objects").is_dir() and len(list((tmp_path / "objects").iterdir())) == 2
 
 
@@ -130,7 +131,7 @@ def test_the_smoke_suite_runs_end_to_end(tmp_path):
     results = json.loads((out / "quality.json").read_text())
     (row,) = results["rows"]
     assert (row["object"], row["gridsize"], row["backend"]) == ("astronaut/gravel", 1, "torch")
-    for method in ("network", "floor") + (("reference",) if has_ptychi else ()):
+    for method in ("network", "estimate", "floor") + (("reference",) if has_ptychi else ()):
         for part in ("amplitude", "phase"):
             assert -1.0 <= row[method][part]["ssim"] <= 1.0
     assert row["network"]["seconds"] > 0 and row["train_s"] > 0
@@ -162,3 +163,19 @@ def test_set_changes_a_size_for_one_run_and_names_what_is_wrong():
     assert with_settings(NATURAL, ["backprop_estimate=true"]).backprop_estimate is True
     with pytest.raises(ValueError, match="'backprop_estimate=yes'.*true or false"):
         with_settings(NATURAL, ["backprop_estimate=yes"])
+
+
+def test_the_estimate_baseline_is_above_the_floor_on_every_held_out_object():
+    """The back-propagated estimate (no network) recovers something of every kind of object:
+    the baseline a network alone has to beat, beside the constant floor."""
+    pytest.importorskip("skimage", reason="natural-image objects need scikit-image: pip install "
+                                          "'ptycho-pinn[quality]'")
+    from benchmarks.quality.config import HELDOUT_OBJECTS, QUICK
+    from benchmarks.quality.rows import baseline_rows
+
+    rows = baseline_rows(dataclasses.replace(QUICK, heldout_objects=HELDOUT_OBJECTS,
+                                             doses=(1e9,)))
+    assert [r["object"] for r in rows] == [o.name for o in HELDOUT_OBJECTS]
+    for r in rows:
+        for part in ("amplitude", "phase"):
+            assert r["estimate"][part]["ssim"] > r["floor"][part]["ssim"] + 0.05, (r["object"], part)

@@ -70,7 +70,7 @@ def run(config_name: str, out: str, backends=None, reference: bool = True,
     into ``out``; return the results."""
     from benchmarks.machine import machine_info, versions
     from benchmarks.quality import report
-    from benchmarks.quality.rows import floor_rows, heldout_truths
+    from benchmarks.quality.rows import baseline_rows, heldout_truths
     from ptycho.atomic import atomic_write
     from ptycho.cli.summary import to_jsonable
 
@@ -89,7 +89,7 @@ def run(config_name: str, out: str, backends=None, reference: bool = True,
             log("== iterative reference (pty-chi)")
             references = _worker(config_name, settings, "reference", work)["rows"]
         variants = list(config.variants)
-        rows = report.merge(network, references, floor_rows(config), variants)
+        rows = report.merge(network, references, baseline_rows(config, work), variants)
         results = {"benchmark": "quality", "config": config.to_dict(), "started": started,
                    "machine": machine_info(), "versions": versions(),
                    "ptychi_version": _ptychi_version(),

@@ -24,25 +24,31 @@ def _key(row: dict) -> tuple[str, float]:
     return row["object"], float(row["dose"])
 
 
-def merge(network: Iterable[dict], references: Sequence[dict], floors: Sequence[dict],
+#: The baselines every row carries (``benchmarks.quality.rows.baseline_rows``), by column.
+BASELINES = ("estimate", "floor")
+
+
+def merge(network: Iterable[dict], references: Sequence[dict], baselines: Sequence[dict],
           variants: Sequence[str]) -> list[dict]:
-    """One record per network row with ``reference`` (None when pty-chi was not run) and
-    ``floor`` of the same object and dose, and per variant ``speedup`` = reference seconds /
-    the variant's seconds.
+    """One record per network row with ``reference`` (None when pty-chi was not run) and the
+    :data:`BASELINES` of the same object and dose, and per variant ``speedup`` = reference
+    seconds / the variant's seconds.
 
     >>> net = [{"object": "o", "dose": 1e6, "network": {"seconds": 2.0}}]
     >>> ref = [{"available": True, "object": "o", "dose": 1e6, "seconds": 30.0}]
-    >>> merge(net, ref, [{"object": "o", "dose": 1e6}], ["network"])[0]["network"]["speedup"]
+    >>> base = [{"object": "o", "dose": 1e6, "floor": {}, "estimate": {}}]
+    >>> merge(net, ref, base, ["network"])[0]["network"]["speedup"]
     15.0
     """
     refs = {_key(r): r for r in references if r.get("available")}
-    flo = {_key(f): f for f in floors}
+    base = {_key(b): b for b in baselines}
     out = []
     for row in network:
         row = dict(row)
         ref = refs.get(_key(row))
         row["reference"] = ref
-        row["floor"] = flo.get(_key(row))
+        for name in BASELINES:
+            row[name] = base.get(_key(row), {}).get(name)
         for v in variants:
             if ref is not None and row.get(v) and row[v].get("seconds"):
                 row[v] = {**row[v], "speedup": ref["seconds"] / max(row[v]["seconds"], 1e-9)}
@@ -83,11 +89,12 @@ def markdown(rows: Sequence[dict], variants: Sequence[str]) -> str:
     ...      "phase": {"ssim": 0.6, "psnr": 21.0, "frc50_px": 8.0}}
     >>> row = {"object": "o", "dose": 1e9, "gridsize": 1, "backend": "torch", "train_s": 10.0,
     ...        "network": {**s, "seconds": 0.5, "speedup": 60.0},
-    ...        "reference": {**s, "seconds": 30.0, "seconds_to_final": 20.0}, "floor": s}
+    ...        "reference": {**s, "seconds": 30.0, "seconds_to_final": 20.0}, "floor": s,
+    ...        "estimate": s}
     >>> print(markdown([row], ["network"]).splitlines()[2].replace(" | ", "|"))
-    | o|1e9|1|torch|0.500|0.500|0.500|0.600|0.600|0.600|10|0.50|30 (20)|60 |
+    | o|1e9|1|torch|0.500|0.500|0.500|0.500|0.600|0.600|0.600|0.600|10|0.50|30 (20)|60 |
     """
-    methods = [*variants, "reference", "floor"]
+    methods = [*variants, "reference", *BASELINES]
     head = ["object", "dose", "g", "backend"]
     h1 = head + [f"{p[:3]}. SSIM {m}" for p in PARTS for m in methods]
     h1 += ["train s"] + [f"{v} s" for v in variants] + ["reference s (to final)"]
@@ -168,7 +175,8 @@ def figure_name(obj_name: str, dose: float, gridsize: int) -> str:
 
 def save_figures(rows: Sequence[dict], truths: dict, variants: Sequence[str], work_dir: str,
                  fig_dir: str) -> list[str]:
-    """One PNG per (object, dose, gridsize): truth, each backend's variants, reference, floor.
+    """One PNG per (object, dose, gridsize): truth, each backend's variants, reference, the
+    back-propagated estimate, floor.
     Returns the file names (in ``fig_dir``)."""
     from benchmarks.quality.rows import object_file
     from ptycho.atomic import atomic_write
@@ -190,6 +198,11 @@ def save_figures(rows: Sequence[dict], truths: dict, variants: Sequence[str], wo
         if ref is not None:
             panels.append((f"reference ({ref['engine']})",
                            np.load(object_file(work_dir, obj_name, f"{dose:g}", "reference")), ref))
+        estimate = members[0].get("estimate")
+        if estimate is not None:
+            panels.append(("estimate (no network)",
+                           np.load(object_file(work_dir, obj_name, f"{dose:g}", "estimate")),
+                           estimate))
         floor = members[0].get("floor")
         if floor is not None:
             panels.append(("floor (constant)", np.ones_like(truth), floor))

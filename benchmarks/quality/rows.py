@@ -1,7 +1,8 @@
-"""The rows of the quality benchmark: train, reconstruct, score; the reference and the floor.
+"""The rows of the quality benchmark: train, reconstruct, score; the reference and the baselines.
 
 A row is one held-out object at one dose, gridsize and backend. Every reconstruction of a row
-(each entry of ``config.variants``, the pty-chi reference, the constant-image floor) is scored
+(each entry of ``config.variants``, the pty-chi reference, and the two baselines that need no
+training: the back-propagated estimate and the constant-image floor) is scored
 over the same region: :func:`ptycho.metrics.metric_region` of the scan's coverage
 (:func:`ptycho.stitching.scan_coverage`), which depends only on the probe and the positions.
 
@@ -12,7 +13,7 @@ write the reconstructed objects as ``.npy`` files for the figures and return JSO
 from __future__ import annotations
 
 import os
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 import numpy as np
 
@@ -47,6 +48,27 @@ def floor_scores(truth: np.ndarray, region) -> dict[str, Any]:
     """The constant-image floor: an object of ones (any constant scores the same after the
     amplitude scale and phase offset are fitted)."""
     return score(np.ones_like(truth), truth, region)
+
+
+def estimate_object(raw, shape) -> np.ndarray:
+    """The back-propagated estimate of every pattern (:func:`ptycho.physics.model.
+    backprop_estimate`, no network), each patch's level set as the intensity match sets the
+    network's (``sum |P E|^2`` = the pattern's total), stitched like the network's patches
+    (the probe's intensity on the central N/2 square as each patch's weight,
+    :func:`ptycho.workflows.reconstruct.probe_window`): what one pattern gives with no
+    learning, the baseline a network alone has to beat."""
+    from ptycho.physics.model import backprop_estimate
+    from ptycho.stitching import stitch_patches
+    from ptycho.workflows.reconstruct import probe_window
+
+    est = backprop_estimate(raw.diffraction, raw.probe)
+    sent = np.sum(np.abs(raw.probe) ** 2 * np.abs(est) ** 2, axis=(-2, -1))
+    measured = np.sum(np.asarray(raw.diffraction, np.float64) ** 2, axis=(-2, -1))
+    level = np.sqrt(measured / np.maximum(sent, np.finfo(np.float64).tiny))
+    patches = (est * level[:, None, None])[:, None].astype(np.complex64)
+    positions = np.stack([raw.xcoords, raw.ycoords], axis=1)
+    return stitch_patches(patches, positions, np.zeros((raw.n_patterns, 1, 2)), shape=shape,
+                          window=probe_window(raw.probe))
 
 
 def object_file(out_dir: str, *parts: Any) -> str:
@@ -162,15 +184,20 @@ def reference_rows(config: QualityConfig, out_dir: str, log: Log) -> list[dict]:
     return rows
 
 
-def floor_rows(config: QualityConfig) -> list[dict]:
-    """The constant-image floor of every held-out scan (numpy only)."""
+def baseline_rows(config: QualityConfig, out_dir: Optional[str] = None) -> list[dict]:
+    """The baselines of every held-out scan (numpy only): ``floor`` (a constant image) and
+    ``estimate`` (:func:`estimate_object`), saved under ``out_dir`` for the figures."""
     rows = []
     for dose in config.doses:
         for spec in config.heldout_objects:
             raw, truth = scan_object(spec, dose, config)
             region = scored_region(raw, truth.shape)
+            estimate = estimate_object(raw, truth.shape)
+            if out_dir is not None:
+                save_object(object_file(out_dir, spec.name, f"{dose:g}", "estimate"), estimate)
             rows.append({"object": spec.name, "dose": dose, "region": list(region),
-                         **floor_scores(truth, region)})
+                         "floor": floor_scores(truth, region),
+                         "estimate": score(estimate, truth, region)})
     return rows
 
 

@@ -183,9 +183,16 @@ def stitch_window(model: PtychoModel) -> np.ndarray:
     counts where it was illuminated; with ``pad_object`` only the central N/2 square counts.
     """
     cfg = model.model_config
-    intensity = np.abs(effective_probe(model.get_weights()["probe"], cfg.probe_mask)) ** 2
+    return probe_window(effective_probe(model.get_weights()["probe"], cfg.probe_mask),
+                        cfg.pad_object)
+
+
+def probe_window(probe: np.ndarray, pad_object: bool = True) -> np.ndarray:
+    """:func:`stitch_window` of a probe (N, N): ``|P|^2 / max``, times the central N/2 square
+    with ``pad_object``."""
+    intensity = np.abs(np.asarray(probe)) ** 2
     window = intensity / intensity.max()
-    return window * central_mask(cfg.N) if cfg.pad_object else window
+    return window * central_mask(intensity.shape[-1]) if pad_object else window
 
 
 def _release_freed_memory() -> None:
