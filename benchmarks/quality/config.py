@@ -96,7 +96,8 @@ class QualityConfig:
     base_filters: int = 16
     n_filters_scale: int = 2
     precision: str = "float32"                    # TrainingConfig.precision
-    backprop_estimate: bool = False                  # ModelConfig.backprop_estimate
+    backprop_estimate: bool = False               # ModelConfig.backprop_estimate
+    realspace_weight: float = 0.0                 # TrainingConfig.realspace_weight
     variants: Mapping[str, Mapping] = field(default_factory=lambda: dict(VARIANTS))
     # the iterative reference (pty-chi)
     reference_epochs: int = 30
@@ -149,9 +150,10 @@ def _flag(text: str) -> bool:
 
 
 #: Fields ``--set`` may change, with how their text is read (``gridsizes``: "1,2").
-SETTABLE = {"backprop_estimate": _flag, "nepochs": int, "batch_size": int, "learning_rate": float, "base_filters": int,
+SETTABLE = {"nepochs": int, "batch_size": int, "learning_rate": float, "base_filters": int,
             "n_filters_scale": int, "precision": str, "grid_side": int,
-            "gridsizes": lambda text: tuple(int(g) for g in text.split(","))}
+            "gridsizes": lambda text: tuple(int(g) for g in text.split(",")),
+            "backprop_estimate": _flag, "realspace_weight": float}
 
 
 def with_settings(config: QualityConfig, assignments) -> QualityConfig:

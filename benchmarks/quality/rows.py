@@ -94,7 +94,8 @@ def training_config(config: QualityConfig, gridsize: int, dose: float):
                         backprop_estimate=config.backprop_estimate)
     return TrainingConfig(model=model, nepochs=config.nepochs, batch_size=config.batch_size,
                           learning_rate=config.learning_rate, nphotons=dose, seed=config.seed,
-                          precision=config.precision)
+                          precision=config.precision,
+                          realspace_weight=config.realspace_weight)
 
 
 #: Patterns of the untimed call that warms each variant up (see :func:`warm_up`).
