@@ -161,6 +161,7 @@ def test_set_changes_a_size_for_one_run_and_names_what_is_wrong():
     with pytest.raises(ValueError, match="'nepochs=many'"):
         with_settings(NATURAL, ["nepochs=many"])
     assert with_settings(NATURAL, ["backprop_estimate=true"]).backprop_estimate is True
+    assert with_settings(NATURAL, ["realspace_weight=1e4"]).realspace_weight == 1e4
     with pytest.raises(ValueError, match="'backprop_estimate=yes'.*true or false"):
         with_settings(NATURAL, ["backprop_estimate=yes"])
 
