@@ -162,6 +162,10 @@ def test_set_changes_a_size_for_one_run_and_names_what_is_wrong():
         with_settings(NATURAL, ["nepochs=many"])
     assert with_settings(NATURAL, ["backprop_estimate=true"]).backprop_estimate is True
     assert with_settings(NATURAL, ["realspace_weight=1e4"]).realspace_weight == 1e4
+    from benchmarks.quality.rows import training_config    # what a run trains with
+    trained = training_config(with_settings(NATURAL, ["backprop_estimate=1",
+                                                      "realspace_weight=5"]), 2, 1e9)
+    assert trained.model.backprop_estimate and trained.realspace_weight == 5.0
     with pytest.raises(ValueError, match="'backprop_estimate=yes'.*true or false"):
         with_settings(NATURAL, ["backprop_estimate=yes"])
 
