@@ -36,9 +36,10 @@ def _layers(config: ModelConfig) -> list[tuple[str, int, int]]:
 
 def _input(config: ModelConfig, batch: int, seed: int = 0) -> np.ndarray:
     """The network's input for ``batch`` groups: C images of one pattern each with
-    ``per_pattern_network``, else one image of C channels per group."""
+    ``per_pattern_network``, else one image of C channels per group (three times the
+    channels with ``backprop_estimate``)."""
     rng = np.random.default_rng(seed)
-    return rng.random((batch * config.network_passes, config.network_channels, config.N,
+    return rng.random((batch * config.network_passes, config.input_channels, config.N,
                        config.N), dtype=np.float32)
 
 
