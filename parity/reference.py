@@ -168,6 +168,7 @@ def _network_images(config: ModelConfig, x_nchw: np.ndarray,
 
 
 def _probe(config: ModelConfig, weights) -> np.ndarray:
+    """The effective probe (complex128) the model's physics and estimate use."""
     return effective_probe(np.asarray(weights["probe"], np.complex128), config.probe_mask)
 
 
@@ -327,7 +328,7 @@ def network_patches(config: ModelConfig, weights: Mapping[str, np.ndarray],
     amplitudes, i.e. ``diffraction / exp(log_intensity_scale)``)."""
     x = np.asarray(x, np.float64)
     amp, phase = _network(config, weights, x, None)
-    probe = effective_probe(np.asarray(weights["probe"], np.complex128), config.probe_mask)
+    probe = _probe(config, weights)
     amp = amp * _IntensityMatch(config, amp, x, probe).scale
     return np.transpose(amp * np.exp(1j * phase), (0, 3, 1, 2))
 
@@ -449,7 +450,7 @@ def forward(config: ModelConfig, weights: Mapping[str, np.ndarray], batch: Batch
     rel = np.asarray(batch.rel_offsets, np.float64)
     constrained = _constrain(config, patches, rel, batch.canvas_size)
     scale = math.exp(float(np.asarray(weights["log_intensity_scale"], np.float64)))
-    probe = effective_probe(np.asarray(weights["probe"], np.complex128), config.probe_mask)
+    probe = _probe(config, weights)
     pred = far_field_amplitude(probe * constrained) * scale
     return {"object": patches, "object_constrained": constrained, "pred_amplitude": pred}
 
@@ -499,8 +500,7 @@ def gradients(config: ModelConfig, weights: Mapping[str, np.ndarray], batch: Bat
     x = network_input(batch) / scale
     tape = _Tape()
     amp, phase = _network(config, weights, x, tape)
-    probe_raw = np.asarray(weights["probe"], np.complex128)
-    probe = effective_probe(probe_raw, config.probe_mask)
+    probe = _probe(config, weights)
     match = _IntensityMatch(config, amp, x, probe)
     amp_scaled = amp * match.scale
     e = np.exp(1j * phase)
