@@ -17,6 +17,7 @@ The peer runs a group of gridsize 2 as one pass of 4 channels; ours, with
 
 from __future__ import annotations
 
+import contextlib
 from typing import Callable, Optional, Sequence
 
 from benchmarks.throughput import CaseSpec, run_case
@@ -78,12 +79,10 @@ def run(backends: Sequence[str], quick: bool, threads: Optional[int] = None,
         rounds: Optional[int] = None, log: Callable[[str], None] = lambda s: None) -> list[dict]:
     """Every case on ``backends`` (one worker process each), the peaks first."""
     rounds = rounds or (3 if quick else 5)
-    workers: list[Worker] = []
     records: list[dict] = []
     peaks: dict = {}
-    try:
-        for b in backends:
-            workers.append(Worker(b, threads))
+    with contextlib.ExitStack() as stack:     # every started worker is closed, whatever happens
+        workers = [stack.enter_context(contextlib.closing(Worker(b, threads))) for b in backends]
         for w in workers:
             for precision in ("float32", "bfloat16"):
                 p = w.ask(op="peak", precision=precision)["peak"]
@@ -98,9 +97,6 @@ def run(backends: Sequence[str], quick: bool, threads: Optional[int] = None,
                     r = _with_flops(r, peaks)
                 # named apart from the throughput section's records of the same kind
                 records.append({**r, "benchmark": f"{PREFIX}{r['benchmark']}"})
-    finally:
-        for w in workers:
-            w.close()
     return records
 
 

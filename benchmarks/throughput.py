@@ -8,6 +8,7 @@ same rounds: ``ratio_to_bare`` is our throughput over the yardstick's (1.0 = no 
 
 from __future__ import annotations
 
+import contextlib
 import math
 import statistics
 from dataclasses import dataclass, field
@@ -167,14 +168,15 @@ def run(backends: Sequence[str], quick: bool, threads: Optional[int] = None,
     target_s = target_s or (0.3 if quick else 0.6)
     workers = []
     records: list[dict] = []
-    try:
+    with contextlib.ExitStack() as stack:     # every started worker is closed, whatever happens
         for b in backends:
-            w = Worker(b, threads)
+            w = stack.enter_context(contextlib.closing(Worker(b, threads)))
             workers.append(w)
             log(f"{w.backend} worker up (import {w.hello['import_s']:.1f} s, "
                 f"threads {w.hello['threads']})")
         if "torch" in backends and out_of_the_box:
-            w = Worker("torch", threads, runtime="default")
+            w = stack.enter_context(contextlib.closing(Worker("torch", threads,
+                                                              runtime="default")))
             workers.append(w)
             log(f"torch (framework defaults) worker up, threads {w.hello['threads']}")
         for spec in cases(quick):
@@ -184,9 +186,6 @@ def run(backends: Sequence[str], quick: bool, threads: Optional[int] = None,
             r = rounds if spec.batch * spec.gridsize ** 2 * (spec.N / 64) ** 2 <= 64 else \
                 max(3, rounds - 2)
             records += run_case(workers, spec, r, target_s, log)
-    finally:
-        for w in workers:
-            w.close()
     return records
 
 
