@@ -168,6 +168,9 @@ def test_set_changes_a_size_for_one_run_and_names_what_is_wrong():
     assert trained.model.backprop_estimate and trained.realspace_weight == 5.0
     with pytest.raises(ValueError, match="'backprop_estimate=yes'.*true or false"):
         with_settings(NATURAL, ["backprop_estimate=yes"])
+    assert with_settings(NATURAL, ["probe=diffuser"]).probe == "diffuser"
+    with pytest.raises(ValueError, match="'probe=airy'.*diffuser"):
+        with_settings(NATURAL, ["probe=airy"])
 
 
 def test_the_estimate_baseline_is_above_the_floor_on_every_held_out_object():

@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from ptycho.data.contract import RawData, load_npz, save_npz
 from ptycho.physics import far_field_amplitude, translate
 from ptycho.simulate import (check_inside, complex_object, defocused_probe, diffraction_intensity,
+                             diffuser_probe,
                              disk_probe, fresnel_propagate, gaussian_probe, gaussian_random_field,
                              grf_object, grid_scan, image_object, jittered_grid_scan,
                              lines_object, lines_pattern, load_image, make_probe, make_scan,
@@ -169,8 +170,45 @@ def test_defocused_probe_has_curved_phase_and_keeps_its_energy_inside():
     assert not np.allclose(defocused_probe(64, 8, 4.0), p)
 
 
+def _turned(p: np.ndarray) -> np.ndarray:
+    """``p`` turned by 180 degrees about pixel (N // 2, N // 2) (even N)."""
+    return np.roll(p[::-1, ::-1], 1, axis=(0, 1))
+
+
+@pytest.mark.parametrize("kind", ["disk", "gaussian", "defocus"])
+def test_the_plain_probes_are_centro_symmetric(kind):
+    """The property that gives every single pattern a twin object (diffuser_probe's reason)."""
+    p = make_probe(kind, 64).astype(complex)
+    np.testing.assert_allclose(_turned(p), p, atol=1e-6 * np.abs(p).max())
+
+
+def test_diffuser_probe_is_not_centro_symmetric_and_stays_centred():
+    p = diffuser_probe(64)
+    assert np.abs(_turned(p) - p).max() > 0.3 * np.abs(p).max()
+    intensity = np.abs(p) ** 2
+    r = np.arange(64)
+    cy = (intensity.sum(axis=1) * r).sum() / intensity.sum()
+    cx = (intensity.sum(axis=0) * r).sum() / intensity.sum()
+    assert abs(cy - 32) < 0.5 and abs(cx - 32) < 0.5      # the screen's tilt is removed
+    radius = np.hypot(*np.meshgrid(r - 32, r - 32))
+    assert intensity[radius < 16].sum() > 0.98 * intensity.sum()   # inside the object support
+
+
+def test_diffuser_probe_is_its_seed_and_without_a_screen_the_defocused_probe():
+    np.testing.assert_array_equal(diffuser_probe(32, seed=4), make_probe("diffuser", 32, seed=4))
+    assert not np.allclose(diffuser_probe(32, seed=4), diffuser_probe(32, seed=5))
+    np.testing.assert_allclose(diffuser_probe(64, strength=0.0), defocused_probe(64), atol=1e-6)
+    p = diffuser_probe(64, strength=1.0)
+    aperture = np.abs(defocused_probe(64, distance=1e-9)) > 0.5      # the bare disk, unpropagated
+    screen = np.angle(fresnel_propagate(p, -16.0)[aperture])
+    assert 0.5 < np.std(np.angle(np.exp(1j * (screen - screen.mean())))) < 1.5
+
+
 @pytest.mark.parametrize("call, match", [
     (lambda: make_probe("airy", 16), "unknown probe kind"),
+    (lambda: diffuser_probe(16, strength=-1.0), "strength"),
+    (lambda: diffuser_probe(16, correlation=0.0), "correlation"),
+    (lambda: diffuser_probe(16, pad=0), "pad"),
     (lambda: disk_probe(16, radius=-1), "radius"),
     (lambda: gaussian_probe(1), "N must be an int"),
     (lambda: defocused_probe(16, pad=0), "pad"),

@@ -153,13 +153,14 @@ def _flag(text: str) -> bool:
 SETTABLE = {"nepochs": int, "batch_size": int, "learning_rate": float, "base_filters": int,
             "n_filters_scale": int, "precision": str, "grid_side": int,
             "gridsizes": lambda text: tuple(int(g) for g in text.split(",")),
-            "backprop_estimate": _flag, "realspace_weight": float}
+            "backprop_estimate": _flag, "realspace_weight": float, "probe": str}
 
 
 def with_settings(config: QualityConfig, assignments) -> QualityConfig:
     """``config`` with ``KEY=VALUE`` texts applied (keys from :data:`SETTABLE`), renamed so
     that its results say they differ from the named size."""
     from ptycho.config.schema import PRECISIONS
+    from ptycho.simulate.probes import PROBE_KINDS
 
     changes, texts = {}, {}
     for text in assignments:
@@ -173,6 +174,8 @@ def with_settings(config: QualityConfig, assignments) -> QualityConfig:
             raise ValueError(f"--set {text!r}: {err}") from err
         if key == "precision" and value not in PRECISIONS:
             raise ValueError(f"--set {text!r}: precision must be one of {list(PRECISIONS)}")
+        if key == "probe" and value not in PROBE_KINDS:
+            raise ValueError(f"--set {text!r}: probe must be one of {list(PROBE_KINDS)}")
         texts[key] = value
     if not changes:
         return config

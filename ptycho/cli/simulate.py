@@ -26,7 +26,7 @@ NAME = "simulate"
 HELP = "simulate a ptychography scan (diffraction, probe, positions, ground truth) to an NPZ file"
 
 OBJECT_CHOICES = ("lines", "grf")
-PROBE_CHOICES = ("disk", "gaussian", "defocus")
+PROBE_CHOICES = ("disk", "gaussian", "defocus", "diffuser")   # ptycho.simulate.PROBE_KINDS
 SCAN_CHOICES = ("grid", "jitter", "random")
 
 
@@ -55,8 +55,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                         "--phase-range (same shape as the amplitude image; default: the "
                         "amplitude image)")
     p.add_argument("--probe", choices=PROBE_CHOICES, default="disk",
-                   help="probe: flat disk (radius N/4), Gaussian (sigma N/8), or a defocused "
-                        "disk aperture (radius N/8, Fresnel number 4)")
+                   help="probe: flat disk (radius N/4), Gaussian (sigma N/8), a defocused "
+                        "disk aperture (radius N/8, Fresnel number 4), or that aperture behind "
+                        "a random phase screen (diffuser: not centro-symmetric)")
     p.add_argument("--probe-radius", type=positive_float, default=None, metavar="PX",
                    help="the disk's or the defocus aperture's radius in pixels, the Gaussian's "
                         "sigma (default: as --probe says)")

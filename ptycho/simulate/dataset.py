@@ -210,7 +210,7 @@ def simulate_dataset(n_patterns: int | None = None, N: int = 64, *,  # noqa: N80
     object: ``None``/``"lines"``/``"grf"`` to generate one (amplitude in ``amplitude_range``,
         phase in ``phase_range`` radians), or an (H, W) array: complex is used as is, a real
         image is mapped to amplitude and phase (:func:`ptycho.simulate.objects.image_object`).
-    probe: ``None``/``"disk"``/``"gaussian"``/``"defocus"`` or an (N, N) array.
+    probe: ``None``/``"disk"``/``"gaussian"``/``"defocus"``/``"diffuser"`` or an (N, N) array.
     scan: ``"grid"``, ``"jitter"``, ``"random"`` or an (M, 2) array of (x, y) positions.
         ``step`` (pixels, a number or (step_x, step_y); default N/4, or with a given object
         the integer steps that span it) and ``jitter`` (pixels, default min(step)/4 for a

@@ -12,7 +12,7 @@ import numpy as np
 import scipy.fft
 
 #: Probe kinds accepted by :func:`make_probe`.
-PROBE_KINDS = ("disk", "gaussian", "defocus")
+PROBE_KINDS = ("disk", "gaussian", "defocus", "diffuser")
 
 
 def _check_n(n: int) -> int:
@@ -121,13 +121,62 @@ def defocused_probe(n: int, radius: float | None = None, distance: float | None 
     return out[lo:lo + n, lo:lo + n].astype(np.complex64)
 
 
+def diffuser_probe(n: int, radius: float | None = None, distance: float | None = None,
+                   strength: float = math.pi, correlation: float = 1.5, seed: int = 0,
+                   pad: int = 2) -> np.ndarray:
+    """A disk aperture of ``radius`` px (default N/8) behind a random phase screen (a
+    diffuser), propagated by ``distance`` (default ``radius**2 / 4``, as :func:`defocused_probe`).
+
+    The screen is white noise smoothed by a Gaussian of ``correlation`` px, scaled to a standard
+    deviation of ``strength`` radians over the aperture, its mean tilt removed (a tilt only
+    moves the probe off centre), drawn from ``seed``. Unlike the disk, Gaussian and defocused
+    probes, which equal themselves turned by 180 degrees, this one is not centro-symmetric:
+    with a symmetric probe every single pattern has an exact twin object (flipped, conjugated,
+    ``-2 arg P`` added to its phase) with the same far field, which no one-pattern method can
+    tell apart (``tests/test_backprop_estimate.py``); structured illumination removes it.
+
+    >>> p = diffuser_probe(32)
+    >>> p.shape, p.dtype, bool(np.abs(p - np.roll(p[::-1, ::-1], 1, (0, 1))).max() > 0.1)
+    ((32, 32), dtype('complex64'), True)
+    """
+    import scipy.ndimage
+
+    n = _check_n(n)
+    radius = _positive("radius", n / 8 if radius is None else radius)
+    distance = radius ** 2 / 4 if distance is None else float(distance)
+    if not math.isfinite(distance):
+        raise ValueError(f"distance must be finite, got {distance!r}")
+    strength = float(strength)
+    if not (strength >= 0 and math.isfinite(strength)):
+        raise ValueError(f"strength must be a finite number >= 0 radians, got {strength!r}")
+    correlation = _positive("correlation", correlation)
+    if isinstance(pad, bool) or not isinstance(pad, (int, np.integer)) or pad < 1:
+        raise ValueError(f"pad must be an int >= 1, got {pad!r}")
+    big = n * int(pad)
+    aperture = disk_probe(big, radius, edge=1.0).real.astype(np.float64)
+    screen = scipy.ndimage.gaussian_filter(
+        np.random.default_rng(seed).standard_normal((big, big)), correlation, mode="wrap")
+    inside = aperture > 0
+    yy, xx = np.indices((big, big), dtype=np.float64)
+    # least-squares plane over the aperture: its tilt would steer the beam off centre
+    basis = np.stack([np.ones(inside.sum()), yy[inside], xx[inside]], axis=1)
+    plane = np.linalg.lstsq(basis, screen[inside], rcond=None)[0]
+    screen = screen - (plane[0] + plane[1] * yy + plane[2] * xx)
+    spread = screen[inside].std()
+    screen = screen * (strength / spread if spread > 0 else 0.0)
+    out = fresnel_propagate(aperture * np.exp(1j * screen), distance)
+    lo = big // 2 - n // 2
+    return out[lo:lo + n, lo:lo + n].astype(np.complex64)
+
+
 def make_probe(kind: str, n: int, **kwargs) -> np.ndarray:
     """The probe of ``kind`` in :data:`PROBE_KINDS` with side ``n``; ``kwargs`` go to its maker.
 
     >>> make_probe("gaussian", 16, sigma=2.0).shape
     (16, 16)
     """
-    makers = {"disk": disk_probe, "gaussian": gaussian_probe, "defocus": defocused_probe}
+    makers = {"disk": disk_probe, "gaussian": gaussian_probe, "defocus": defocused_probe,
+              "diffuser": diffuser_probe}
     if kind not in makers:
         raise ValueError(f"unknown probe kind {kind!r}; expected one of {list(PROBE_KINDS)}")
     return makers[kind](n, **kwargs)
