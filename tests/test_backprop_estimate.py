@@ -13,7 +13,7 @@ from ptycho.config import ModelConfig
 from ptycho.errors import ConfigError
 from ptycho.physics.forward import far_field_amplitude
 from ptycho.physics.model import backprop_estimate, estimate_magnitude_phase
-from ptycho.simulate.probes import defocused_probe
+from ptycho.simulate.probes import defocused_probe, diffuser_probe
 from ptycho.weights import weight_spec
 
 
@@ -68,6 +68,20 @@ def test_a_single_pattern_cannot_tell_the_object_from_its_twin():
     # a valid object: the same amplitude range, and not the object itself
     assert 0.5 - 1e-6 <= np.abs(twin[lit]).min() and np.abs(twin[lit]).max() <= 1.0 + 1e-6
     assert np.abs(twin - obj)[lit].mean() > 0.1
+
+
+def test_with_a_diffuser_probe_the_twin_is_no_object():
+    """What ``--probe diffuser`` changes: its amplitude is not centro-symmetric, so the twin
+    wave ``conj(P O)(-r)`` divided by the probe is no object of the kind scanned (its
+    amplitude leaves the object's range on most lit pixels), and the pattern is not
+    ambiguous in that way."""
+    n = 32
+    probe = diffuser_probe(n).astype(np.complex128)
+    lit = np.abs(probe) > 0.1 * np.abs(probe).max()
+    obj = _object(np.random.default_rng(2), n)
+    twin = np.conj(_flip(probe * obj))[lit] / probe[lit]
+    outside = (np.abs(twin) < 0.5 - 1e-6) | (np.abs(twin) > 1.0 + 1e-6)
+    assert outside.mean() > 0.3
 
 
 def test_the_magnitude_and_angle_stay_finite_at_zero():
