@@ -196,11 +196,10 @@ def test_python_dash_m_ptycho_runs_simulate_in_a_subprocess(tmp_path):
 def test_every_probe_kind_is_a_choice(tmp_path):
     """The CLI lists the kinds without importing the simulator (its start-up stays light)."""
     from ptycho.cli.simulate import PROBE_CHOICES
-    from ptycho.simulate import PROBE_KINDS
+    from ptycho.simulate import PROBE_KINDS, diffuser_probe
 
     assert PROBE_CHOICES == PROBE_KINDS
     out = tmp_path / "d.npz"
     assert main(["simulate", "-o", str(out), "--probe", "diffuser", "--n-patterns", "9",
                  "--N", "16", "--no-noise"]) == 0
-    from ptycho.simulate import diffuser_probe
     np.testing.assert_allclose(load_npz(out).probe, diffuser_probe(16), atol=1e-6)

@@ -13,10 +13,10 @@ from hypothesis import strategies as st
 from ptycho.data.contract import RawData, load_npz, save_npz
 from ptycho.physics import far_field_amplitude, translate
 from ptycho.simulate import (check_inside, complex_object, defocused_probe, diffraction_intensity,
-                             diffuser_probe,
-                             disk_probe, fresnel_propagate, gaussian_probe, gaussian_random_field,
-                             grf_object, grid_scan, image_object, jittered_grid_scan,
-                             lines_object, lines_pattern, load_image, make_probe, make_scan,
+                             diffuser_probe, disk_probe, fresnel_propagate, gaussian_probe,
+                             gaussian_random_field, grf_object, grid_scan, image_object,
+                             jittered_grid_scan, lines_object, lines_pattern, load_image,
+                             make_probe, make_scan,
                              mean_total_intensity, object_patches, photon_scale,
                              poisson_amplitudes, position_bounds, random_scan, scan_extent,
                              simulate_dataset)

@@ -20,8 +20,8 @@ from ptycho.simulate.scans import (SCAN_KINDS, check_inside, even_grid_scan, gri
 __all__ = [
     "OBJECT_KINDS", "PROBE_KINDS", "SCAN_KINDS", "check_inside", "complex_object",
     "defocused_probe", "diffraction_intensity", "diffuser_probe", "disk_probe", "even_grid_scan",
-    "fresnel_propagate", "gaussian_probe", "gaussian_random_field", "grf_object", "grid_scan", "image_object",
-    "jittered_grid_scan", "lines_object", "lines_pattern", "load_image", "make_probe",
-    "make_scan", "mean_total_intensity", "object_patches", "photon_scale", "poisson_amplitudes",
-    "position_bounds", "random_scan", "scan_extent", "simulate_dataset",
+    "fresnel_propagate", "gaussian_probe", "gaussian_random_field", "grf_object", "grid_scan",
+    "image_object", "jittered_grid_scan", "lines_object", "lines_pattern", "load_image",
+    "make_probe", "make_scan", "mean_total_intensity", "object_patches", "photon_scale",
+    "poisson_amplitudes", "position_bounds", "random_scan", "scan_extent", "simulate_dataset",
 ]

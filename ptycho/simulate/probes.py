@@ -95,6 +95,28 @@ def fresnel_propagate(field: np.ndarray, distance: float) -> np.ndarray:
     return scipy.fft.ifft2(scipy.fft.fft2(field) * h)
 
 
+def _aperture_grid(n: int, radius: float | None, distance: float | None, pad: int
+                   ) -> tuple[int, float, float, np.ndarray]:
+    """The checked ``(n, radius, distance, aperture)`` of a propagated-aperture probe: the disk
+    of ``radius`` px (default N/8) on a grid ``pad`` times larger, float64, and the distance
+    (default ``radius**2 / 4``)."""
+    n = _check_n(n)
+    radius = _positive("radius", n / 8 if radius is None else radius)
+    distance = radius ** 2 / 4 if distance is None else float(distance)
+    if not math.isfinite(distance):
+        raise ValueError(f"distance must be finite, got {distance!r}")
+    if isinstance(pad, bool) or not isinstance(pad, (int, np.integer)) or pad < 1:
+        raise ValueError(f"pad must be an int >= 1, got {pad!r}")
+    return n, radius, distance, disk_probe(n * int(pad), radius, edge=1.0).real.astype(np.float64)
+
+
+def _propagated_centre(field: np.ndarray, distance: float, n: int) -> np.ndarray:
+    """``field`` (on the padded grid) propagated by ``distance``, its central N x N, complex64."""
+    out = fresnel_propagate(field, distance)
+    lo = field.shape[0] // 2 - n // 2
+    return out[lo:lo + n, lo:lo + n].astype(np.complex64)
+
+
 def defocused_probe(n: int, radius: float | None = None, distance: float | None = None,
                     pad: int = 2) -> np.ndarray:
     """A disk aperture of ``radius`` px (default N/8) propagated by ``distance`` (Fresnel).
@@ -107,25 +129,15 @@ def defocused_probe(n: int, radius: float | None = None, distance: float | None 
     >>> p.shape, p.dtype, bool(np.ptp(np.angle(p[abs(p) > 0.1])) > 0.1)
     ((32, 32), dtype('complex64'), True)
     """
-    n = _check_n(n)
-    radius = _positive("radius", n / 8 if radius is None else radius)
-    distance = radius ** 2 / 4 if distance is None else float(distance)
-    if not math.isfinite(distance):
-        raise ValueError(f"distance must be finite, got {distance!r}")
-    if isinstance(pad, bool) or not isinstance(pad, (int, np.integer)) or pad < 1:
-        raise ValueError(f"pad must be an int >= 1, got {pad!r}")
-    big = n * int(pad)
-    aperture = disk_probe(big, radius, edge=1.0)
-    out = fresnel_propagate(aperture, distance)
-    lo = big // 2 - n // 2
-    return out[lo:lo + n, lo:lo + n].astype(np.complex64)
+    n, _, distance, aperture = _aperture_grid(n, radius, distance, pad)
+    return _propagated_centre(aperture, distance, n)
 
 
 def diffuser_probe(n: int, radius: float | None = None, distance: float | None = None,
                    strength: float = math.pi, correlation: float = 1.5, seed: int = 0,
                    pad: int = 2) -> np.ndarray:
-    """A disk aperture of ``radius`` px (default N/8) behind a random phase screen (a
-    diffuser), propagated by ``distance`` (default ``radius**2 / 4``, as :func:`defocused_probe`).
+    """The aperture of :func:`defocused_probe` behind a random phase screen (a diffuser),
+    propagated the same way.
 
     The screen is white noise smoothed by a Gaussian of ``correlation`` px, scaled to a standard
     deviation of ``strength`` radians over the aperture, its mean tilt removed (a tilt only
@@ -141,19 +153,12 @@ def diffuser_probe(n: int, radius: float | None = None, distance: float | None =
     """
     import scipy.ndimage
 
-    n = _check_n(n)
-    radius = _positive("radius", n / 8 if radius is None else radius)
-    distance = radius ** 2 / 4 if distance is None else float(distance)
-    if not math.isfinite(distance):
-        raise ValueError(f"distance must be finite, got {distance!r}")
+    n, _, distance, aperture = _aperture_grid(n, radius, distance, pad)
     strength = float(strength)
     if not (strength >= 0 and math.isfinite(strength)):
         raise ValueError(f"strength must be a finite number >= 0 radians, got {strength!r}")
     correlation = _positive("correlation", correlation)
-    if isinstance(pad, bool) or not isinstance(pad, (int, np.integer)) or pad < 1:
-        raise ValueError(f"pad must be an int >= 1, got {pad!r}")
-    big = n * int(pad)
-    aperture = disk_probe(big, radius, edge=1.0).real.astype(np.float64)
+    big = aperture.shape[0]
     screen = scipy.ndimage.gaussian_filter(
         np.random.default_rng(seed).standard_normal((big, big)), correlation, mode="wrap")
     inside = aperture > 0
@@ -164,9 +169,7 @@ def diffuser_probe(n: int, radius: float | None = None, distance: float | None =
     screen = screen - (plane[0] + plane[1] * yy + plane[2] * xx)
     spread = screen[inside].std()
     screen = screen * (strength / spread if spread > 0 else 0.0)
-    out = fresnel_propagate(aperture * np.exp(1j * screen), distance)
-    lo = big // 2 - n // 2
-    return out[lo:lo + n, lo:lo + n].astype(np.complex64)
+    return _propagated_centre(aperture * np.exp(1j * screen), distance, n)
 
 
 def make_probe(kind: str, n: int, **kwargs) -> np.ndarray:
