@@ -7,9 +7,11 @@
 # BACKEND: tensorflow/tf or torch/pytorch; empty means $PTYCHO_BACKEND, else the default
 # (see `ptycho backends`). The config is small enough to finish in about a minute and a half on
 # two CPU cores; it is written to OUTPUT_DIR/demo_config.yaml, so a longer run is one edit away.
-# The probe is a defocused aperture of radius N/4 (a structured, well-overlapping probe); the
-# model trains on groups of 2 x 2 neighbours (gridsize 2); the test scan is reconstructed by the
-# network and then refined against its own measurements (30 passes), and both are scored.
+# The probe is an aperture of radius N/4 behind a random phase screen, defocused (--probe
+# diffuser: structured and well-overlapping, and not centro-symmetric, so that one pattern has
+# no twin object: benchmarks/README.md, "The probe's symmetry"); the model trains on groups of
+# 2 x 2 neighbours (gridsize 2); the test scan is reconstructed by the network and then refined
+# against its own measurements (30 passes), and both are scored.
 set -euo pipefail
 out="${1:-demo_output}"
 backend="${2:-}"
@@ -33,9 +35,9 @@ start=$SECONDS
 
 echo "== simulate: a training scan and a test scan of a different random object"
 "${ptycho[@]}" simulate --output "$out/train.npz" --n-patterns 512 --N 32 --object grf \
-    --probe defocus --probe-radius 8 --nphotons 1e9 --seed 1
+    --probe diffuser --probe-radius 8 --nphotons 1e9 --seed 1
 "${ptycho[@]}" simulate --output "$out/test.npz" --n-patterns 256 --N 32 --object grf \
-    --probe defocus --probe-radius 8 --nphotons 1e9 --seed 2
+    --probe diffuser --probe-radius 8 --nphotons 1e9 --seed 2
 
 cat > "$out/demo_config.yaml" <<'YAML'
 kind: training

@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from ptycho.metrics import (METRIC_COVERAGE_THRESHOLD, NOT_RESOLVED, align_amplitude, align_phase,
                             amplitude_scale, compare_objects, data_range, describe_resolution,
                             fit_phase_ramp, frc, frc_resolution, mae, metric_mask, metric_region,
+                            scanned_area,
                             mse, psnr, ssim)
 from ptycho.simulate import gaussian_random_field, grf_object
 
@@ -192,6 +193,30 @@ def test_metric_region_leaves_out_the_faint_tails_of_the_probe():
         metric_region(cov, threshold=0.0)
     with pytest.raises(ValueError, match="2-D"):
         metric_mask(np.ones(4))
+
+
+def test_the_scanned_area_fills_the_holes_a_structured_probe_leaves_inside_the_scan():
+    """A diffuser's dark speckles, repeated by a raster scan (the demo's: N=32, radius 8,
+    8 px steps), leave isolated pixels below the threshold inside the scan: figures show
+    them (they are in the scored box) and still leave out the faint tails outside."""
+    from ptycho.simulate import diffuser_probe
+    from ptycho.stitching import Stitcher
+    from ptycho.workflows.reconstruct import probe_window
+
+    axis = np.arange(24.0, 136.0, 8.0)
+    xy = np.stack(np.meshgrid(axis, axis), axis=-1).reshape(-1, 2)
+    stitcher = Stitcher((160, 160), 32, window=probe_window(diffuser_probe(32, radius=8)))
+    stitcher.add(np.ones((len(xy), 32, 32), np.complex64), xy)      # what reconstruct weighs
+    cov = stitcher.coverage
+    lit, area = metric_mask(cov), scanned_area(cov)
+    r0, r1, c0, c1 = metric_region(cov)
+    inside = np.zeros_like(lit)
+    inside[r0 + 8:r1 - 8, c0 + 8:c1 - 8] = True
+    assert (~lit & inside).sum() > 100                     # the holes this test is about
+    assert area[inside].all()                              # filled in the scanned area
+    np.testing.assert_array_equal(area | lit, area)        # it only adds pixels
+    assert not area[:r0].any() and not area[r1:].any()     # the tails stay out
+    assert not area[:, :c0].any() and not area[:, c1:].any()
 
 
 # -- alignment ---------------------------------------------------------------------------------

@@ -10,7 +10,8 @@ import numpy as np
 from ptycho.atomic import atomic_save_npz
 from ptycho.config.schema import TrainingConfig
 from ptycho.figures import save_comparison_figure, save_loss_figure, save_object_figure
-from ptycho.metrics import METRIC_COVERAGE_THRESHOLD, compare_objects, metric_mask, metric_region
+from ptycho.metrics import (METRIC_COVERAGE_THRESHOLD, compare_objects, metric_region,
+                            scanned_area)
 from ptycho.physics.losses import LossSettings
 from ptycho.workflows.reconstruct import Reconstruction, reconstruct
 from ptycho.workflows.train import DataLike, train
@@ -63,7 +64,7 @@ def write_outputs(output_dir: str, recon: Reconstruction, history=None,
     os.makedirs(output_dir, exist_ok=True)
     paths = {"reconstruction": os.path.join(output_dir, RECONSTRUCTION_NAME)}
     save_reconstruction(paths["reconstruction"], recon)
-    covered = metric_mask(recon.coverage)     # the scored pixels, not the probe's faint tails
+    covered = scanned_area(recon.coverage)     # the scan, not the probe's faint tails
     paths["object_figure"] = os.path.join(output_dir, FIGURE_NAMES["object"])
     save_object_figure(paths["object_figure"], recon.obj, mask=covered)
     if history is not None and history.epochs:
