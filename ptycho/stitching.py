@@ -503,8 +503,10 @@ def stitch_patches(patches: np.ndarray, global_offsets: np.ndarray, rel_offsets:
 def scan_coverage(probe: np.ndarray, positions: np.ndarray, shape: Sequence[int]) -> np.ndarray:
     """(H, W) coverage of a scan: the probe's intensity ``|P|^2 / max``, summed at every position.
 
-    What :class:`Stitcher` accumulates when :func:`ptycho.workflows.reconstruct` stitches with
-    this probe; it depends only on the scan, so every reconstruction of that scan (network,
+    What :class:`Stitcher` accumulates with the probe's whole intensity as its window
+    (:func:`ptycho.workflows.reconstruct` with ``pad_object=False``; with the default
+    ``pad_object`` it weighs only each patch's central N/2 square, so its own coverage is that
+    part of this). It depends only on the scan, so every reconstruction of that scan (network,
     iterative, a constant) can be scored over one region
     (:func:`ptycho.metrics.metric_region` of it). ``positions`` (M, 2) = (x, y).
 
