@@ -9,7 +9,8 @@
   ("not resolved") when it is below the threshold from the first ring on, so a resolution is
   never coarser than the image.
 * :func:`metric_region`: the box reconstructions are scored over, the pixels whose coverage
-  reaches :data:`METRIC_COVERAGE_THRESHOLD` of the maximum.
+  reaches :data:`METRIC_COVERAGE_THRESHOLD` of the maximum; :func:`scanned_area`, the pixels
+  figures show (those, with the holes inside the scan filled).
 * Alignment before comparing: :func:`align_phase` removes a constant phase offset and
   optionally a fitted phase plane (ramp); :func:`align_amplitude` applies the least-squares
   scale. :func:`compare_objects` does both and computes every metric for amplitude and phase.

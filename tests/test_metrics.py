@@ -13,8 +13,7 @@ from hypothesis import strategies as st
 from ptycho.metrics import (METRIC_COVERAGE_THRESHOLD, NOT_RESOLVED, align_amplitude, align_phase,
                             amplitude_scale, compare_objects, data_range, describe_resolution,
                             fit_phase_ramp, frc, frc_resolution, mae, metric_mask, metric_region,
-                            scanned_area,
-                            mse, psnr, ssim)
+                            mse, psnr, scanned_area, ssim)
 from ptycho.simulate import gaussian_random_field, grf_object
 
 seeds = st.integers(0, 2**32 - 1)
