@@ -11,7 +11,7 @@ directly.
 
 from __future__ import annotations
 
-from typing import Mapping, Protocol, runtime_checkable
+from typing import Mapping, Optional, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -34,10 +34,13 @@ class BackendModel(Protocol):
         """Load every canonical entry; missing, extra or misshapen entries raise WeightsError."""
 
     def predict(self, diffraction: np.ndarray, batch_size: int = 64,
-                precision: str = "float32") -> np.ndarray:
+                precision: str = "float32", estimate: Optional[np.ndarray] = None
+                ) -> np.ndarray:
         """Object patches (B, C, N, N) complex64 from diffraction (B, C, N, N) in photon units.
 
-        The network output before the overlap constraint, computed in batches.
+        The network output before the overlap constraint, computed in batches. ``estimate``
+        (B, C, N, N) complex: the scan's stitched estimate, exactly when the config's
+        ``estimate_scope`` is ``"scan"``.
         """
 
     def forward(self, batch: Batch) -> dict[str, np.ndarray]:

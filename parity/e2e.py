@@ -30,7 +30,7 @@ E2E_PATTERNS = 16
 def _reconstruct(model, data, truth_shape, n):
     from ptycho.stitching import Stitcher
 
-    patches = model.predict(data.diffraction, batch_size=8)
+    patches = model.predict(data.diffraction, batch_size=8, estimate=data.estimate)
     pos = data.global_offsets[:, None, :] + data.rel_offsets.astype(np.float64)
     st = Stitcher(truth_shape, n)
     st.add(np.asarray(patches).reshape(-1, n, n), pos.reshape(-1, 2))

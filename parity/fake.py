@@ -15,7 +15,7 @@ tox environment, where neither framework is installed.
 
 from __future__ import annotations
 
-from typing import Mapping
+from typing import Mapping, Optional
 
 import numpy as np
 
@@ -46,8 +46,10 @@ class NumpyModel(R.ReferenceModel):
         super().set_weights(weights)
 
     def predict(self, diffraction: np.ndarray, batch_size: int = 64,
-                precision: str = "float32") -> np.ndarray:
-        return _f32(super().predict(np.asarray(diffraction, np.float32), batch_size, precision))
+                precision: str = "float32", estimate: Optional[np.ndarray] = None
+                ) -> np.ndarray:
+        return _f32(super().predict(np.asarray(diffraction, np.float32), batch_size, precision,
+                                    estimate))
 
     def forward(self, batch: Batch) -> dict[str, np.ndarray]:
         return {k: _f32(v) for k, v in super().forward(batch).items()}

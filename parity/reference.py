@@ -167,16 +167,23 @@ def _network_images(config: ModelConfig, x_nchw: np.ndarray,
     return np.concatenate(parts, axis=-1)
 
 
+def _takes_estimate(config: ModelConfig) -> bool:
+    """Whether the model takes the scan's estimate as an input (``estimate_scope="scan"``)."""
+    return config.backprop_estimate and config.estimate_scope == "scan"
+
+
 def _probe(config: ModelConfig, weights) -> np.ndarray:
     """The effective probe (complex128) the model's physics and estimate use."""
     return effective_probe(np.asarray(weights["probe"], np.complex128), config.probe_mask)
 
 
 def _input_backward(config: ModelConfig, weights, g: np.ndarray, absolute: bool,
-                    g_estimate: Optional[np.ndarray] = None) -> np.ndarray:
+                    g_estimate: Optional[np.ndarray] = None):
     """The gradient of the network's NHWC input (:func:`_network_images`) -> that of the
-    normalised amplitudes (B, C, N, N). ``g_estimate`` (B, C, N, N) complex,
-    ``d/d Re E + 1j d/d Im E``, is what reached the estimate from the heads' correction of it.
+    normalised amplitudes (B, C, N, N), and that of an estimate given as an input
+    (``estimate_scope="scan"``; else None), ``d/d Re E + 1j d/d Im E`` (B, C, N, N) (with
+    ``absolute``, the real sum of its terms' magnitudes). ``g_estimate``, in the same form,
+    is what reached the estimate from the heads' correction of it.
     The estimate is linear in the amplitudes, ``E = R ifft2(S(x) U)`` (``S`` the ifftshift,
     ``U`` the probe's far-field phase, ``R`` the regularised division by the probe), so its
     adjoint is ``Re S^-1(conj(U) fft2(conj(R) g))``. With ``absolute`` (magnitudes), the
@@ -186,8 +193,12 @@ def _input_backward(config: ModelConfig, weights, g: np.ndarray, absolute: bool,
     k = config.network_channels
     g = np.transpose(g, (0, 3, 1, 2))
     if not config.backprop_estimate:
-        return np.reshape(g, (-1, c, n, n))
+        return np.reshape(g, (-1, c, n, n)), None
     g_x, g_re, g_im = (np.reshape(g[:, i * k:(i + 1) * k], (-1, c, n, n)) for i in range(3))
+    if config.estimate_scope == "scan":     # an input: nothing flows from it to x
+        if absolute:
+            return np.abs(g_x), np.abs(g_re) + np.abs(g_im) + np.abs(g_estimate)
+        return g_x, g_re + 1j * g_im + g_estimate
     unit, inverse = backprop_filters(_probe(config, weights))
 
     def adjoint(g_est):
@@ -196,8 +207,9 @@ def _input_backward(config: ModelConfig, weights, g: np.ndarray, absolute: bool,
         return np.real(np.fft.fftshift(back, axes=(-2, -1)))
 
     if absolute:
-        return np.abs(g_x) + np.abs(adjoint(g_re + 1j * g_im)) + np.abs(adjoint(g_estimate))
-    return g_x + adjoint(g_re + 1j * g_im + g_estimate)
+        return (np.abs(g_x) + np.abs(adjoint(g_re + 1j * g_im)) + np.abs(adjoint(g_estimate)),
+                None)
+    return g_x + adjoint(g_re + 1j * g_im + g_estimate), None
 
 
 def _estimate_backward(estimate: np.ndarray, amp_activated: np.ndarray, g_amp: np.ndarray,
@@ -236,10 +248,13 @@ def _head_input(config: ModelConfig, name: str, feat: np.ndarray):
     return feat, config.N // 4, lambda g: g
 
 
-def _network(config: ModelConfig, weights, x_nchw: np.ndarray, tape: Optional[_Tape]):
+def _network(config: ModelConfig, weights, x_nchw: np.ndarray, tape: Optional[_Tape],
+             estimate: Optional[np.ndarray] = None):
     """Normalised amplitudes (B, C, N, N) -> (amp, phase) (B, N, N, C) and the tape.
 
-    ``amp`` is the activated amplitude head's output before :class:`_IntensityMatch`."""
+    ``amp`` is the activated amplitude head's output before :class:`_IntensityMatch`.
+    ``estimate`` (B, C, N, N) complex, in the units of ``x``: the scan's estimate, given
+    with ``estimate_scope="scan"`` (else the model computes each pattern's own)."""
     def conv_relu(h, name):
         pre = conv2d(h, _w(weights, name + ".kernel"), _w(weights, name + ".bias"))
         if tape is not None:
@@ -247,8 +262,14 @@ def _network(config: ModelConfig, weights, x_nchw: np.ndarray, tape: Optional[_T
         return np.maximum(pre, 0.0)
 
     x_nchw = np.asarray(x_nchw, dtype=np.float64)
-    estimate = (backprop_estimate(x_nchw, _probe(config, weights)) if config.backprop_estimate
-                else None)
+    if _takes_estimate(config) != (estimate is not None):
+        raise ValueError(f"an estimate is an input exactly with estimate_scope='scan'; got "
+                         f"{'one' if estimate is not None else 'none'} with "
+                         f"{config.estimate_scope!r}")
+    if estimate is not None:
+        estimate = np.asarray(estimate, np.complex128)
+    elif config.backprop_estimate:
+        estimate = backprop_estimate(x_nchw, _probe(config, weights))
     h = _network_images(config, x_nchw, estimate)
     for i in range(N_LEVELS):
         h = conv_relu(conv_relu(h, f"enc{i}.conv1"), f"enc{i}.conv2")
@@ -323,28 +344,34 @@ class _IntensityMatch:
 
 
 def network_patches(config: ModelConfig, weights: Mapping[str, np.ndarray],
-                    x: np.ndarray) -> np.ndarray:
+                    x: np.ndarray, estimate: Optional[np.ndarray] = None) -> np.ndarray:
     """Complex patches (B, C, N, N) complex128 from the network input ``x`` (normalised
-    amplitudes, i.e. ``diffraction / exp(log_intensity_scale)``)."""
+    amplitudes, i.e. ``diffraction / exp(log_intensity_scale)``) and, with
+    ``estimate_scope="scan"``, the scan's ``estimate`` in the same units."""
     x = np.asarray(x, np.float64)
-    amp, phase = _network(config, weights, x, None)
+    amp, phase = _network(config, weights, x, None, estimate)
     probe = _probe(config, weights)
     amp = amp * _IntensityMatch(config, amp, x, probe).scale
     return np.transpose(amp * np.exp(1j * phase), (0, 3, 1, 2))
 
 
 def predict(config: ModelConfig, weights: Mapping[str, np.ndarray],
-            diffraction: np.ndarray) -> np.ndarray:
-    """The reference of ``BackendModel.predict``: patches from diffraction in photon units."""
+            diffraction: np.ndarray, estimate: Optional[np.ndarray] = None) -> np.ndarray:
+    """The reference of ``BackendModel.predict``: patches from diffraction (and, with
+    ``estimate_scope="scan"``, the scan's estimate) in photon units."""
     scale = math.exp(float(np.asarray(weights["log_intensity_scale"], np.float64)))
-    return network_patches(config, weights, np.asarray(diffraction, np.float64) / scale)
+    if estimate is not None:
+        estimate = np.asarray(estimate, np.complex128) / scale
+    return network_patches(config, weights, np.asarray(diffraction, np.float64) / scale,
+                           estimate)
 
 
 def _network_backward(config: ModelConfig, weights, tape: _Tape, g_amp: np.ndarray,
                       g_phase: np.ndarray, m_amp: Optional[np.ndarray] = None,
                       m_phase: Optional[np.ndarray] = None) -> tuple[dict, np.ndarray]:
-    """Gradients of the network's entries and of its input (B, C, N, N), from the gradients
-    of the activated amplitude and of the phase (B, N, N, C).
+    """Gradients of the network's entries, of its input (B, C, N, N) and of a given estimate
+    (:func:`_input_backward`), from the gradients of the activated amplitude and of the
+    phase (B, N, N, C).
 
     With the magnitudes ``m_amp``, ``m_phase`` of those (bounds on their terms: amplitude and
     phase gradients can cancel at the heads), returns instead each entry's term magnitudes:
@@ -420,8 +447,8 @@ def _network_backward(config: ModelConfig, weights, tape: _Tape, g_amp: np.ndarr
             name = f"enc{i}.{part}"
             inp, pre = convs[name]
             g = conv_back(inp, name, g * (pre > 0))
-    g_x = _input_backward(config, weights, g, absolute, g_estimate)
-    return (mags, np.abs(g_x)) if absolute else (grads, g_x)
+    g_x, g_input_estimate = _input_backward(config, weights, g, absolute, g_estimate)
+    return (mags, np.abs(g_x), g_input_estimate) if absolute else (grads, g_x, g_input_estimate)
 
 
 def _nchw(x: np.ndarray) -> np.ndarray:
@@ -446,7 +473,7 @@ def network_input(batch: Batch) -> np.ndarray:
 
 def forward(config: ModelConfig, weights: Mapping[str, np.ndarray], batch: Batch) -> dict:
     """The reference of ``BackendModel.forward``: object, object_constrained, pred_amplitude."""
-    patches = predict(config, weights, network_input(batch))
+    patches = predict(config, weights, network_input(batch), batch.estimate)
     rel = np.asarray(batch.rel_offsets, np.float64)
     constrained = _constrain(config, patches, rel, batch.canvas_size)
     scale = math.exp(float(np.asarray(weights["log_intensity_scale"], np.float64)))
@@ -498,8 +525,9 @@ def gradients(config: ModelConfig, weights: Mapping[str, np.ndarray], batch: Bat
     scale = math.exp(lis)
     obs = np.asarray(batch.diffraction, np.float64)
     x = network_input(batch) / scale
+    estimate = None if batch.estimate is None else np.asarray(batch.estimate, np.complex128) / scale
     tape = _Tape()
-    amp, phase = _network(config, weights, x, tape)
+    amp, phase = _network(config, weights, x, tape, estimate)
     probe = _probe(config, weights)
     match = _IntensityMatch(config, amp, x, probe)
     amp_scaled = amp * match.scale
@@ -545,9 +573,11 @@ def gradients(config: ModelConfig, weights: Mapping[str, np.ndarray], batch: Bat
     g_obj = np.transpose(g_patches, (0, 2, 3, 1))
     g_amp, g_x_match, g_probe_match = match.backward(np.real(np.conj(g_obj) * e))
     g_phase = np.real(np.conj(g_obj) * 1j * amp_scaled * e)
-    grads, g_x = _network_backward(config, weights, tape, g_amp, g_phase)
+    grads, g_x, g_estimate = _network_backward(config, weights, tape, g_amp, g_phase)
     g_x = g_x + g_x_match
     g_lis += float(np.sum(g_x * -x))                        # x = obs * exp(-lis)
+    if g_estimate is not None:                              # E / exp(lis) likewise
+        g_lis -= float(np.sum(np.real(np.conj(g_estimate) * estimate)))
     grads["probe"] = g_probe + _masked_probe(config, g_probe_match)
     grads["log_intensity_scale"] = np.asarray(g_lis)
     names = trainable_names(config)
@@ -556,9 +586,11 @@ def gradients(config: ModelConfig, weights: Mapping[str, np.ndarray], batch: Bat
     # magnitudes at the heads: |g_obj| bounds both parts (the phase gradient cancels when
     # the far field cannot see a patch's global phase)
     m_amp, m_x_match, m_probe_match = match.backward(np.abs(g_obj), absolute=True)
-    mags, m_x = _network_backward(config, weights, tape, g_amp, g_phase,
-                                  m_amp, np.abs(g_obj) * np.abs(amp_scaled))
+    mags, m_x, m_estimate = _network_backward(config, weights, tape, g_amp, g_phase,
+                                              m_amp, np.abs(g_obj) * np.abs(amp_scaled))
     m_x = m_x + m_x_match
+    if m_estimate is not None:
+        m_lis += float(np.sum(m_estimate * np.abs(estimate)))
     mags["probe"] = m_probe + _masked_probe(config, m_probe_match)
     mags["log_intensity_scale"] = np.asarray(m_lis + float(np.sum(m_x * np.abs(x))))
     return terms, {name: grads[name] for name in names}, {name: mags[name] for name in names}
@@ -855,9 +887,11 @@ class ReferenceModel:
         self._w = self._store(weights)
 
     def predict(self, diffraction: np.ndarray, batch_size: int = 64,
-                precision: str = "float32") -> np.ndarray:
+                precision: str = "float32", estimate: Optional[np.ndarray] = None
+                ) -> np.ndarray:
         d = np.asarray(diffraction)
-        parts = [predict(self.config, self._w, d[i:i + batch_size])
+        parts = [predict(self.config, self._w, d[i:i + batch_size],
+                         None if estimate is None else estimate[i:i + batch_size])
                  for i in range(0, len(d), batch_size)]
         return np.concatenate(parts) if parts else np.zeros(d.shape, np.complex128)
 

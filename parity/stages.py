@@ -223,8 +223,9 @@ def stage_network(ctx: Context) -> list[Check]:
                  ma.get_weights(), mb.get_weights(), w)]
     ref = R.forward(ctx.model, w, batch)
     out.append(check(ctx, "network", "predict (object patches)", "network.forward",
-                     ma.predict(batch.diffraction, batch_size=2),
-                     mb.predict(batch.diffraction, batch_size=2), ref["object"],
+                     ma.predict(batch.diffraction, batch_size=2, estimate=batch.estimate),
+                     mb.predict(batch.diffraction, batch_size=2, estimate=batch.estimate),
+                     ref["object"],
                      note="predict in batches of 2 (exercises the batching)"))
     fa, fb = ma.forward(batch), mb.forward(batch)
     for key, tol_key in (("object", "network.forward"), ("object_constrained", "network.forward"),
@@ -527,8 +528,8 @@ def stage_bundle(ctx: Context) -> list[Check]:
     from ptycho.bundle import read_bundle, save_bundle
 
     w = _trained_like(ctx)
-    x = ctx.batch.diffraction
-    ref_patches = R.predict(ctx.model, w, x)
+    x, e = ctx.batch.diffraction, ctx.batch.estimate
+    ref_patches = R.predict(ctx.model, w, x, e)
     out: list[Check] = []
     writers = {}
     for side in (ctx.a, ctx.b):
@@ -540,7 +541,7 @@ def stage_bundle(ctx: Context) -> list[Check]:
         if contents.backend != (side.registry_name or side.name) or contents.config != ctx.config:
             raise AssertionError(f"bundle written by {side.name} records backend "
                                  f"{contents.backend!r} / a different config")
-        writers[side.label] = (side, mdl, path, mdl.predict(x))
+        writers[side.label] = (side, mdl, path, mdl.predict(x, estimate=e))
     for writer, reader in ((ctx.a, ctx.b), (ctx.b, ctx.a)):
         _, mdl_w, path, pred_w = writers[writer.label]
         loaded = _load(reader, path)
@@ -549,13 +550,13 @@ def stage_bundle(ctx: Context) -> list[Check]:
         out.append(check(ctx, "bundle", f"weights {pair}", "bundle.weights",
                          loaded.get_weights(), mdl_w.get_weights(), w))
         out.append(check(ctx, "bundle", f"predict {pair}", "bundle.predict",
-                         loaded.predict(x), pred_w, ref_patches))
+                         loaded.predict(x, estimate=e), pred_w, ref_patches))
     for side in (ctx.a, ctx.b):
         _, mdl_w, path, pred_w = writers[side.label]
         again = _load(side, path)
         out.append(check(ctx, "bundle", f"round trip in {side.name}: weights", "bundle.roundtrip",
                          again.get_weights(), w))
         out.append(check(ctx, "bundle", f"round trip in {side.name}: predict", "bundle.roundtrip",
-                         again.predict(x), pred_w,
+                         again.predict(x, estimate=e), pred_w,
                          note="same backend, same weights, same input: bit-identical"))
     return out

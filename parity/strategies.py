@@ -31,8 +31,8 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from ptycho.config.schema import (AMP_ACTIVATIONS, POSITIVE_AMP_ACTIVATIONS, ModelConfig,
-                                  TrainingConfig)
+from ptycho.config.schema import (AMP_ACTIVATIONS, ESTIMATE_SCOPES, POSITIVE_AMP_ACTIVATIONS,
+                                  ModelConfig, TrainingConfig)
 
 #: Side lengths drawn for N (multiples of 8, small).
 SIZES = (16, 32)
@@ -76,6 +76,7 @@ def model_configs(draw, sizes=SIZES, gridsizes=(1, 2, 3), max_width: int = 8) ->
     pad = draw(st.booleans())
     activation = draw(st.sampled_from(AMP_ACTIVATIONS))
     probe_trainable = draw(st.booleans())
+    estimate = not probe_trainable and draw(st.booleans())
     return ModelConfig(
         N=n, gridsize=draw(st.sampled_from(gridsizes)), n_filters_scale=scale, base_filters=base,
         amp_activation=activation, per_pattern_network=draw(st.booleans()),
@@ -85,7 +86,8 @@ def model_configs(draw, sizes=SIZES, gridsizes=(1, 2, 3), max_width: int = 8) ->
         probe_big=draw(st.booleans()),
         probe_mask=draw(st.booleans()), probe_scale=draw(st.sampled_from([1.0, 4.0])),
         probe_trainable=probe_trainable, intensity_scale_trainable=draw(st.booleans()),
-        backprop_estimate=not probe_trainable and draw(st.booleans()))
+        backprop_estimate=estimate,
+        estimate_scope=draw(st.sampled_from(ESTIMATE_SCOPES)) if estimate else "pattern")
 
 
 def nphotons() -> st.SearchStrategy[float]:

@@ -21,12 +21,16 @@ class Batch:
     mask: which detector pixels take part in the losses: ``None`` (all of them), one shared
         (N, N) mask, or one per pattern (B, C, N, N); 1/True = measured, 0/False = bad pixel.
         Bad pixels add nothing to a loss and its mean runs over the measured pixels only.
+    estimate: (B, C, N, N) complex, the scan's stitched estimate cut out at each pattern
+        (:mod:`ptycho.scan_estimate`) in the units of ``diffraction``; required by a model
+        with ``estimate_scope="scan"``, refused by any other.
     """
 
     diffraction: np.ndarray
     rel_offsets: np.ndarray
     canvas_size: int
     mask: Optional[np.ndarray] = None
+    estimate: Optional[np.ndarray] = None
 
     def __post_init__(self) -> None:
         d, r = self.diffraction, self.rel_offsets
@@ -45,6 +49,12 @@ class Batch:
                 raise ValueError("Batch.mask must hold only 0/1 (or bool) values")
             if m.size and not np.any(m):    # (an empty batch: one rank's part of a short one)
                 raise ValueError("Batch.mask excludes every pixel; nothing is left to fit")
+        e = self.estimate
+        if e is not None:
+            if e.shape != d.shape:
+                raise ValueError(f"Batch.estimate must be {d.shape} like diffraction, got {e.shape}")
+            if e.dtype.kind != "c":
+                raise ValueError(f"Batch.estimate must be complex, got dtype {e.dtype}")
 
     @property
     def size(self) -> int:
@@ -55,4 +65,5 @@ class Batch:
         m = self.mask
         if m is not None and m.ndim == 4:
             m = m[rows]
-        return Batch(self.diffraction[rows], self.rel_offsets[rows], self.canvas_size, m)
+        e = None if self.estimate is None else self.estimate[rows]
+        return Batch(self.diffraction[rows], self.rel_offsets[rows], self.canvas_size, m, e)

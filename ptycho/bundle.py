@@ -337,7 +337,8 @@ def _check_entries_against_spec(entries: Mapping[str, Any], model_config: ModelC
 #: how a bundle that lacks them was trained (a missing key must not take today's default:
 #: the weights would be read into another model).
 MODEL_KEYS_ADDED = {"per_pattern_network": False, "match_intensity": False,
-                    "central_decoder": False, "backprop_estimate": False}
+                    "central_decoder": False, "backprop_estimate": False,
+                    "estimate_scope": "pattern"}
 
 
 def _with_added_model_keys(kind: str, config: Any) -> Any:

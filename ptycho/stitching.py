@@ -500,6 +500,14 @@ def stitch_patches(patches: np.ndarray, global_offsets: np.ndarray, rel_offsets:
     return st.result(fill_value=fill_value)
 
 
+def probe_window(probe: np.ndarray, pad_object: bool = True) -> np.ndarray:
+    """The stitching weight (N, N) of a probe (N, N): ``|P|^2 / max``, times the central N/2
+    square with ``pad_object`` (:func:`ptycho.workflows.reconstruct.stitch_window`)."""
+    intensity = np.abs(np.asarray(probe)) ** 2
+    window = intensity / intensity.max()
+    return window * central_mask(intensity.shape[-1]) if pad_object else window
+
+
 def scan_coverage(probe: np.ndarray, positions: np.ndarray, shape: Sequence[int]) -> np.ndarray:
     """(H, W) coverage of a scan: the probe's intensity ``|P|^2 / max``, summed at every position.
 

@@ -200,7 +200,7 @@ def test_the_scanned_area_fills_the_holes_a_structured_probe_leaves_inside_the_s
     them (they are in the scored box) and still leave out the faint tails outside."""
     from ptycho.simulate import diffuser_probe
     from ptycho.stitching import Stitcher
-    from ptycho.workflows.reconstruct import probe_window
+    from ptycho.stitching import probe_window
 
     axis = np.arange(24.0, 136.0, 8.0)
     xy = np.stack(np.meshgrid(axis, axis), axis=-1).reshape(-1, 2)

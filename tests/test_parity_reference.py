@@ -118,6 +118,11 @@ CASES = [
          amp_activation="softplus", backprop_estimate=True),
     dict(gridsize=2, pad_object=False, amp_activation="swish", match_intensity=False,
          backprop_estimate=True),
+    # the scan's estimate, an input of the model (its level follows the intensity scale)
+    dict(gridsize=1, pad_object=True, probe_big=True, backprop_estimate=True,
+         estimate_scope="scan"),
+    dict(gridsize=2, pad_object=True, probe_big=False, backprop_estimate=True,
+         estimate_scope="scan", match_intensity=False),
 ]
 
 
@@ -131,8 +136,11 @@ def test_gradients_match_float64_finite_differences(case):
             w[name] = rng.uniform(-0.1, 0.1, w[name].shape).astype(np.float32)
     c = cfg.n_channels
     rel = group_offsets(rng, 2, cfg.gridsize, spacing=4.0, jitter=1.2)
+    estimate = None
+    if cfg.estimate_scope == "scan":
+        estimate = (rng.normal(size=(2, c, 16, 16)) + 1j * rng.normal(size=(2, c, 16, 16))) * 3.0
     batch = Batch(np.sqrt(rng.poisson(30.0, (2, c, 16, 16))).astype(np.float32), rel,
-                  P.canvas_size(16, rel))
+                  P.canvas_size(16, rel), estimate=estimate)
     settings = LossSettings(1.0, 0.3, 0.7, 1e-3)
     terms, grads = R.gradients(cfg, w, batch, settings)
     assert list(grads) == trainable_names(cfg)

@@ -97,6 +97,8 @@ class Model:
         self._disk = (ops.tensor(probe_disk_mask(n), "float32", self.device)
                       if config.probe_mask else None)
         self._constrain = config.gridsize > 1 and config.object_big
+        #: the estimate is an input (estimate_scope="scan"), packed beside the diffraction
+        self._estimate_input = config.backprop_estimate and config.estimate_scope == "scan"
         self._optimizer: Optional[Adam] = None
         self._settings: Optional[LossSettings] = None
         self._train_dtype: Optional[str] = None       # the training step's compute dtype
@@ -152,39 +154,61 @@ class Model:
         self.ops.assign(self._log_scale, np.asarray(weights["log_intensity_scale"], np.float32))
 
     # ------------------------------------------------------------------ the composition
-    def _patches(self, diffraction, compute_dtype=None):
-        """Diffraction (B, C, N, N) in photon units -> complex64 object patches."""
+    def _split(self, inputs):
+        """The model's input tensor -> (diffraction (B, C, N, N), the estimate's (real,
+        imaginary) parts or None). With ``estimate_scope="scan"`` the inputs are
+        (B, 3C, N, N): diffraction, then the estimate's real and imaginary parts, packed into
+        one tensor so that every compiled signature keeps its layout."""
+        if not self._estimate_input:
+            return inputs, None
+        c = self.config.n_channels
+        return inputs[:, :c], (inputs[:, c:2 * c], inputs[:, 2 * c:])
+
+    def _patches(self, diffraction, compute_dtype=None, estimate=None):
+        """Diffraction (B, C, N, N) in photon units -> complex64 object patches. ``estimate``:
+        the scan's estimate (real, imaginary) in the same units (``estimate_scope="scan"``)."""
         ops, config = self.ops, self.config
-        x = diffraction / ops.exp(ops.value(self._log_scale))
+        scale = ops.exp(ops.value(self._log_scale))
+        x = diffraction / scale
         probe = self._probe_eff()
-        estimate = network.backprop_estimate(ops, x, probe) if config.backprop_estimate else None
+        if estimate is not None:
+            estimate = (estimate[0] / scale, estimate[1] / scale)
+        elif config.backprop_estimate:
+            estimate = network.backprop_estimate(ops, x, probe)
         heads = network.network(ops, network.network_input(ops, x, config, estimate),
                                 self._params, config, compute_dtype)
         intensity = ops.square(ops.abs(probe)) if config.match_intensity else None
         return network.object_patches(ops, network.to_groups(ops, heads, config), config,
                                       self._central, x, intensity, estimate)
 
+    def _patches_of(self, inputs, compute_dtype=None):
+        """:meth:`_patches` of the model's input tensor (:meth:`_split`)."""
+        diffraction, estimate = self._split(inputs)
+        return self._patches(diffraction, compute_dtype, estimate)
+
     def _probe_eff(self):
         ops = self.ops
         return physics.effective_probe(
             ops, ops.complex(ops.value(self._probe[0]), ops.value(self._probe[1])), self._disk)
 
-    def _forward(self, diffraction, rel_offsets, canvas_size, mask=None, *, compute_dtype=None):
+    def _forward(self, inputs, rel_offsets, canvas_size, mask=None, *, compute_dtype=None):
         """Network patches, their constrained version and the predicted amplitude. The
         network never sees a masked pixel's value: it reads zero there."""
         ops = self.ops
+        diffraction, estimate = self._split(inputs)
         if mask is not None:
             diffraction = ops.where(mask > 0, diffraction, ops.zeros_like(diffraction))
-        patches = self._patches(diffraction, compute_dtype)
+        patches = self._patches(diffraction, compute_dtype, estimate)
         constrained, pred = physics.physics_forward(
             self.ops, patches, self._probe_eff(), self.ops.value(self._log_scale),
             self._constrain, rel_offsets, canvas_size, self._support)
         return patches, constrained, pred
 
-    def _loss_terms(self, diffraction, rel_offsets, canvas_size, pixel_count, element_count,
+    def _loss_terms(self, inputs, rel_offsets, canvas_size, pixel_count, element_count,
                     loss_weights, loss_epsilon, mask=None, *, compute_dtype=None):
-        patches, constrained, pred = self._forward(diffraction, rel_offsets, canvas_size, mask,
+        patches, constrained, pred = self._forward(inputs, rel_offsets, canvas_size, mask,
                                                    compute_dtype=compute_dtype)
+        diffraction = self._split(inputs)[0]
         return physics.loss_terms(self.ops, pred, diffraction, patches, constrained,
                                   loss_weights, loss_epsilon, mask, pixel_count, element_count)
 
@@ -245,14 +269,15 @@ class Model:
         key = (what, kind)
         if key not in self._compiled:
             n, c = self.config.N, self.config.n_channels
-            batch = [((None, c, n, n), "float32"), ((None, c, 2), "float32"), ((), "int32")]
+            packed = 3 * c if self._estimate_input else c
+            batch = [((None, packed, n, n), "float32"), ((None, c, 2), "float32"), ((), "int32")]
             loss = [((), "float32"), ((), "float32"), ((3,), "float32"), ((), "float32")]
             mask = {"none": [], "shared": [((n, n), "float32")],
                     "per_pattern": [((None, c, n, n), "float32")]}[kind]
             if what in PRECISIONS:
                 dtype = None if what == "float32" else what
                 self._compiled[key] = self.ops.compile(
-                    lambda d: self._patches(d, dtype), batch[:1])
+                    lambda inputs: self._patches_of(inputs, dtype), batch[:1])
             else:
                 losses = self._loss_terms if self.process_group is None else self._group_loss_terms
                 fn = {"forward": self._forward, "losses": losses,
@@ -269,13 +294,36 @@ class Model:
                              f"for this config (gridsize={self.config.gridsize}, N={n}), got "
                              f"shape {tuple(diffraction.shape)}")
 
+    def _check_estimate(self, estimate: Optional[np.ndarray], shape: tuple, what: str) -> None:
+        """An estimate is given exactly when the model takes one, shaped like the diffraction."""
+        if self._estimate_input and estimate is None:
+            raise ValueError(f"{what} is required: this model (estimate_scope='scan') starts "
+                             "from the scan's stitched estimate (ptycho.scan_estimate)")
+        if not self._estimate_input and estimate is not None:
+            raise ValueError(f"{what} was given, but this model takes none (estimate_scope="
+                             f"{self.config.estimate_scope!r}, backprop_estimate="
+                             f"{self.config.backprop_estimate})")
+        if estimate is not None and (np.shape(estimate) != shape
+                                     or np.asarray(estimate).dtype.kind != "c"):
+            raise ValueError(f"{what} must be complex {shape} like the diffraction, got "
+                             f"{np.asarray(estimate).dtype} {np.shape(estimate)}")
+
+    def _inputs(self, diffraction: np.ndarray, estimate: Optional[np.ndarray]) -> np.ndarray:
+        """The model's input array (:meth:`_split`): the diffraction, with the estimate packed."""
+        if estimate is None:
+            return diffraction
+        estimate = np.asarray(estimate)
+        return np.concatenate([np.asarray(diffraction, np.float32), estimate.real.astype(
+            np.float32), estimate.imag.astype(np.float32)], axis=1)
+
     def _batch_args(self, batch: Batch) -> list:
-        """(diffraction, rel_offsets, canvas_size) as backend tensors, checked."""
+        """(inputs, rel_offsets, canvas_size) as backend tensors, checked."""
         self._check_groups(batch.diffraction, "Batch.diffraction")
+        self._check_estimate(batch.estimate, batch.diffraction.shape, "Batch.estimate")
         if self._constrain:
             physics.canvas_pad(self.config.N, int(batch.canvas_size))   # M >= N, same parity
         ops = self.ops
-        return [ops.tensor(batch.diffraction, "float32", self.device),
+        return [ops.tensor(self._inputs(batch.diffraction, batch.estimate), "float32", self.device),
                 ops.tensor(batch.rel_offsets, "float32", self.device), int(batch.canvas_size)]
 
     def _loss_args(self, batch: Batch, settings: LossSettings) -> tuple[list, str]:
@@ -301,12 +349,15 @@ class Model:
 
     # ------------------------------------------------------------------ public API
     def predict(self, diffraction: np.ndarray, batch_size: int = 64,
-                precision: str = "float32") -> np.ndarray:
+                precision: str = "float32", estimate: Optional[np.ndarray] = None
+                ) -> np.ndarray:
         """Object patches (B, C, N, N) complex64 from diffraction (B, C, N, N) in photon units.
 
         The network's output before the overlap constraint, ``batch_size`` groups at a time.
         ``precision="bfloat16"`` runs the conv stack in bfloat16 (mixed precision: float32
-        weights are cast, heads and everything after them are float32).
+        weights are cast, heads and everything after them are float32). ``estimate``
+        (B, C, N, N) complex, in the diffraction's units: the scan's stitched estimate at each
+        pattern, required with ``estimate_scope="scan"`` (:mod:`ptycho.scan_estimate`).
         """
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {list(PRECISIONS)}, got {precision!r}")
@@ -315,11 +366,15 @@ class Model:
             raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
         diffraction = np.asarray(diffraction)
         self._check_groups(diffraction, "diffraction")
+        self._check_estimate(estimate, diffraction.shape, "estimate")
         ops = self.ops
         fn = self._compiled_fn(precision)
         out = np.empty(diffraction.shape, np.complex64)
         for start in range(0, diffraction.shape[0], int(batch_size)):
-            chunk = ops.tensor(diffraction[start:start + batch_size], "float32", self.device)
+            part = slice(start, start + batch_size)
+            chunk = ops.tensor(self._inputs(diffraction[part],
+                                            None if estimate is None else estimate[part]),
+                               "float32", self.device)
 
             def run(shard, chunk=chunk, start=start) -> None:
                 with ops.no_grad():

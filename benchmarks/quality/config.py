@@ -97,6 +97,7 @@ class QualityConfig:
     n_filters_scale: int = 2
     precision: str = "float32"                    # TrainingConfig.precision
     backprop_estimate: bool = False               # ModelConfig.backprop_estimate
+    estimate_scope: str = "pattern"               # ModelConfig.estimate_scope
     realspace_weight: float = 0.0                 # TrainingConfig.realspace_weight
     variants: Mapping[str, Mapping] = field(default_factory=lambda: dict(VARIANTS))
     # the iterative reference (pty-chi)
@@ -153,13 +154,14 @@ def _flag(text: str) -> bool:
 SETTABLE = {"nepochs": int, "batch_size": int, "learning_rate": float, "base_filters": int,
             "n_filters_scale": int, "precision": str, "grid_side": int,
             "gridsizes": lambda text: tuple(int(g) for g in text.split(",")),
-            "backprop_estimate": _flag, "realspace_weight": float, "probe": str}
+            "backprop_estimate": _flag, "estimate_scope": str, "realspace_weight": float,
+            "probe": str}
 
 
 def with_settings(config: QualityConfig, assignments) -> QualityConfig:
     """``config`` with ``KEY=VALUE`` texts applied (keys from :data:`SETTABLE`), renamed so
     that its results say they differ from the named size."""
-    from ptycho.config.schema import PRECISIONS
+    from ptycho.config.schema import ESTIMATE_SCOPES, PRECISIONS
     from ptycho.simulate.probes import PROBE_KINDS
 
     changes, texts = {}, {}
@@ -174,6 +176,9 @@ def with_settings(config: QualityConfig, assignments) -> QualityConfig:
             raise ValueError(f"--set {text!r}: {err}") from err
         if key == "precision" and value not in PRECISIONS:
             raise ValueError(f"--set {text!r}: precision must be one of {list(PRECISIONS)}")
+        if key == "estimate_scope" and value not in ESTIMATE_SCOPES:
+            raise ValueError(f"--set {text!r}: estimate_scope must be one of "
+                             f"{list(ESTIMATE_SCOPES)}")
         if key == "probe" and value not in PROBE_KINDS:
             raise ValueError(f"--set {text!r}: probe must be one of {list(PROBE_KINDS)}")
         texts[key] = value

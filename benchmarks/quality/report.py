@@ -20,6 +20,15 @@ BEGIN, END = "<!-- quality:begin -->", "<!-- quality:end -->"
 PARTS = ("amplitude", "phase")
 
 
+def _estimate_words(cfg: dict) -> str:
+    """How the network starts, in the results' header: nothing, or which estimate."""
+    if not cfg.get("backprop_estimate"):
+        return ""
+    if cfg.get("estimate_scope", "pattern") == "scan":
+        return ", back-propagated estimate stitched over the scan"
+    return ", back-propagated estimate"
+
+
 def _key(row: dict) -> tuple[str, float]:
     return row["object"], float(row["dose"])
 
@@ -231,7 +240,7 @@ def summary_text(results: dict[str, Any], figures: Sequence[str], fig_link_dir: 
         f"{cfg['grid_side']} points {cfg['step']} px apart (objects {side}x{side} px); "
         f"network base_filters {cfg['base_filters']}, "
         f"n_filters_scale {cfg['n_filters_scale']}"
-        f"{', back-propagated estimate' if cfg.get('backprop_estimate') else ''}, "
+        f"{_estimate_words(cfg)}, "
         f"{cfg['nepochs']} epochs, batch "
         f"{cfg['batch_size']}, lr {cfg['learning_rate']:g}, trained on "
         f"{', '.join(o['name'] for o in cfg['train_objects'])}; reference "

@@ -55,11 +55,11 @@ def estimate_object(raw, shape) -> np.ndarray:
     backprop_estimate`, no network), each patch's level set as the intensity match sets the
     network's (``sum |P E|^2`` = the pattern's total), stitched like the network's patches
     (the probe's intensity on the central N/2 square as each patch's weight,
-    :func:`ptycho.workflows.reconstruct.probe_window`): what one pattern gives with no
+    :func:`ptycho.stitching.probe_window`): what one pattern gives with no
     learning, the baseline a network alone has to beat."""
     from ptycho.physics.model import backprop_estimate
     from ptycho.stitching import stitch_patches
-    from ptycho.workflows.reconstruct import probe_window
+    from ptycho.stitching import probe_window
 
     est = backprop_estimate(raw.diffraction, raw.probe)
     sent = np.sum(np.abs(raw.probe) ** 2 * np.abs(est) ** 2, axis=(-2, -1))
@@ -91,7 +91,8 @@ def training_config(config: QualityConfig, gridsize: int, dose: float):
 
     model = ModelConfig(N=config.N, gridsize=gridsize, base_filters=config.base_filters,
                         n_filters_scale=config.n_filters_scale,
-                        backprop_estimate=config.backprop_estimate)
+                        backprop_estimate=config.backprop_estimate,
+                        estimate_scope=config.estimate_scope)
     return TrainingConfig(model=model, nepochs=config.nepochs, batch_size=config.batch_size,
                           learning_rate=config.learning_rate, nphotons=dose, seed=config.seed,
                           precision=config.precision,

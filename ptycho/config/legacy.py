@@ -65,6 +65,7 @@ LEGACY_KEYS: Mapping[str, str] = MappingProxyType({
     "per_pattern_network": "per_pattern_network",
     "match_intensity": "match_intensity",
     "backprop_estimate": "backprop_estimate",
+    "estimate_scope": "estimate_scope",
     # TrainingConfig (and, where the name is shared, InferenceConfig)
     "batch_size": "batch_size",
     "nepochs": "nepochs",

@@ -26,6 +26,8 @@ POSITIVE_AMP_ACTIVATIONS = ("sigmoid", "softplus")
 LR_SCHEDULES = ("constant", "exponential", "cosine")
 TRACKERS = (None, "mlflow")
 PRECISIONS = ("float32", "bfloat16")
+#: ModelConfig.estimate_scope: the back-propagated estimate of one pattern, or of the scan.
+ESTIMATE_SCOPES = ("pattern", "scan")
 
 #: Number of 2x down-sampling levels of the encoder (and up-sampling levels of each decoder).
 N_LEVELS = 3
@@ -119,6 +121,12 @@ class ModelConfig:
         on held-out natural images it scores far above the plain network, on the demo's
         random fields far below (benchmarks/README.md, "The back-propagated estimate").
         Needs ``probe_trainable=False``.
+    estimate_scope: with ``backprop_estimate``, which estimate the network starts from:
+        ``"pattern"`` its own pattern's, computed inside the model; ``"scan"`` the estimate
+        of every pattern of the scan stitched into one object and cut out at this pattern's
+        position (:mod:`ptycho.scan_estimate`), where neighbours' twin images partly cancel.
+        With ``"scan"`` the estimate is an input of the model (``Batch.estimate``,
+        ``predict(..., estimate=)``) that the workflows compute from the whole scan.
     """
 
     N: int = 64
@@ -137,6 +145,7 @@ class ModelConfig:
     per_pattern_network: bool = True
     match_intensity: bool = True
     backprop_estimate: bool = False
+    estimate_scope: str = "pattern"
 
     def __post_init__(self) -> None:
         o = "ModelConfig"
@@ -152,6 +161,11 @@ class ModelConfig:
                   "match_intensity", "backprop_estimate"):
             _check_bool(o, b, getattr(self, b))
         _check_float(o, "probe_scale", self.probe_scale, 0.0, 1e6, lo_open=True)
+        _check_choice(o, "estimate_scope", self.estimate_scope, ESTIMATE_SCOPES)
+        if self.estimate_scope != "pattern" and not self.backprop_estimate:
+            raise ConfigError(f"{o}.estimate_scope={self.estimate_scope!r} needs "
+                              "backprop_estimate=True (it says which estimate the network "
+                              "starts from)")
         if self.match_intensity and self.amp_activation not in POSITIVE_AMP_ACTIVATIONS:
             raise ConfigError(
                 f"{o}.match_intensity needs a positive amplitude activation "

@@ -28,7 +28,9 @@ from ptycho.config.schema import ModelConfig, TrainingConfig
 from ptycho.data.contract import RawData
 from ptycho.data.scaling import intensity_scale, normalisation_factor, normalise_probe
 from ptycho.errors import ConfigError, DataError
+from ptycho.physics.model import effective_probe
 from ptycho.physics.patches import canvas_size as _canvas_size
+from ptycho.scan_estimate import ScanEstimate
 
 
 def _check_int(name: str, value: Any, lo: int) -> int:
@@ -136,6 +138,9 @@ class GroupedData:
     object_guess: optional (H, W) complex64 object from the raw data.
     mask: bad-pixel mask (True = measured): None, one (N, N) mask shared by every pattern, or
         (B, C, N, N) one per member pattern; bad pixels of ``diffraction`` hold 0.
+    estimate: (B, C, N, N) complex64, the scan's stitched back-propagated estimate at each
+        member (:mod:`ptycho.scan_estimate`), in the units of ``diffraction``; set for a
+        model with ``estimate_scope="scan"``, else None.
     """
 
     diffraction: np.ndarray
@@ -148,6 +153,7 @@ class GroupedData:
     canvas_size: int
     object_guess: Optional[np.ndarray] = None
     mask: Optional[np.ndarray] = None
+    estimate: Optional[np.ndarray] = None
 
     def __post_init__(self) -> None:
         d = self.diffraction
@@ -166,6 +172,10 @@ class GroupedData:
         if m is not None and (m.dtype != np.bool_ or m.shape not in ((n, n), d.shape)):
             raise DataError(f"GroupedData.mask: expected bool ({n}, {n}) or {d.shape}, got "
                             f"{m.dtype} {m.shape}")
+        e = self.estimate
+        if e is not None and (e.dtype != np.complex64 or e.shape != d.shape):
+            raise DataError(f"GroupedData.estimate: expected complex64 {d.shape}, got "
+                            f"{e.dtype} {e.shape}")
 
     def __len__(self) -> int:
         return int(self.diffraction.shape[0])
@@ -198,8 +208,9 @@ class GroupedData:
         mask = self.mask
         if mask is not None and mask.ndim == 4:
             mask = mask[idx]
+        estimate = None if self.estimate is None else self.estimate[idx]
         return Batch(diffraction=self.diffraction[idx], rel_offsets=self.rel_offsets[idx],
-                     canvas_size=self.canvas_size, mask=mask)
+                     canvas_size=self.canvas_size, mask=mask, estimate=estimate)
 
 
 def group_data(raw: RawData, model_config: ModelConfig, nphotons: float,
@@ -212,7 +223,8 @@ def group_data(raw: RawData, model_config: ModelConfig, nphotons: float,
     per pattern) and N; the probe is normalised with ``model_config.probe_scale``. ``raw.N``
     must equal ``model_config.N``. Bad pixels are set to 0 in the grouped diffraction (the
     network's input), so what they held never reaches the model, and the mask goes with every
-    :meth:`GroupedData.batch` for the losses.
+    :meth:`GroupedData.batch` for the losses. With ``model_config.estimate_scope="scan"`` the
+    scan's stitched estimate (:mod:`ptycho.scan_estimate`) goes with every batch too.
 
     >>> from ptycho.config import ModelConfig
     >>> raw = RawData(np.ones((4, 16, 16), np.float32), np.ones((16, 16)),
@@ -239,14 +251,22 @@ def group_data(raw: RawData, model_config: ModelConfig, nphotons: float,
         if mask.ndim == 3:
             mask = mask[idx]            # (B, C, N, N), one per member pattern
         diffraction *= mask
-    pos = np.stack([raw.xcoords, raw.ycoords], axis=1)[idx]  # (B, C, 2)
+    xy = np.stack([raw.xcoords, raw.ycoords], axis=1)
+    pos = xy[idx]  # (B, C, 2)
     centre = pos.mean(axis=1)
     rel = (pos - centre[:, None, :]).astype(np.float32)
+    probe = normalise_probe(raw.probe, model_config.probe_scale)
+    estimate = None
+    if model_config.estimate_scope == "scan":
+        scan = ScanEstimate.from_patterns(
+            raw.diffraction, xy, effective_probe(probe, model_config.probe_mask),
+            mask=raw.mask, pad_object=model_config.pad_object)
+        estimate = scan.patches(pos) * np.complex64(s_norm * s_int)    # linear: photon units
     return GroupedData(diffraction=diffraction, global_offsets=centre, rel_offsets=rel,
-                       indices=idx, probe=normalise_probe(raw.probe, model_config.probe_scale),
+                       indices=idx, probe=probe,
                        normalisation=s_norm, intensity_scale=s_int,
                        canvas_size=_canvas_size(raw.N, rel), object_guess=raw.object_guess,
-                       mask=mask)
+                       mask=mask, estimate=estimate)
 
 
 def group_data_for_training(raw: RawData, training_config: TrainingConfig) -> GroupedData:

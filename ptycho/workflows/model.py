@@ -36,10 +36,12 @@ class PtychoModel:
         return self.config.model
 
     def predict(self, diffraction: np.ndarray, batch_size: Optional[int] = None,
-                precision: str = "float32") -> np.ndarray:
-        """Object patches (B, C, N, N) complex64 from diffraction (B, C, N, N) in photon units."""
+                precision: str = "float32", estimate: Optional[np.ndarray] = None
+                ) -> np.ndarray:
+        """Object patches (B, C, N, N) complex64 from diffraction (B, C, N, N) in photon units
+        (``estimate``: the scan's stitched estimate, with ``estimate_scope="scan"``)."""
         return self.backend_model.predict(diffraction, batch_size=batch_size or self.config.batch_size,
-                                          precision=precision)
+                                          precision=precision, estimate=estimate)
 
     def get_weights(self) -> dict[str, np.ndarray]:
         """The canonical weights (copies)."""

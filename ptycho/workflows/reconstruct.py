@@ -28,8 +28,9 @@ from ptycho.limits import check_bytes
 from ptycho.model_memory import check_model_memory
 from ptycho.physics.model import effective_probe
 from ptycho.phase_sync import align_phase, synchronize
-from ptycho.physics.patches import canvas_size, central_mask
-from ptycho.stitching import Stitcher, check_canvas, check_group_canvas, extent_of
+from ptycho.physics.patches import canvas_size
+from ptycho.scan_estimate import ScanEstimate
+from ptycho.stitching import Stitcher, check_canvas, check_group_canvas, extent_of, probe_window
 from ptycho.workflows.model import PtychoModel
 
 #: Groups predicted and stitched per chunk when the caller does not say.
@@ -187,14 +188,6 @@ def stitch_window(model: PtychoModel) -> np.ndarray:
                         cfg.pad_object)
 
 
-def probe_window(probe: np.ndarray, pad_object: bool = True) -> np.ndarray:
-    """:func:`stitch_window` of a probe (N, N): ``|P|^2 / max``, times the central N/2 square
-    with ``pad_object``."""
-    intensity = np.abs(np.asarray(probe)) ** 2
-    window = intensity / intensity.max()
-    return window * central_mask(intensity.shape[-1]) if pad_object else window
-
-
 def _release_freed_memory() -> None:
     """Hand memory that was freed back to the OS (glibc ``malloc_trim``; a no-op elsewhere).
 
@@ -226,14 +219,18 @@ def _constrain(model: PtychoModel, patches: np.ndarray, positions: np.ndarray, c
 
 def predict_chunk(model: PtychoModel, diffraction: np.ndarray, positions: np.ndarray,
                   canvas: Optional[int], *, batch_size: Optional[int] = None,
-                  precision: str = "float32") -> np.ndarray:
+                  precision: str = "float32", scan: Optional[ScanEstimate] = None
+                  ) -> np.ndarray:
     """Object patches (B, C, N, N) complex64 for one chunk of groups, as :func:`reconstruct`
     stitches them: the network's output, overlap-constrained when ``canvas`` is given (the
     per-group canvas side; ``None`` for gridsize 1 or without ``object_big``).
 
-    ``diffraction`` (B, C, N, N) in photon units, ``positions`` (B, C, 2) (x, y).
+    ``diffraction`` (B, C, N, N) in photon units, ``positions`` (B, C, 2) (x, y); ``scan``:
+    the scan's estimate (:func:`scan_estimate`), for a model with ``estimate_scope="scan"``.
     """
-    patches = model.predict(diffraction, batch_size=batch_size, precision=precision)
+    estimate = None if scan is None else scan.patches(positions)
+    patches = model.predict(diffraction, batch_size=batch_size, precision=precision,
+                            estimate=estimate)
     if canvas is not None:
         patches = _constrain(model, patches, positions, canvas)
     return patches
@@ -245,6 +242,18 @@ def constraint_canvas(model: PtychoModel, positions: np.ndarray) -> Optional[int
     if not (cfg.gridsize > 1 and cfg.object_big):
         return None
     return canvas_size(cfg.N, positions - positions.mean(axis=1, keepdims=True))
+
+
+def scan_estimate(model: PtychoModel, data: DataLike) -> Optional[ScanEstimate]:
+    """The stitched estimate of every pattern of ``data`` with the model's probe, scaled as
+    the network's input (:mod:`ptycho.scan_estimate`), for a model with
+    ``estimate_scope="scan"``; None for any other."""
+    cfg = model.model_config
+    if cfg.estimate_scope != "scan":
+        return None
+    positions, read, mask = refine_patterns(model, data)
+    probe = effective_probe(model.get_weights()["probe"], cfg.probe_mask)
+    return ScanEstimate.from_patterns(read, positions, probe, mask=mask, pad_object=cfg.pad_object)
 
 
 def refine_patterns(model: PtychoModel, data: DataLike):
@@ -365,6 +374,7 @@ def reconstruct(model: PtychoModel, data: DataLike, *, batch_size: Optional[int]
                                    keep_patches=keep_patches)
     positions, read, n_groups = plan.positions, plan.read, plan.n_groups
     n = model.model_config.N
+    scan = scan_estimate(model, data)
     window = stitch_window(model)
     stitcher = Stitcher(plan.object_shape, n, window=window)
     kept = []
@@ -372,7 +382,7 @@ def reconstruct(model: PtychoModel, data: DataLike, *, batch_size: Optional[int]
     for lo in range(mine.start, mine.stop, plan.chunk_groups):
         sl = slice(lo, min(lo + plan.chunk_groups, mine.stop))
         patches = predict_chunk(model, read(sl), positions[sl], plan.canvas,
-                                batch_size=batch_size, precision=precision)
+                                batch_size=batch_size, precision=precision, scan=scan)
         flat, where = patches.reshape((-1, n, n)), positions[sl].reshape(-1, 2)
         if phase_sync:    # the patches' free phase offsets made to agree, then the chunk's
             flat = synchronize(flat, where, window)          # with the object so far

@@ -34,7 +34,8 @@ def weights(cfg, seed: int = 0, log_scale: float = 2.0, random_biases: bool = Fa
 
 def batch(cfg, b: int = 3, seed: int = 0, log_scale: float = 2.0, spread: float = 3.0,
           mask=None) -> Batch:
-    """Poisson counts of a random object's far field, in photon units, with group offsets."""
+    """Poisson counts of a random object's far field, in photon units, with group offsets
+    (and, for a model with ``estimate_scope="scan"``, a random estimate of their level)."""
     rng = np.random.default_rng(seed)
     c, n = cfg.n_channels, cfg.N
     rel = (rng.uniform(-spread, spread, (b, c, 2)) if c > 1 else np.zeros((b, c, 2))
@@ -43,7 +44,10 @@ def batch(cfg, b: int = 3, seed: int = 0, log_scale: float = 2.0, spread: float 
     obj = amp * np.exp(1j * rng.uniform(-1, 1, size=(b, c, n, n)))
     a = ref.far_field_amplitude(ref.illuminate(probe(n, seed), obj)) * np.exp(log_scale)
     d = np.sqrt(rng.poisson(a ** 2)).astype(np.float32)
-    return Batch(d, rel, ref.canvas_size(n, rel) if c > 1 else n, mask)
+    estimate = None
+    if cfg.estimate_scope == "scan":
+        estimate = (obj * np.exp(log_scale)).astype(np.complex64)
+    return Batch(d, rel, ref.canvas_size(n, rel) if c > 1 else n, mask, estimate)
 
 
 def images(seed: int, shape, complex_: bool) -> np.ndarray:

@@ -202,7 +202,9 @@ def test_predict_bfloat16_runs_the_conv_stack_in_bfloat16(backend):
 
 @pytest.mark.parametrize("options", [
     dict(probe_trainable=True, amp_activation="swish", match_intensity=False),
-    dict(backprop_estimate=True, probe_mask=True)], ids=["trainable probe", "backprop estimate"])
+    dict(backprop_estimate=True, probe_mask=True),
+    dict(backprop_estimate=True, estimate_scope="scan")],
+    ids=["trainable probe", "backprop estimate", "scan estimate"])
 @pytest.mark.parametrize("gridsize", [1, 2])
 def test_gradients_match_the_exact_float64_gradients(backend, gridsize, options):
     cfg = ModelConfig(**SMALL, gridsize=gridsize, **options)

@@ -1,0 +1,122 @@
+"""The back-propagated estimate stitched over a whole scan (``ModelConfig.estimate_scope="scan"``).
+
+One pattern's estimate (:func:`ptycho.physics.model.backprop_estimate`) holds the object plus a
+twin image the pattern alone cannot tell apart. Neighbouring patterns see the same object
+pixels through differently placed probes, and their twins do not line up: stitched over the
+scan, the object adds up and the twins partly cancel. The network then starts, at each
+position, from the stitched estimate cut out there instead of its own pattern's.
+
+Each pattern's estimate is first given the level the intensity match gives a network patch
+(``sum |P E|^2`` = the pattern's measured total), so that patterns agree where they overlap;
+the stitch weighs them by :func:`ptycho.stitching.probe_window`. Everything is linear in the
+amplitudes: the estimate of scaled amplitudes is the scaled estimate.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import numpy as np
+
+from ptycho.physics.model import backprop_estimate
+from ptycho.stitching import CHUNK, Stitcher, probe_window
+
+
+class ScanEstimate:
+    """The stitched estimate of a scan, cut out at any position (:meth:`patches`).
+
+    Build it with :meth:`from_patterns`. ``canvas`` (H, W) complex128 holds the object in the
+    amplitudes' units; object pixel ``(r, c)`` of it is at ``(x, y) = (c, r) + origin``.
+    """
+
+    def __init__(self, canvas: np.ndarray, origin: tuple[float, float], n: int) -> None:
+        self.canvas = np.asarray(canvas, np.complex128)
+        self.origin = (float(origin[0]), float(origin[1]))
+        self.N = int(n)
+
+    @classmethod
+    def from_patterns(cls, amplitude, positions: np.ndarray, probe: np.ndarray, *,
+                      mask: Optional[np.ndarray] = None, pad_object: bool = True
+                      ) -> "ScanEstimate":
+        """The estimate of the patterns ``amplitude`` (M, N, N) (any units; an array, read a
+        chunk at a time, so a memory-mapped scan is fine, or a reader ``rows -> (b, N, N)`` of
+        index arrays) at ``positions`` (M, 2) = (x, y) object pixels with ``probe`` (N, N). ``mask`` (None, (N, N) or (M, N, N); 1 = measured) zeroes bad
+        pixels first, as the network's input has them. ``pad_object``: see
+        :func:`ptycho.stitching.probe_window`."""
+        probe = np.asarray(probe, np.complex128)
+        if probe.ndim != 2 or probe.shape[0] != probe.shape[1]:
+            raise ValueError(f"probe must be a square (N, N) array, got shape {probe.shape}")
+        n = probe.shape[0]
+        pos = np.asarray(positions, np.float64)
+        if pos.ndim != 2 or pos.shape[1] != 2 or not len(pos) or not np.all(np.isfinite(pos)):
+            raise ValueError(f"positions must be (M, 2) finite (x, y), got shape {pos.shape}")
+        m = len(pos)
+        if callable(amplitude):
+            read = amplitude
+        elif tuple(np.shape(amplitude)) != (m, n, n):
+            raise ValueError(f"amplitude must be ({m}, {n}, {n}) for these positions and this "
+                             f"probe, got shape {tuple(np.shape(amplitude))}")
+        else:
+            def read(rows: np.ndarray) -> np.ndarray:
+                return amplitude[rows[0]:rows[-1] + 1]
+        if mask is not None and np.shape(mask) not in ((n, n), (m, n, n)):
+            raise ValueError(f"mask must be ({n}, {n}) or ({m}, {n}, {n}), got shape "
+                             f"{np.shape(mask)}")
+        # a canvas with a pixel of margin round every patch, for the bilinear splat
+        origin = np.floor(pos.min(axis=0)) - n // 2 - 1
+        far = np.ceil(pos.max(axis=0)) - origin + n - n // 2 + 1
+        stitcher = Stitcher((int(far[1]), int(far[0])), n, window=probe_window(probe, pad_object))
+        intensity = np.abs(probe) ** 2
+        for lo in range(0, m, CHUNK):
+            a = np.asarray(read(np.arange(lo, min(lo + CHUNK, m))), np.float64)
+            if a.shape != (min(CHUNK, m - lo), n, n):
+                raise ValueError(f"the reader gave shape {a.shape} for patterns {lo}.."
+                                 f"{min(lo + CHUNK, m) - 1}, expected ({min(CHUNK, m - lo)}, "
+                                 f"{n}, {n})")
+            if mask is not None:
+                a = a * (mask if np.ndim(mask) == 2 else mask[lo:lo + CHUNK])
+            est = backprop_estimate(a, probe)
+            sent = np.sum(intensity * np.abs(est) ** 2, axis=(-2, -1))
+            level = np.sqrt(np.sum(a ** 2, axis=(-2, -1)) / np.maximum(sent, np.finfo(float).tiny))
+            stitcher.add(est * level[:, None, None], pos[lo:lo + CHUNK] - origin)
+        canvas = stitcher.result(min_coverage=0.0).astype(np.complex128)
+        return cls(canvas, (float(origin[0]), float(origin[1])), n)
+
+    def patches(self, positions: np.ndarray) -> np.ndarray:
+        """The estimate's (..., N, N) complex64 patches at ``positions`` (..., 2) = (x, y):
+        patch pixel ``(r, c)`` is the object at ``(y - N//2 + r, x - N//2 + c)``, bilinear
+        between pixels (the adjoint of the stitch's splat), zero off the canvas."""
+        pos = np.asarray(positions, np.float64)
+        if pos.shape[-1:] != (2,) or not np.all(np.isfinite(pos)):
+            raise ValueError(f"positions must be (..., 2) finite (x, y), got shape {pos.shape}")
+        flat = pos.reshape(-1, 2)
+        n = self.N
+        h, w = self.canvas.shape
+        top = flat[:, ::-1] - np.array(self.origin[::-1]) - n // 2     # (row, column)
+        i0 = np.floor(top).astype(np.int64)
+        fy, fx = [(top - i0)[:, k, None, None] for k in (0, 1)]
+        rows = i0[:, 0, None] + np.arange(n + 1)
+        cols = i0[:, 1, None] + np.arange(n + 1)
+        inside = ((rows >= 0) & (rows < h))[:, :, None] & ((cols >= 0) & (cols < w))[:, None, :]
+        win = np.where(inside, self.canvas[np.clip(rows, 0, h - 1)[:, :, None],
+                                           np.clip(cols, 0, w - 1)[:, None, :]], 0.0)
+        out = ((1 - fy) * (1 - fx) * win[:, :n, :n] + (1 - fy) * fx * win[:, :n, 1:]
+               + fy * (1 - fx) * win[:, 1:, :n] + fy * fx * win[:, 1:, 1:])
+        return out.astype(np.complex64).reshape(pos.shape[:-1] + (n, n))
+
+
+def scan_estimate_patches(amplitude, positions: np.ndarray, probe: np.ndarray, *,
+                          mask: Optional[np.ndarray] = None, pad_object: bool = True
+                          ) -> np.ndarray:
+    """:meth:`ScanEstimate.patches` at the scan's own positions: (M, N, N) complex64.
+
+    >>> p = np.ones((8, 8), complex)
+    >>> from ptycho.physics.model import far_field_amplitude
+    >>> a = np.stack([far_field_amplitude(2.0 * p)] * 4)
+    >>> pos = np.array([[4.0, 4.0], [6.0, 4.0], [4.0, 6.0], [6.0, 6.0]])
+    >>> bool(np.allclose(scan_estimate_patches(a, pos, p)[0, 2:6, 2:6], 2.0))
+    True
+    """
+    return ScanEstimate.from_patterns(amplitude, positions, probe, mask=mask,
+                                      pad_object=pad_object).patches(positions)
+
