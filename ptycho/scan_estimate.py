@@ -36,13 +36,15 @@ class ScanEstimate:
 
     @classmethod
     def from_patterns(cls, amplitude, positions: np.ndarray, probe: np.ndarray, *,
-                      mask: Optional[np.ndarray] = None, pad_object: bool = True
-                      ) -> "ScanEstimate":
+                      mask: Optional[np.ndarray] = None, pad_object: bool = True,
+                      shape: Optional[tuple[int, int]] = None) -> "ScanEstimate":
         """The estimate of the patterns ``amplitude`` (M, N, N) (any units; an array, read a
         chunk at a time, so a memory-mapped scan is fine, or a reader ``rows -> (b, N, N)`` of
         index arrays) at ``positions`` (M, 2) = (x, y) object pixels with ``probe`` (N, N). ``mask`` (None, (N, N) or (M, N, N); 1 = measured) zeroes bad
         pixels first, as the network's input has them. ``pad_object``: see
-        :func:`ptycho.stitching.probe_window`."""
+        :func:`ptycho.stitching.probe_window`. ``shape``: stitch on an (H, W) canvas whose
+        pixel ``(r, c)`` is at ``(x, y) = (c, r)`` (as :class:`ptycho.stitching.Stitcher`'s);
+        by default, the smallest that holds every patch."""
         probe = np.asarray(probe, np.complex128)
         if probe.ndim != 2 or probe.shape[0] != probe.shape[1]:
             raise ValueError(f"probe must be a square (N, N) array, got shape {probe.shape}")
@@ -62,10 +64,13 @@ class ScanEstimate:
         if mask is not None and np.shape(mask) not in ((n, n), (m, n, n)):
             raise ValueError(f"mask must be ({n}, {n}) or ({m}, {n}, {n}), got shape "
                              f"{np.shape(mask)}")
-        # a canvas with a pixel of margin round every patch, for the bilinear splat
-        origin = np.floor(pos.min(axis=0)) - n // 2 - 1
-        far = np.ceil(pos.max(axis=0)) - origin + n - n // 2 + 1
-        stitcher = Stitcher((int(far[1]), int(far[0])), n, window=probe_window(probe, pad_object))
+        if shape is None:   # a pixel of margin round every patch, for the bilinear splat
+            origin = np.floor(pos.min(axis=0)) - n // 2 - 1
+            far = np.ceil(pos.max(axis=0)) - origin + n - n // 2 + 1
+            shape = (int(far[1]), int(far[0]))
+        else:
+            origin = np.zeros(2)
+        stitcher = Stitcher(shape, n, window=probe_window(probe, pad_object))
         intensity = np.abs(probe) ** 2
         for lo in range(0, m, CHUNK):
             a = np.asarray(read(np.arange(lo, min(lo + CHUNK, m))), np.float64)
@@ -79,7 +84,7 @@ class ScanEstimate:
             sent = np.sum(intensity * np.abs(est) ** 2, axis=(-2, -1))
             level = np.sqrt(np.sum(a ** 2, axis=(-2, -1)) / np.maximum(sent, np.finfo(float).tiny))
             stitcher.add(est * level[:, None, None], pos[lo:lo + CHUNK] - origin)
-        canvas = stitcher.result(min_coverage=0.0).astype(np.complex128)
+        canvas = stitcher.result().astype(np.complex128)
         return cls(canvas, (float(origin[0]), float(origin[1])), n)
 
     def patches(self, positions: np.ndarray) -> np.ndarray:

@@ -54,21 +54,13 @@ def estimate_object(raw, shape) -> np.ndarray:
     """The back-propagated estimate of every pattern (:func:`ptycho.physics.model.
     backprop_estimate`, no network), each patch's level set as the intensity match sets the
     network's (``sum |P E|^2`` = the pattern's total), stitched like the network's patches
-    (the probe's intensity on the central N/2 square as each patch's weight,
-    :func:`ptycho.stitching.probe_window`): what one pattern gives with no
-    learning, the baseline a network alone has to beat."""
-    from ptycho.physics.model import backprop_estimate
-    from ptycho.stitching import stitch_patches
-    from ptycho.stitching import probe_window
+    (:mod:`ptycho.scan_estimate`, what ``estimate_scope="scan"`` starts from): what the
+    patterns give with no learning, the baseline a network alone has to beat."""
+    from ptycho.scan_estimate import ScanEstimate
 
-    est = backprop_estimate(raw.diffraction, raw.probe)
-    sent = np.sum(np.abs(raw.probe) ** 2 * np.abs(est) ** 2, axis=(-2, -1))
-    measured = np.sum(np.asarray(raw.diffraction, np.float64) ** 2, axis=(-2, -1))
-    level = np.sqrt(measured / np.maximum(sent, np.finfo(np.float64).tiny))
-    patches = (est * level[:, None, None])[:, None].astype(np.complex64)
     positions = np.stack([raw.xcoords, raw.ycoords], axis=1)
-    return stitch_patches(patches, positions, np.zeros((raw.n_patterns, 1, 2)), shape=shape,
-                          window=probe_window(raw.probe))
+    return ScanEstimate.from_patterns(raw.diffraction, positions, raw.probe,
+                                      shape=shape).canvas.astype(np.complex64)
 
 
 def object_file(out_dir: str, *parts: Any) -> str:
