@@ -451,3 +451,20 @@ def test_gridsize_2_summaries_count_distinct_patterns(data, tmp_path, capsys):
     assert "reconstruction: 36 patterns in 36 groups of 4 in" in text, text
     rec = json.loads((recon_dir / "summary.json").read_text())["reconstruction"]
     assert rec["n_patterns"] == 36 and rec["n_patches"] == 144 and rec["n_channels"] == 4
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_the_scan_estimate_from_the_command_line(backend, data, tmp_path, capsys):
+    """``--set model.estimate_scope=scan``: trained, saved, and reconstructed from the bundle
+    (which recomputes the scan's estimate from the data it is given)."""
+    train, test = data
+    out = tmp_path / "run"
+    assert main(["train", "--train-data", str(train), "--output-dir", str(out), "--backend",
+                 backend, *TINY, "--quiet", "--set", "model.backprop_estimate=true",
+                 "--set", "model.estimate_scope=scan"]) == 0
+    assert read_bundle(out / "model.zip").config.model.estimate_scope == "scan"
+    code = main(["reconstruct", "--model", str(out), "--data", str(test),
+                 "--output-dir", str(tmp_path / "recon"), "--backend", backend])
+    assert code == 0, capsys.readouterr().out
+    with np.load(tmp_path / "recon" / "reconstruction.npz") as a:
+        assert np.all(np.isfinite(a["obj"])) and np.any(a["obj"])
