@@ -155,7 +155,7 @@ SETTABLE = {"nepochs": int, "batch_size": int, "learning_rate": float, "base_fil
             "n_filters_scale": int, "precision": str, "grid_side": int,
             "gridsizes": lambda text: tuple(int(g) for g in text.split(",")),
             "backprop_estimate": _flag, "estimate_scope": str, "realspace_weight": float,
-            "probe": str}
+            "probe": str, "seed": int}
 
 
 def with_settings(config: QualityConfig, assignments) -> QualityConfig:
