@@ -154,8 +154,11 @@ def test_set_changes_a_size_for_one_run_and_names_what_is_wrong():
     assert cfg.name == "natural,gridsizes=1,2,nepochs=48,precision=bfloat16"
     assert cfg.heldout_objects == NATURAL.heldout_objects          # the rest as the size has it
     assert with_settings(NATURAL, []) is NATURAL
-    with pytest.raises(ValueError, match="'seed=3'.*KEY one of"):
-        with_settings(NATURAL, ["seed=3"])
+    with pytest.raises(ValueError, match="'threads=3'.*KEY one of"):
+        with_settings(NATURAL, ["threads=3"])
+    assert with_settings(NATURAL, ["seed=3"]).seed == 3        # training, noise and reference
+    with pytest.raises(ValueError, match="'estimate_scope=group'.*'pattern', 'scan'"):
+        with_settings(NATURAL, ["estimate_scope=group"])
     with pytest.raises(ValueError, match="'precision=float16'.*float32"):
         with_settings(NATURAL, ["precision=float16"])
     with pytest.raises(ValueError, match="'nepochs=many'"):
@@ -164,8 +167,10 @@ def test_set_changes_a_size_for_one_run_and_names_what_is_wrong():
     assert with_settings(NATURAL, ["realspace_weight=1e4"]).realspace_weight == 1e4
     from benchmarks.quality.rows import training_config    # what a run trains with
     trained = training_config(with_settings(NATURAL, ["backprop_estimate=1",
-                                                      "realspace_weight=5"]), 2, 1e9)
+                                                      "realspace_weight=5",
+                                                      "estimate_scope=scan"]), 2, 1e9)
     assert trained.model.backprop_estimate and trained.realspace_weight == 5.0
+    assert trained.model.estimate_scope == "scan"
     with pytest.raises(ValueError, match="'backprop_estimate=yes'.*true or false"):
         with_settings(NATURAL, ["backprop_estimate=yes"])
     assert with_settings(NATURAL, ["probe=diffuser"]).probe == "diffuser"
