@@ -167,11 +167,6 @@ def _network_images(config: ModelConfig, x_nchw: np.ndarray,
     return np.concatenate(parts, axis=-1)
 
 
-def _takes_estimate(config: ModelConfig) -> bool:
-    """Whether the model takes the scan's estimate as an input (``estimate_scope="scan"``)."""
-    return config.backprop_estimate and config.estimate_scope == "scan"
-
-
 def _probe(config: ModelConfig, weights) -> np.ndarray:
     """The effective probe (complex128) the model's physics and estimate use."""
     return effective_probe(np.asarray(weights["probe"], np.complex128), config.probe_mask)
@@ -262,7 +257,7 @@ def _network(config: ModelConfig, weights, x_nchw: np.ndarray, tape: Optional[_T
         return np.maximum(pre, 0.0)
 
     x_nchw = np.asarray(x_nchw, dtype=np.float64)
-    if _takes_estimate(config) != (estimate is not None):
+    if (config.estimate_scope == "scan") != (estimate is not None):
         raise ValueError(f"an estimate is an input exactly with estimate_scope='scan'; got "
                          f"{'one' if estimate is not None else 'none'} with "
                          f"{config.estimate_scope!r}")
@@ -368,7 +363,8 @@ def predict(config: ModelConfig, weights: Mapping[str, np.ndarray],
 
 def _network_backward(config: ModelConfig, weights, tape: _Tape, g_amp: np.ndarray,
                       g_phase: np.ndarray, m_amp: Optional[np.ndarray] = None,
-                      m_phase: Optional[np.ndarray] = None) -> tuple[dict, np.ndarray]:
+                      m_phase: Optional[np.ndarray] = None
+                      ) -> tuple[dict, np.ndarray, Optional[np.ndarray]]:
     """Gradients of the network's entries, of its input (B, C, N, N) and of a given estimate
     (:func:`_input_backward`), from the gradients of the activated amplitude and of the
     phase (B, N, N, C).

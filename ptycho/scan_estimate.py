@@ -40,8 +40,9 @@ class ScanEstimate:
                       shape: Optional[tuple[int, int]] = None) -> "ScanEstimate":
         """The estimate of the patterns ``amplitude`` (M, N, N) (any units; an array, read a
         chunk at a time, so a memory-mapped scan is fine, or a reader ``rows -> (b, N, N)`` of
-        index arrays) at ``positions`` (M, 2) = (x, y) object pixels with ``probe`` (N, N). ``mask`` (None, (N, N) or (M, N, N); 1 = measured) zeroes bad
-        pixels first, as the network's input has them. ``pad_object``: see
+        index arrays) at ``positions`` (M, 2) = (x, y) object pixels with ``probe`` (N, N).
+        ``mask`` (None, (N, N) or (M, N, N); 1 = measured) zeroes bad pixels first, as the
+        network's input has them. ``pad_object``: see
         :func:`ptycho.stitching.probe_window`. ``shape``: stitch on an (H, W) canvas whose
         pixel ``(r, c)`` is at ``(x, y) = (c, r)`` (as :class:`ptycho.stitching.Stitcher`'s);
         by default, the smallest that holds every patch."""

@@ -97,8 +97,9 @@ class Model:
         self._disk = (ops.tensor(probe_disk_mask(n), "float32", self.device)
                       if config.probe_mask else None)
         self._constrain = config.gridsize > 1 and config.object_big
-        #: the estimate is an input (estimate_scope="scan"), packed beside the diffraction
-        self._estimate_input = config.backprop_estimate and config.estimate_scope == "scan"
+        #: the estimate is an input (estimate_scope="scan", which needs backprop_estimate),
+        #: packed beside the diffraction
+        self._estimate_input = config.estimate_scope == "scan"
         self._optimizer: Optional[Adam] = None
         self._settings: Optional[LossSettings] = None
         self._train_dtype: Optional[str] = None       # the training step's compute dtype
