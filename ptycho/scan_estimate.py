@@ -19,18 +19,18 @@ from typing import Optional
 import numpy as np
 
 from ptycho.physics.model import backprop_estimate
-from ptycho.stitching import CHUNK, Stitcher, probe_window
+from ptycho.stitching import CHUNK, Stitcher, gather_patches, probe_window
 
 
 class ScanEstimate:
     """The stitched estimate of a scan, cut out at any position (:meth:`patches`).
 
-    Build it with :meth:`from_patterns`. ``canvas`` (H, W) complex128 holds the object in the
+    Build it with :meth:`from_patterns`. ``canvas`` (H, W) complex64 holds the object in the
     amplitudes' units; object pixel ``(r, c)`` of it is at ``(x, y) = (c, r) + origin``.
     """
 
     def __init__(self, canvas: np.ndarray, origin: tuple[float, float], n: int) -> None:
-        self.canvas = np.asarray(canvas, np.complex128)
+        self.canvas = np.asarray(canvas, np.complex64)
         self.origin = (float(origin[0]), float(origin[1]))
         self.N = int(n)
 
@@ -85,30 +85,34 @@ class ScanEstimate:
             sent = np.sum(intensity * np.abs(est) ** 2, axis=(-2, -1))
             level = np.sqrt(np.sum(a ** 2, axis=(-2, -1)) / np.maximum(sent, np.finfo(float).tiny))
             stitcher.add(est * level[:, None, None], pos[lo:lo + CHUNK] - origin)
-        canvas = stitcher.result().astype(np.complex128)
+        canvas = stitcher.result()
         return cls(canvas, (float(origin[0]), float(origin[1])), n)
 
     def patches(self, positions: np.ndarray) -> np.ndarray:
         """The estimate's (..., N, N) complex64 patches at ``positions`` (..., 2) = (x, y):
         patch pixel ``(r, c)`` is the object at ``(y - N//2 + r, x - N//2 + c)``, bilinear
-        between pixels (the adjoint of the stitch's splat), zero off the canvas."""
+        between pixels (:func:`ptycho.stitching.gather_patches`, as the simulation cuts its
+        patches; the adjoint of the stitch's splat). Every patch must lie on the canvas: a position the scan did not reach is
+        named."""
         pos = np.asarray(positions, np.float64)
         if pos.shape[-1:] != (2,) or not np.all(np.isfinite(pos)):
             raise ValueError(f"positions must be (..., 2) finite (x, y), got shape {pos.shape}")
-        flat = pos.reshape(-1, 2)
+        flat = pos.reshape(-1, 2) - np.array(self.origin)
         n = self.N
         h, w = self.canvas.shape
-        top = flat[:, ::-1] - np.array(self.origin[::-1]) - n // 2     # (row, column)
-        i0 = np.floor(top).astype(np.int64)
-        fy, fx = [(top - i0)[:, k, None, None] for k in (0, 1)]
-        rows = i0[:, 0, None] + np.arange(n + 1)
-        cols = i0[:, 1, None] + np.arange(n + 1)
-        inside = ((rows >= 0) & (rows < h))[:, :, None] & ((cols >= 0) & (cols < w))[:, None, :]
-        win = np.where(inside, self.canvas[np.clip(rows, 0, h - 1)[:, :, None],
-                                           np.clip(cols, 0, w - 1)[:, None, :]], 0.0)
-        out = ((1 - fy) * (1 - fx) * win[:, :n, :n] + (1 - fy) * fx * win[:, :n, 1:]
-               + fy * (1 - fx) * win[:, 1:, :n] + fy * fx * win[:, 1:, 1:])
-        return out.astype(np.complex64).reshape(pos.shape[:-1] + (n, n))
+        xmin, xmax, ymin, ymax = n // 2, w - n + n // 2, n // 2, h - n + n // 2
+        outside = ((flat[:, 0] < xmin) | (flat[:, 0] > xmax) | (flat[:, 1] < ymin)
+                   | (flat[:, 1] > ymax))
+        if outside.any():
+            k = int(np.argmax(outside))
+            x0, y0 = self.origin
+            raise ValueError(
+                f"{int(outside.sum())} of {len(flat)} positions put the {n} x {n} "
+                f"patch off the stitched scan; first: index {k} (x={flat[k, 0] + x0:g}, "
+                f"y={flat[k, 1] + y0:g}); allowed x in [{xmin + x0:g}, {xmax + x0:g}], "
+                f"y in [{ymin + y0:g}, {ymax + y0:g}]")
+        padded = np.pad(self.canvas, ((0, 1), (0, 1)))
+        return gather_patches(padded, flat, n).reshape(pos.shape[:-1] + (n, n))
 
 
 def scan_estimate_patches(amplitude, positions: np.ndarray, probe: np.ndarray, *,

@@ -500,6 +500,25 @@ def stitch_patches(patches: np.ndarray, global_offsets: np.ndarray, rel_offsets:
     return st.result(fill_value=fill_value)
 
 
+def gather_patches(obj_padded: np.ndarray, pos: np.ndarray, n: int) -> np.ndarray:
+    """(B, N, N) bilinear patches at ``pos`` (B, 2) = (x, y) of an object padded by one zero
+    row and column at its far edges: ``patch[r, c] = obj(y - N//2 + r, x - N//2 + c)``, the
+    inverse of this module's stitch. Every patch must lie inside the unpadded object
+    (:func:`ptycho.simulate.scans.check_inside`); complex64 for complex64 input."""
+    top = pos[:, ::-1] - n // 2                      # (y0, x0), the patch's top-left corner
+    i0 = np.floor(top).astype(np.int64)
+    frac = (top - i0).astype(np.float32)
+    windows = np.lib.stride_tricks.sliding_window_view(obj_padded, (n + 1, n + 1))
+    win = windows[i0[:, 0], i0[:, 1]]                 # (B, N+1, N+1) copy
+    if not frac.any():
+        return win[:, :n, :n]
+    fy = frac[:, 0, None, None]
+    fx = frac[:, 1, None, None]
+    top_row = win[:, :n, :n] * (1 - fx) + win[:, :n, 1:] * fx
+    bottom_row = win[:, 1:, :n] * (1 - fx) + win[:, 1:, 1:] * fx
+    return top_row * (1 - fy) + bottom_row * fy
+
+
 def probe_window(probe: np.ndarray, pad_object: bool = True) -> np.ndarray:
     """The stitching weight (N, N) of a probe (N, N): ``|P|^2 / max``, times the central N/2
     square with ``pad_object`` (:func:`ptycho.workflows.reconstruct.stitch_window`)."""

@@ -86,8 +86,9 @@ def test_patches_interpolate_the_canvas_bilinearly_at_sub_pixel_positions():
         c0, r0 = x - (-3.0) - 4, y - 4.0 - 4            # canvas (column, row) of patch pixel 0
         want = 2.0 * (c0 + np.arange(8))[None, :] + 0.5j * (r0 + np.arange(8))[:, None]
         np.testing.assert_allclose(out[0, k], want, rtol=1e-6)
-    off = est.patches(np.array([[200.0, 200.0]]))
-    assert not np.any(off)                                  # zero off the canvas
+    with pytest.raises(ValueError, match=r"1 of 2 positions put the 8 x 8 patch off the "
+                       r"stitched scan; first: index 1 \(x=200, y=20\); allowed x in \[1, 43\]"):
+        est.patches(np.array([[10.0, 20.0], [200.0, 20.0]]))
 
 
 def test_bad_arguments_are_named():

@@ -60,7 +60,7 @@ def estimate_object(raw, shape) -> np.ndarray:
 
     positions = np.stack([raw.xcoords, raw.ycoords], axis=1)
     return ScanEstimate.from_patterns(raw.diffraction, positions, raw.probe,
-                                      shape=shape).canvas.astype(np.complex64)
+                                      shape=shape).canvas
 
 
 def object_file(out_dir: str, *parts: Any) -> str:

@@ -29,6 +29,7 @@ from ptycho.simulate.objects import (AMPLITUDE_RANGE, PHASE_RANGE, grf_object, i
                                      lines_object)
 from ptycho.simulate.probes import make_probe
 from ptycho.simulate.scans import SCAN_KINDS, check_inside, grid_dims, make_scan, scan_extent
+from ptycho.stitching import gather_patches
 
 #: Object kinds :func:`simulate_dataset` can generate.
 OBJECT_KINDS = ("lines", "grf")
@@ -90,22 +91,6 @@ def _object(obj: np.ndarray) -> np.ndarray:
     return o.astype(np.complex64, copy=False)
 
 
-def _gather(obj_padded: np.ndarray, pos: np.ndarray, n: int) -> np.ndarray:
-    """(B, N, N) complex64 bilinear patches from an object padded by one zero row/column."""
-    top = pos[:, ::-1] - n // 2                      # (y0, x0), the patch's top-left corner
-    i0 = np.floor(top).astype(np.int64)
-    frac = (top - i0).astype(np.float32)
-    windows = np.lib.stride_tricks.sliding_window_view(obj_padded, (n + 1, n + 1))
-    win = windows[i0[:, 0], i0[:, 1]]                 # (B, N+1, N+1) copy
-    if not frac.any():
-        return win[:, :n, :n]
-    fy = frac[:, 0, None, None]
-    fx = frac[:, 1, None, None]
-    top_row = win[:, :n, :n] * (1 - fx) + win[:, :n, 1:] * fx
-    bottom_row = win[:, 1:, :n] * (1 - fx) + win[:, 1:, 1:] * fx
-    return top_row * (1 - fy) + bottom_row * fy
-
-
 def object_patches(obj: np.ndarray, positions: np.ndarray, n: int) -> np.ndarray:
     """The (M, N, N) complex64 object patches at ``positions`` (M, 2) = (x, y).
 
@@ -119,7 +104,7 @@ def object_patches(obj: np.ndarray, positions: np.ndarray, n: int) -> np.ndarray
     obj = _object(obj)
     pos = _positions(positions)
     check_inside(pos, obj.shape, n)
-    return _gather(np.pad(obj, ((0, 1), (0, 1))), pos, n)
+    return gather_patches(np.pad(obj, ((0, 1), (0, 1))), pos, n)
 
 
 def diffraction_intensity(obj: np.ndarray, probe: np.ndarray, positions: np.ndarray, *,
@@ -152,7 +137,7 @@ def diffraction_intensity(obj: np.ndarray, probe: np.ndarray, positions: np.ndar
     inv_n2 = np.float32(1.0 / (n * n))
 
     def work(sl: slice, _k: int) -> None:
-        f = scipy.fft.fft2(_gather(padded, pos[sl], n) * probe, overwrite_x=True)
+        f = scipy.fft.fft2(gather_patches(padded, pos[sl], n) * probe, overwrite_x=True)
         if not even:
             f = np.fft.fftshift(f, axes=(-2, -1))
         i = f.real * f.real
