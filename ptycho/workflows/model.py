@@ -40,8 +40,11 @@ class PtychoModel:
                 ) -> np.ndarray:
         """Object patches (B, C, N, N) complex64 from diffraction (B, C, N, N) in photon units
         (``estimate``: the scan's stitched estimate, with ``estimate_scope="scan"``)."""
+        # passed only when given: a backend model written before the scan's estimate (its
+        # predict without the argument) still serves every other config
+        extra = {} if estimate is None else {"estimate": estimate}
         return self.backend_model.predict(diffraction, batch_size=batch_size or self.config.batch_size,
-                                          precision=precision, estimate=estimate)
+                                          precision=precision, **extra)
 
     def get_weights(self) -> dict[str, np.ndarray]:
         """The canonical weights (copies)."""
