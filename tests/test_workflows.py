@@ -281,3 +281,47 @@ def test_evaluate_against_truth_scores_only_the_well_lit_region():
     assert m["amplitude"]["ssim"] == 1.0 and m["phase"]["ssim"] == 1.0
     whole = compare_objects(obj, truth)      # what scoring every pixel with coverage > 0 gave
     assert whole["amplitude"]["ssim"] < 0.9
+
+
+class _PerPatternStandIn:
+    """A backend model whose patch is a function of its own pattern only (as a per-pattern
+    network's is), counting the patterns it is asked for."""
+
+    backend_name = "numpy"
+
+    def __init__(self, n: int):
+        self.predicted = 0
+        self.probe = np.ones((n, n), np.complex64)
+
+    def get_weights(self):
+        return {"probe": self.probe}
+
+    def predict(self, diffraction, batch_size=64, precision="float32"):
+        self.predicted += diffraction.shape[0] * diffraction.shape[1]
+        total = diffraction.sum(axis=(-1, -2), keepdims=True)
+        return (np.sqrt(diffraction) * np.exp(1j * total / 1e3)).astype(np.complex64)
+
+
+@pytest.mark.parametrize("per_pattern", [True, False])
+def test_a_per_pattern_network_runs_once_per_distinct_pattern(per_pattern):
+    """At gridsize 2 each pattern is in about four groups; a per-pattern network's patch is
+    the same in each, so reconstruct predicts it once and hands it to every group: the same
+    object as predicting every member, with about four times fewer patterns through the
+    network. A grouped network (whose patch depends on its group) predicts every member."""
+    from ptycho.workflows.model import PtychoModel
+    from ptycho.workflows.reconstruct import plan_reconstruction, predict_chunk
+
+    raw, _ = simulate_dataset(49, 16, nphotons=1e4, seed=3, scan="jitter")
+    cfg = TrainingConfig(model=ModelConfig(N=16, gridsize=2, object_big=False,
+                                           per_pattern_network=per_pattern), nphotons=1e4)
+    plan = plan_reconstruction(cfg, raw)
+    model = PtychoModel(_PerPatternStandIn(16), cfg)
+    every = predict_chunk(model, plan.read(slice(None)), plan.positions, None)
+    members = every.shape[0] * 4                          # 49 groups of 4, 49 distinct patterns
+    for chunk, most in ((1024, 49 + 3), (20, members / 2)):   # dedup within each chunk
+        stand_in = _PerPatternStandIn(16)
+        model = PtychoModel(stand_in, cfg)
+        rec = reconstruct(model, raw, keep_patches=True, chunk_groups=chunk)
+        assert stand_in.predicted <= (most if per_pattern else members) \
+            and stand_in.predicted >= (49 if per_pattern else members)
+        np.testing.assert_array_equal(rec.patches, every)

@@ -49,7 +49,7 @@ class Reconstruction:
     coverage: (H, W) stitching weight per pixel; patches: (B, C, N, N) complex64 network
     output, or None when not kept; positions: (B, C, 2) (x, y) object pixels of each patch;
     seconds: wall time of everything; n_patterns: distinct diffraction patterns used;
-    n_patches: patches predicted (B * C; at gridsize > 1 each pattern is in about C groups,
+    n_patches: patches stitched (B * C; at gridsize > 1 each pattern is in about C groups,
     so about C * n_patterns), None when not recorded;
     network_obj: the network's stitched object (the refinement's start; ``obj`` itself when
     no refinement ran); refinement: None, or what the refinement did (``iterations``,
@@ -219,21 +219,49 @@ def _constrain(model: PtychoModel, patches: np.ndarray, positions: np.ndarray, c
 
 def predict_chunk(model: PtychoModel, diffraction: np.ndarray, positions: np.ndarray,
                   canvas: Optional[int], *, batch_size: Optional[int] = None,
-                  precision: str = "float32", scan: Optional[ScanEstimate] = None
-                  ) -> np.ndarray:
+                  precision: str = "float32", scan: Optional[ScanEstimate] = None,
+                  indices: Optional[np.ndarray] = None) -> np.ndarray:
     """Object patches (B, C, N, N) complex64 for one chunk of groups, as :func:`reconstruct`
     stitches them: the network's output, overlap-constrained when ``canvas`` is given (the
     per-group canvas side; ``None`` for gridsize 1 or without ``object_big``).
 
     ``diffraction`` (B, C, N, N) in photon units, ``positions`` (B, C, 2) (x, y); ``scan``:
     the scan's estimate (:func:`scan_estimate`), for a model with ``estimate_scope="scan"``.
+    ``indices`` (B, C): the members' scan indices. With them, a ``per_pattern_network`` at
+    gridsize > 1 (whose patch depends on its own pattern only) runs once per distinct pattern
+    of the chunk instead of once per group member, about C times fewer passes.
     """
-    estimate = None if scan is None else scan.patches(positions)
-    patches = model.predict(diffraction, batch_size=batch_size, precision=precision,
-                            estimate=estimate)
+    cfg = model.model_config
+    if indices is not None and cfg.per_pattern_network and cfg.n_channels > 1:
+        patches = _predict_distinct(model, diffraction, positions, indices, batch_size,
+                                    precision, scan)
+    else:
+        estimate = None if scan is None else scan.patches(positions)
+        patches = model.predict(diffraction, batch_size=batch_size, precision=precision,
+                                estimate=estimate)
     if canvas is not None:
         patches = _constrain(model, patches, positions, canvas)
     return patches
+
+
+def _predict_distinct(model: PtychoModel, diffraction: np.ndarray, positions: np.ndarray,
+                      indices: np.ndarray, batch_size: Optional[int], precision: str,
+                      scan: Optional[ScanEstimate]) -> np.ndarray:
+    """:meth:`PtychoModel.predict` of groups whose patches each depend on their own pattern
+    only: each distinct pattern once, C of them to a group (the last group filled up with
+    repeats), the patches then handed back to every group that holds them."""
+    c, n = diffraction.shape[1], diffraction.shape[-1]
+    distinct, first, inverse = np.unique(np.asarray(indices).reshape(-1), return_index=True,
+                                         return_inverse=True)
+    k = len(distinct)
+    take = first[np.arange(k + (-k) % c) % k]
+    groups = diffraction.reshape(-1, n, n)[take].reshape(-1, c, n, n)
+    estimate = None
+    if scan is not None:
+        estimate = scan.patches(positions.reshape(-1, 2)[take].reshape(-1, c, 2))
+    patches = model.predict(groups, batch_size=batch_size, precision=precision,
+                            estimate=estimate).reshape(-1, n, n)
+    return patches[inverse.reshape(-1)].reshape(diffraction.shape)
 
 
 def constraint_canvas(model: PtychoModel, positions: np.ndarray) -> Optional[int]:
@@ -382,7 +410,8 @@ def reconstruct(model: PtychoModel, data: DataLike, *, batch_size: Optional[int]
     for lo in range(mine.start, mine.stop, plan.chunk_groups):
         sl = slice(lo, min(lo + plan.chunk_groups, mine.stop))
         patches = predict_chunk(model, read(sl), positions[sl], plan.canvas,
-                                batch_size=batch_size, precision=precision, scan=scan)
+                                batch_size=batch_size, precision=precision, scan=scan,
+                                indices=None if plan.indices is None else plan.indices[sl])
         flat, where = patches.reshape((-1, n, n)), positions[sl].reshape(-1, 2)
         if phase_sync:    # the patches' free phase offsets made to agree, then the chunk's
             flat = synchronize(flat, where, window)          # with the object so far
