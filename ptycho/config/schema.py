@@ -105,7 +105,8 @@ class ModelConfig:
         own patch (one input channel, one output channel, the same weights for every member)
         instead of the group's C patterns to C patches at once; the group's members are then
         coupled only through the overlap constraint, so each patch is a function of its own
-        pattern, as at inference on any scan. (The network runs C times per group.)
+        pattern, as at inference on any scan. (In training the network runs C times per
+        group; ``reconstruct`` runs it once per distinct pattern and shares the patch.)
     match_intensity: (needs a positive ``amp_activation``: sigmoid or softplus) scale each object patch so that the intensity it sends through the
         probe equals its pattern's measured total, ``sum |P O|^2 = sum x^2`` with ``x`` the
         normalised amplitudes (Parseval: the far field keeps the total). The scale is the
