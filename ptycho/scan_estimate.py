@@ -92,8 +92,8 @@ class ScanEstimate:
         """The estimate's (..., N, N) complex64 patches at ``positions`` (..., 2) = (x, y):
         patch pixel ``(r, c)`` is the object at ``(y - N//2 + r, x - N//2 + c)``, bilinear
         between pixels (:func:`ptycho.stitching.gather_patches`, as the simulation cuts its
-        patches; the adjoint of the stitch's splat). Every patch must lie on the canvas: a position the scan did not reach is
-        named."""
+        patches; the adjoint of the stitch's splat). Every patch must lie on the canvas: a
+        position the scan did not reach is named."""
         pos = np.asarray(positions, np.float64)
         if pos.shape[-1:] != (2,) or not np.all(np.isfinite(pos)):
             raise ValueError(f"positions must be (..., 2) finite (x, y), got shape {pos.shape}")
@@ -129,4 +129,3 @@ def scan_estimate_patches(amplitude, positions: np.ndarray, probe: np.ndarray, *
     """
     return ScanEstimate.from_patterns(amplitude, positions, probe, mask=mask,
                                       pad_object=pad_object).patches(positions)
-

@@ -275,7 +275,8 @@ def constraint_canvas(model: PtychoModel, positions: np.ndarray) -> Optional[int
 def scan_estimate(model: PtychoModel, data: DataLike) -> Optional[ScanEstimate]:
     """The stitched estimate of every pattern of ``data`` with the model's probe, scaled as
     the network's input (:mod:`ptycho.scan_estimate`), for a model with
-    ``estimate_scope="scan"``; None for any other."""
+    ``estimate_scope="scan"``; None for any other. It reads every pattern once more before
+    the network's pass (in a process group every rank does: each needs the whole scan's)."""
     cfg = model.model_config
     if cfg.estimate_scope != "scan":
         return None
