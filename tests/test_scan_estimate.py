@@ -192,6 +192,15 @@ def test_train_and_reconstruct_with_the_scan_estimate(backend, tmp_path):
     rec = reconstruct(result.model, raw)
     assert np.all(np.isfinite(rec.obj)) and np.any(rec.obj)
     assert scan_estimate(result.model, raw).canvas.shape[0] > N
+    # from grouped data (gridsize 2: each pattern in about four groups) each pattern counts
+    # once, so the estimate is the one group_data gave the groups
+    from ptycho.data.grouping import group_data
+
+    grouped_cfg = ModelConfig(N=N, gridsize=2, backprop_estimate=True, estimate_scope="scan")
+    gd = group_data(raw, grouped_cfg, nphotons=1e6)
+    est = scan_estimate(result.model, gd).patches(
+        gd.global_offsets[:, None, :] + gd.rel_offsets.astype(np.float64))
+    np.testing.assert_allclose(est, gd.estimate, rtol=1e-4, atol=1e-4 * np.abs(gd.estimate).max())
     path = tmp_path / "model.zip"
     result.model.save(path)
     loaded, config = load_inference_bundle(path, backend=backend)

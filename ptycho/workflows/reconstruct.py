@@ -276,11 +276,19 @@ def scan_estimate(model: PtychoModel, data: DataLike) -> Optional[ScanEstimate]:
     """The stitched estimate of every pattern of ``data`` with the model's probe, scaled as
     the network's input (:mod:`ptycho.scan_estimate`), for a model with
     ``estimate_scope="scan"``; None for any other. It reads every pattern once more before
-    the network's pass (in a process group every rank does: each needs the whole scan's)."""
+    the network's pass (in a process group every rank does: each needs the whole scan's); a
+    pattern that several groups of a GroupedData hold counts once, as in :func:`group_data`."""
     cfg = model.model_config
     if cfg.estimate_scope != "scan":
         return None
     positions, read, mask = refine_patterns(model, data)
+    if isinstance(data, GroupedData):    # each pattern once, as group_data stitches them
+        keep = np.unique(data.indices.reshape(-1), return_index=True)[1]
+        positions, grouped_read = positions[keep], read
+        mask = mask[keep] if mask is not None and mask.ndim == 3 else mask
+
+        def read(rows: np.ndarray) -> np.ndarray:
+            return grouped_read(keep[rows])
     probe = effective_probe(model.get_weights()["probe"], cfg.probe_mask)
     return ScanEstimate.from_patterns(read, positions, probe, mask=mask, pad_object=cfg.pad_object)
 
