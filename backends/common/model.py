@@ -48,6 +48,10 @@ PRECISIONS = ("float32", "bfloat16")
 LOSS_KEYS = ("nll", "mae", "realspace", "total")
 #: How a batch's mask is passed to a compiled function: absent, shared (N, N), per pattern.
 MASK_KINDS = ("none", "shared", "per_pattern")
+#: Groups per call of :meth:`BackendModel.constrain`: its intermediates then stay in the
+#: cache instead of being fresh buffers of tens of MB (256 groups of 4 at N=64 on 2 CPU
+#: cores: torch 0.29 -> 0.10 s, TensorFlow 0.19 -> 0.17 s; the same values).
+CONSTRAIN_CHUNK_GROUPS = 32
 
 
 def _mask_kind(mask: Optional[np.ndarray]) -> str:
@@ -419,10 +423,14 @@ class Model:
             self._compiled["constrain", "none"] = ops.compile(
                 lambda p, r, m: physics.overlap_constraint(ops, p, r, m, self._support),
                 [((None, c, n, n), "complex64"), ((None, c, 2), "float32"), ((), "int32")])
+        fn, out = self._compiled["constrain", "none"], np.empty(patches.shape, np.complex64)
         with ops.no_grad():
-            return ops.read(self._compiled["constrain", "none"](
-                ops.tensor(patches, "complex64", self.device),
-                ops.tensor(rel_offsets, "float32", self.device), int(canvas_size)))
+            for lo in range(0, len(patches), CONSTRAIN_CHUNK_GROUPS):
+                part = slice(lo, lo + CONSTRAIN_CHUNK_GROUPS)
+                out[part] = ops.read(fn(ops.tensor(patches[part], "complex64", self.device),
+                                        ops.tensor(rel_offsets[part], "float32", self.device),
+                                        int(canvas_size)))
+        return out
 
     def refiner(self, obj: np.ndarray, *, refine_probe: bool = False, step: float = STEP,
                 regularisation: float = REGULARISATION, epsilon: float = 1e-6) -> Refiner:

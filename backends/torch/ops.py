@@ -286,14 +286,23 @@ def apply_shifts(images, rows: ShiftTaps, cols: ShiftTaps):
     def take_rows(idx):
         return torch.gather(x, -2, idx[..., :, None].expand(lead + (n_y, w1)))
 
-    r = (rows.weight0[..., None, None] * take_rows(rows.index0)
-         + rows.weight1[..., None, None] * take_rows(rows.index1))            # (..., n_y, W + 1)
+    r = _blend(take_rows, rows)                                  # (..., n_y, W + 1)
 
     def take_cols(idx):
         return torch.gather(r, -1, idx[..., None, :].expand(lead + (n_y, n_x)))
 
-    return (cols.weight0[..., None, None] * take_cols(cols.index0)
-            + cols.weight1[..., None, None] * take_cols(cols.index1))
+    return _blend(take_cols, cols)
+
+
+def _blend(take: Callable, taps: ShiftTaps):
+    """``w0 take(index0) + w1 take(index1)``: the first tap alone where every shift is a
+    whole number of pixels (``w1 = 0``, ``w0 = 1``: the same values; on a scan grid, as
+    reconstruction's groups usually are, it halves the work). The check reads the weights,
+    so it is made on the CPU only (on an accelerator it would wait for the device)."""
+    first = take(taps.index0)
+    if taps.weight1.device.type == "cpu" and not bool(torch.any(taps.weight1 != 0)):
+        return first
+    return taps.weight0[..., None, None] * first + taps.weight1[..., None, None] * take(taps.index1)
 
 
 def take_windows(canvas, rows0, cols0, size: int):

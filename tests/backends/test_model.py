@@ -170,6 +170,25 @@ def test_overlap_constraint_is_applied_per_group_and_exposed(backend):
         patches, np.zeros((2, 1, 2)), N)) == _bits(patches)
 
 
+@pytest.mark.parametrize("whole_pixels", [True, False], ids=["whole-pixel", "sub-pixel"])
+def test_overlap_constraint_of_many_groups_matches_the_reference(backend, whole_pixels):
+    """More groups than one call of constrain takes (they go in chunks), with whole-pixel
+    offsets (a scan grid: the backends skip the second interpolation tap) or sub-pixel ones."""
+    from backends.common.model import CONSTRAIN_CHUNK_GROUPS
+
+    cfg = ModelConfig(**SMALL, gridsize=2)
+    model = backend.build_model(cfg, weights(cfg))
+    rng = np.random.default_rng(7)
+    b = 2 * CONSTRAIN_CHUNK_GROUPS + 3
+    patches = (rng.normal(size=(b, 4, N, N)) + 1j * rng.normal(size=(b, 4, N, N))).astype(np.complex64)
+    rel = rng.uniform(-3, 3, (b, 4, 2))
+    rel = np.round(rel) if whole_pixels else rel
+    m = ref.canvas_size(N, rel)
+    support = ref.object_support(N, cfg.pad_object, cfg.probe_big)
+    want = ref.overlap_constraint(patches, rel, m, support)
+    assert_close(model.constrain(patches, rel, m), want, "translate.overlap")
+
+
 def test_predict_is_the_network_output_in_batches(backend):
     cfg = ModelConfig(**SMALL, gridsize=2)
     model = backend.build_model(cfg, weights(cfg))
