@@ -796,7 +796,7 @@ class ReferenceRefiner:
     """:class:`backends.common.refine.Refiner` in float64 on :func:`refine_gradients` (the
     oracle of the refinement parity checks, and the stand-in backend's refiner): the same
     preconditioned step, ``O -= step * count * g / (4 s^2 (illumination + reg * max))`` with
-    the illumination ``E^T(|P_eff|^2 E(1))`` and, for the probe, ``sum_k |patch_k|^2``."""
+    the illumination ``E^T(|P_eff|^2)`` and, for the probe, ``sum_k |patch_k|^2``."""
 
     def __init__(self, obj, probe, log_intensity_scale: float, probe_mask: bool = False, *,
                  refine_probe: bool = False, step: float, regularisation: float,
@@ -825,7 +825,7 @@ class ReferenceRefiner:
         n = self.w["probe"].shape[-1]
         extract, adjoint = _extraction(positions, n, self.w["object"].shape)
         p_eff = effective_probe(self.w["probe"], self.probe_mask)
-        illumination = adjoint(np.abs(p_eff) ** 2 * extract(np.ones(self.w["object"].shape)))
+        illumination = adjoint(np.broadcast_to(np.abs(p_eff) ** 2, (len(positions), n, n)))
         update = {"object": self._precondition(g["object"], illumination, g["count"])}
         if self.refine_probe:
             lit = np.sum(np.abs(extract(self.w["object"])) ** 2, axis=0)
@@ -833,6 +833,9 @@ class ReferenceRefiner:
         for name, delta in update.items():
             self.w[name] = self.w[name] - delta
         return g["nll"]
+
+    def set_object(self, obj) -> None:
+        self.w["object"] = np.asarray(obj, np.complex128)
 
     def result(self) -> tuple[np.ndarray, np.ndarray]:
         return self.w["object"].copy(), self.w["probe"].copy()

@@ -108,6 +108,7 @@ class Model:
         self._settings: Optional[LossSettings] = None
         self._train_dtype: Optional[str] = None       # the training step's compute dtype
         self._compiled: dict = {}
+        self._last_refiner: Optional[tuple] = None    # (settings, Refiner): see refiner()
 
     # ------------------------------------------------------------------ weights
     def _native(self, name: str, array) -> np.ndarray:
@@ -435,11 +436,22 @@ class Model:
     def refiner(self, obj: np.ndarray, *, refine_probe: bool = False, step: float = STEP,
                 regularisation: float = REGULARISATION, epsilon: float = 1e-6) -> Refiner:
         """A physics refinement of ``obj`` (H, W) with this model's probe and intensity scale
-        (see :mod:`backends.common.refine`; drive it with ``refine.run``)."""
-        return Refiner(self.ops, self.device, obj, self.get_weights()["probe"],
-                       float(self.ops.read(self._log_scale)), self._disk,
-                       refine_probe=refine_probe, step=step, regularisation=regularisation,
-                       epsilon=epsilon)
+        (see :mod:`backends.common.refine`; drive it with ``refine.run``).
+
+        A call with the settings and object shape of the previous one restarts that refiner
+        (:meth:`Refiner.restarted`: its compiled steps are kept, and it is retired)."""
+        probe, scale = self.get_weights()["probe"], float(self.ops.read(self._log_scale))
+        key = (np.shape(obj), bool(refine_probe), float(step), float(regularisation),
+               float(epsilon))
+        last = self._last_refiner
+        if last is not None and last[0] == key:
+            refiner = last[1].restarted(obj, probe, scale)
+        else:
+            refiner = Refiner(self.ops, self.device, obj, probe, scale, self._disk,
+                              refine_probe=refine_probe, step=step,
+                              regularisation=regularisation, epsilon=epsilon)
+        self._last_refiner = (key, refiner)
+        return refiner
 
     def losses(self, batch: Batch, settings: LossSettings) -> dict[str, float]:
         """``nll``, ``mae``, ``realspace``, ``total`` for this batch (no update); in a group,

@@ -124,3 +124,53 @@ def test_bad_input_is_refused(backend):
         refine.run(refiner, pos, d, -1)
     with pytest.raises(ValueError, match="batch_size"):
         refine.run(refiner, pos, d, 1, batch_size=0)
+    with pytest.raises(ValueError, match="momentum"):
+        refine.run(refiner, pos, d, 1, momentum=1.0)
+    with pytest.raises(ValueError, match="finite"):
+        refiner.set_object(np.ones((8, 40), np.complex64))
+
+
+def test_momentum_converges_faster(backend):
+    """run's default momentum against none, from the same flat start: a lower NLL and a
+    better object after 8 passes (measured: NLL 25 against 52, amplitude SSIM 0.97 against
+    0.96)."""
+    pos, d, truth, probe, log_scale = _problem(nphotons=1e7, n_patterns=100)
+    level = np.abs(truth).mean() * _object_scale(truth, probe, log_scale, pos, d)
+    flat = np.full(truth.shape, level, np.complex64)
+    h, w = truth.shape
+    region = (N // 2, h - N // 2, N // 2, w - N // 2)
+    runs = {}
+    for momentum in (0.0, refine.MOMENTUM):
+        refiner = _model(backend, probe, log_scale).refiner(flat)
+        history = refine.run(refiner, pos, d, 8, batch_size=32, seed=1, momentum=momentum)
+        runs[momentum] = history[-1], compare_objects(refiner.result()[0], truth, region=region)
+    (nll_plain, plain), (nll, pushed) = runs[0.0], runs[refine.MOMENTUM]
+    assert nll < 0.7 * nll_plain, (nll, nll_plain)
+    for part in ("amplitude", "phase"):
+        assert pushed[part]["ssim"] > plain[part]["ssim"], (part, pushed, plain)
+
+
+def test_a_repeat_refiner_restarts_the_last_one(backend):
+    """model.refiner with the previous call's settings and object shape reuses its variables
+    and compiled step: the same result as a refiner of a fresh model, the old one retired."""
+    pos, d, truth, probe, log_scale = _problem(nphotons=1e7, n_patterns=36)
+    level = np.abs(truth).mean() * _object_scale(truth, probe, log_scale, pos, d)
+    model = _model(backend, probe, log_scale)
+    first = model.refiner(np.full(truth.shape, 2 * level, np.complex64))
+    refine.run(first, pos, d, 2, batch_size=16)
+    start = np.full(truth.shape, level, np.complex64)
+    again = model.refiner(start)
+    assert again is not first
+    with pytest.raises(RuntimeError, match="restarted"):
+        first.step(pos[:4], d[:4])
+    with pytest.raises(RuntimeError, match="restarted"):
+        first.result()
+    h_again = refine.run(again, pos, d, 3, batch_size=16)
+    new = _model(backend, probe, log_scale).refiner(start)
+    h_new = refine.run(new, pos, d, 3, batch_size=16)
+    np.testing.assert_allclose(h_again, h_new, rtol=1e-5)
+    np.testing.assert_allclose(again.result()[0], new.result()[0], rtol=0, atol=1e-6)
+    # another shape: a refiner of its own (the last one stays usable)
+    other = model.refiner(np.full((truth.shape[0], truth.shape[1] + 2), level, np.complex64))
+    assert other is not again
+    again.result()
