@@ -31,7 +31,7 @@ from ptycho.phase_sync import align_phase, synchronize
 from ptycho.physics.patches import canvas_size
 from ptycho.scan_estimate import ScanEstimate
 from ptycho.stitching import Stitcher, check_canvas, check_group_canvas, extent_of, probe_window
-from ptycho.workflows.model import PtychoModel
+from ptycho.workflows.model import PtychoModel, inference_batch_size
 
 #: Groups predicted and stitched per chunk when the caller does not say.
 DEFAULT_CHUNK_GROUPS = 1024
@@ -155,7 +155,7 @@ def plan_reconstruction(config: TrainingConfig, data: DataLike, *,
     cfg = config.model
     positions, indices, read = _group(config, data)
     n, n_groups, channels = cfg.N, int(positions.shape[0]), int(positions.shape[1])
-    batch = int(batch_size or config.batch_size)
+    batch = int(batch_size or inference_batch_size(config))
     chunk = max(1, min(int(chunk_groups), n_groups))
     scan_pos, scan_idx = positions.reshape(-1, 2), indices.reshape(-1)
     guess = getattr(data, "object_guess", None)
@@ -419,7 +419,7 @@ def reconstruct(model: PtychoModel, data: DataLike, *, batch_size: Optional[int]
     for lo in range(mine.start, mine.stop, plan.chunk_groups):
         sl = slice(lo, min(lo + plan.chunk_groups, mine.stop))
         patches = predict_chunk(model, read(sl), positions[sl], plan.canvas,
-                                batch_size=batch_size, precision=precision, scan=scan,
+                                batch_size=plan.batch_size, precision=precision, scan=scan,
                                 indices=None if plan.indices is None else plan.indices[sl])
         flat, where = patches.reshape((-1, n, n)), positions[sl].reshape(-1, 2)
         if phase_sync:    # the patches' free phase offsets made to agree, then the chunk's
