@@ -102,8 +102,10 @@ def test_a_new_reconstruct_argument_is_a_new_column(monkeypatch, tmp_path):
     monkeypatch.setattr(workflows, "reconstruct", fake_reconstruct)
     config = dataclasses.replace(SMOKE, variants={"network": {}, "refined": {"refine": 7}})
     rows = network_rows(config, "torch", str(tmp_path), lambda msg: None)
-    assert calls == [{}, {"refine": 7}] and warmed == [{}, {"refine": 7}]
+    curve_call = {"refine": 1, "precision": config.refine_curve_precision}
+    assert calls == [{}, {"refine": 7}, curve_call] and warmed == [{}, {"refine": 7}, curve_call]
     row = rows[0]
+    assert [(e["passes"], e["amplitude_ssim"]) for e in row["refine_curve"]] == [(1, 1.0)]
     assert row["refined"]["kwargs"] == {"refine": 7} and row["refined"]["amplitude"]["ssim"] == 1.0
     assert row["network"]["amplitude"]["ssim"] < 0.5
     merged = report.merge(rows, [], baseline_rows(config), list(config.variants))
@@ -111,6 +113,14 @@ def test_a_new_reconstruct_argument_is_a_new_column(monkeypatch, tmp_path):
     assert "amp. SSIM refined" in table and "refined s" in table
     assert "amp. SSIM estimate" in table and merged[0]["estimate"]["amplitude"]["ssim"] > 0
     assert (tmp_path / "objects").is_dir() and len(list((tmp_path / "objects").iterdir())) == 2
+    # with a reference: the curve's first entry within reach of it, its seconds in the table
+    ref = {"available": True, "object": row["object"], "dose": row["dose"], "seconds": 3.0,
+           **{p: {"ssim": 0.99, "psnr": 30.0, "frc50_px": 4.0} for p in ("amplitude", "phase")}}
+    merged = report.merge(rows, [ref], baseline_rows(config), list(config.variants))
+    assert merged[0]["reached"] == row["refine_curve"][0]
+    assert "0.50 (1)" in report.markdown(merged, list(config.variants))
+    far = {**ref, "amplitude": {"ssim": 1.0}, "phase": {"ssim": 1.0}}
+    assert report.reached([{**row["refine_curve"][0], "phase_ssim": 0.96}], far) is None
 
 
 @pytest.mark.slow

@@ -100,6 +100,10 @@ class QualityConfig:
     estimate_scope: str = "pattern"               # ModelConfig.estimate_scope
     realspace_weight: float = 0.0                 # TrainingConfig.realspace_weight
     variants: Mapping[str, Mapping] = field(default_factory=lambda: dict(VARIANTS))
+    # refinement passes of the curve that times reaching the reference (rows.refine_curve),
+    # the network run in refine_curve_precision
+    refine_curve: tuple[int, ...] = (1, 2, 3, 4, 6, 8, 12, 16)
+    refine_curve_precision: str = "bfloat16"
     # the iterative reference (pty-chi)
     reference_epochs: int = 30
     reference_by_dose: Mapping[float, ReferenceEngine] = field(
@@ -139,7 +143,7 @@ SMOKE = dataclasses.replace(
     backends=("torch",), nepochs=1, batch_size=8, base_filters=2, n_filters_scale=1,
     reference_epochs=2, reference_checkpoint_every=1, threads=1,
     train_objects=(TRAIN_OBJECTS[1],), heldout_objects=(HELDOUT_OBJECTS[2],),
-    variants={"network": {}, "refined": {"refine": 2}})
+    variants={"network": {}, "refined": {"refine": 2}}, refine_curve=(1,))
 CONFIGS = {c.name: c for c in (FULL, NATURAL, QUICK, SMOKE)}
 
 def _flag(text: str) -> bool:

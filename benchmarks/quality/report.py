@@ -37,11 +37,38 @@ def _key(row: dict) -> tuple[str, float]:
 BASELINES = ("estimate", "floor")
 
 
+#: What "within reach of the reference" means for the refinement curve: both SSIMs within
+#: this of the reference's, and at least :data:`REACH_FLOOR` (issue 11's bar).
+REACH = 0.03
+REACH_FLOOR = 0.85
+
+
+def reached(curve: Sequence[dict], reference: Optional[dict]) -> Optional[dict]:
+    """The first entry of a refinement curve (:func:`benchmarks.quality.rows.refine_curve`)
+    whose SSIMs are within :data:`REACH` of the reference's and at least :data:`REACH_FLOOR`;
+    None when none is (or there is no reference).
+
+    >>> ref = {"amplitude": {"ssim": 0.99}, "phase": {"ssim": 0.98}}
+    >>> curve = [{"passes": 1, "seconds": 0.5, "amplitude_ssim": 0.9, "phase_ssim": 0.97},
+    ...          {"passes": 2, "seconds": 0.6, "amplitude_ssim": 0.97, "phase_ssim": 0.96}]
+    >>> reached(curve, ref)["passes"]
+    2
+    """
+    if not reference:
+        return None
+    for entry in curve:
+        if all(entry[f"{p}_ssim"] >= max(REACH_FLOOR, reference[p]["ssim"] - REACH)
+               for p in PARTS):
+            return entry
+    return None
+
+
 def merge(network: Iterable[dict], references: Sequence[dict], baselines: Sequence[dict],
           variants: Sequence[str]) -> list[dict]:
     """One record per network row with ``reference`` (None when pty-chi was not run) and the
-    :data:`BASELINES` of the same object and dose, and per variant ``speedup`` = reference
-    seconds / the variant's seconds.
+    :data:`BASELINES` of the same object and dose, per variant ``speedup`` = reference
+    seconds / the variant's seconds, and ``reached`` (:func:`reached`, for a row with a
+    refinement curve).
 
     >>> net = [{"object": "o", "dose": 1e6, "network": {"seconds": 2.0}}]
     >>> ref = [{"available": True, "object": "o", "dose": 1e6, "seconds": 30.0}]
@@ -61,6 +88,8 @@ def merge(network: Iterable[dict], references: Sequence[dict], baselines: Sequen
         for v in variants:
             if ref is not None and row.get(v) and row[v].get("seconds"):
                 row[v] = {**row[v], "speedup": ref["seconds"] / max(row[v]["seconds"], 1e-9)}
+        if row.get("refine_curve"):
+            row["reached"] = reached(row["refine_curve"], ref)
         out.append(row)
     return out
 
@@ -101,12 +130,13 @@ def markdown(rows: Sequence[dict], variants: Sequence[str]) -> str:
     ...        "reference": {**s, "seconds": 30.0, "seconds_to_final": 20.0}, "floor": s,
     ...        "estimate": s}
     >>> print(markdown([row], ["network"]).splitlines()[2].replace(" | ", "|"))
-    | o|1e9|1|torch|0.500|0.500|0.500|0.500|0.600|0.600|0.600|0.600|10|0.50|30 (20)|60 |
+    | o|1e9|1|torch|0.500|0.500|0.500|0.500|0.600|0.600|0.600|0.600|10|0.50|30.0 (20.00)|-|60 |
     """
     methods = [*variants, "reference", *BASELINES]
     head = ["object", "dose", "g", "backend"]
     h1 = head + [f"{p[:3]}. SSIM {m}" for p in PARTS for m in methods]
     h1 += ["train s"] + [f"{v} s" for v in variants] + ["reference s (to final)"]
+    h1 += [f"refined to reference - {REACH:g}: s (passes)"]
     h1 += [f"{v} speedup" for v in variants]
     lines = ["| " + " | ".join(h1) + " |", "|" + "---|" * len(h1)]
     for r in rows:
@@ -116,8 +146,10 @@ def markdown(rows: Sequence[dict], variants: Sequence[str]) -> str:
         cells += [f"{r[v]['seconds']:.2f}" for v in variants]
         ref = r.get("reference")
         to_final = ref.get("seconds_to_final") if ref else None
-        cells.append("-" if not ref else f"{ref['seconds']:.0f}"
-                     + ("" if to_final is None else f" ({to_final:.0f})"))
+        cells.append("-" if not ref else f"{ref['seconds']:.1f}"
+                     + ("" if to_final is None else f" ({to_final:.2f})"))
+        reach = r.get("reached")
+        cells.append(f"{reach['seconds']:.2f} ({reach['passes']})" if reach else "-")
         cells += [f"{r[v]['speedup']:.0f}" if r[v].get("speedup") else "-" for v in variants]
         lines.append("| " + " | ".join(cells) + " |")
     h2 = head + [f"{p[:3]}. PSNR {m}" for p in PARTS for m in methods]

@@ -124,7 +124,8 @@ def network_rows(config: QualityConfig, backend: str, out_dir: str, log: Log) ->
                 f"{train_raw.n_patterns} patterns x {config.nepochs} epochs")
             result = train(tc, train_raw, backend=backend)
             history = result.history
-            warm_up(result.model, heldout[0][1], config.variants, reconstruct)
+            warm_up(result.model, heldout[0][1], {**config.variants, "curve": _curve_kwargs(config, 1)},
+                    reconstruct)
             for spec, raw, truth in heldout:
                 region = scored_region(raw, truth.shape)
                 row = {"object": spec.name, "kind": spec.kind, "dose": dose,
@@ -140,11 +141,32 @@ def network_rows(config: QualityConfig, backend: str, out_dir: str, log: Log) ->
                                     "seconds": recon.seconds, "kwargs": dict(kwargs)}
                     save_object(object_file(out_dir, spec.name, f"{dose:g}", f"g{gridsize}",
                                             backend, variant), recon.obj)
+                if config.refine_curve:
+                    row["refine_curve"] = refine_curve(result.model, raw, truth, region, config)
                 rows.append(row)
                 log(f"{backend}: {spec.name} dose {dose:g} g{gridsize}: " + ", ".join(
                     f"{v} SSIM {row[v]['amplitude']['ssim']:.3f}/{row[v]['phase']['ssim']:.3f}"
                     for v in config.variants))
     return rows
+
+
+def _curve_kwargs(config: QualityConfig, passes: int) -> dict:
+    return {"refine": int(passes), "precision": config.refine_curve_precision}
+
+
+def refine_curve(model, raw, truth: np.ndarray, region, config: QualityConfig) -> list[dict]:
+    """``reconstruct(refine=k)`` end to end (scan estimate, network, stitching, k passes) for
+    each ``k`` of ``config.refine_curve``: its seconds and SSIMs, from which the report reads
+    how long refinement takes to come within reach of the reference (:func:`report.merge`)."""
+    from ptycho.workflows import reconstruct
+
+    curve = []
+    for k in config.refine_curve:
+        recon = reconstruct(model, raw, keep_patches=False, **_curve_kwargs(config, k))
+        scores = score(recon.obj, truth, region)
+        curve.append({"passes": int(k), "seconds": recon.seconds,
+                      **{f"{p}_ssim": scores[p]["ssim"] for p in ("amplitude", "phase")}})
+    return curve
 
 
 def reference_rows(config: QualityConfig, out_dir: str, log: Log) -> list[dict]:
