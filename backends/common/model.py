@@ -440,7 +440,8 @@ class Model:
 
         A call with the settings and object shape of the previous one restarts that refiner
         (:meth:`Refiner.restarted`: its compiled steps are kept, and it is retired)."""
-        probe, scale = self.get_weights()["probe"], float(self.ops.read(self._log_scale))
+        probe = self._canonical("probe", [self.ops.read(v) for v in self._probe])
+        scale = float(self.ops.read(self._log_scale))
         key = (np.shape(obj), bool(refine_probe), float(step), float(regularisation),
                float(epsilon))
         last = self._last_refiner

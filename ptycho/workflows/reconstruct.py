@@ -177,15 +177,17 @@ def plan_reconstruction(config: TrainingConfig, data: DataLike, *,
                               chunk_groups=int(chunk_groups), read=read)
 
 
-def stitch_window(model: PtychoModel) -> np.ndarray:
+def stitch_window(model: PtychoModel, probe: Optional[np.ndarray] = None) -> np.ndarray:
     """Stitching weight (N, N): the probe's intensity ``|P_eff|^2 / max``, on the object support.
 
     Pixels the probe barely lights carry little information about the object, so each patch
     counts where it was illuminated; with ``pad_object`` only the central N/2 square counts.
+    ``probe``: the model's (raw) probe when the caller has read it already (reading it reads
+    every weight).
     """
     cfg = model.model_config
-    return probe_window(effective_probe(model.get_weights()["probe"], cfg.probe_mask),
-                        cfg.pad_object)
+    probe = model.get_weights()["probe"] if probe is None else probe
+    return probe_window(effective_probe(probe, cfg.probe_mask), cfg.pad_object)
 
 
 def _release_freed_memory() -> None:
@@ -272,12 +274,14 @@ def constraint_canvas(model: PtychoModel, positions: np.ndarray) -> Optional[int
     return canvas_size(cfg.N, positions - positions.mean(axis=1, keepdims=True))
 
 
-def scan_estimate(model: PtychoModel, data: DataLike) -> Optional[ScanEstimate]:
+def scan_estimate(model: PtychoModel, data: DataLike,
+                  probe: Optional[np.ndarray] = None) -> Optional[ScanEstimate]:
     """The stitched estimate of every pattern of ``data`` with the model's probe, scaled as
     the network's input (:mod:`ptycho.scan_estimate`), for a model with
     ``estimate_scope="scan"``; None for any other. It reads every pattern once more before
     the network's pass (in a process group every rank does: each needs the whole scan's); a
-    pattern that several groups of a GroupedData hold counts once, as in :func:`group_data`."""
+    pattern that several groups of a GroupedData hold counts once, as in :func:`group_data`.
+    ``probe``: as in :func:`stitch_window`."""
     cfg = model.model_config
     if cfg.estimate_scope != "scan":
         return None
@@ -289,7 +293,8 @@ def scan_estimate(model: PtychoModel, data: DataLike) -> Optional[ScanEstimate]:
 
         def read(rows: np.ndarray) -> np.ndarray:
             return grouped_read(keep[rows])
-    probe = effective_probe(model.get_weights()["probe"], cfg.probe_mask)
+    probe = effective_probe(model.get_weights()["probe"] if probe is None else probe,
+                            cfg.probe_mask)
     return ScanEstimate.from_patterns(read, positions, probe, mask=mask, pad_object=cfg.pad_object)
 
 
@@ -411,8 +416,9 @@ def reconstruct(model: PtychoModel, data: DataLike, *, batch_size: Optional[int]
                                    keep_patches=keep_patches)
     positions, read, n_groups = plan.positions, plan.read, plan.n_groups
     n = model.model_config.N
-    scan = scan_estimate(model, data)
-    window = stitch_window(model)
+    probe = model.get_weights()["probe"]
+    scan = scan_estimate(model, data, probe)
+    window = stitch_window(model, probe)
     stitcher = Stitcher(plan.object_shape, n, window=window)
     kept = []
     mine = slice(0, n_groups) if group is None else shard(n_groups, group.rank, group.size)
