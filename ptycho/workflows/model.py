@@ -11,6 +11,7 @@ from backends.registry import framework_version
 from ptycho.atomic import PathLike
 from ptycho.bundle import save_bundle
 from ptycho.config.schema import ModelConfig, TrainingConfig
+from ptycho.model_memory import estimate_model_memory
 from ptycho.training import History
 
 
@@ -19,20 +20,28 @@ from ptycho.training import History
 #: overhead dominates small batches (256 patterns at N=64, gridsize 1, bfloat16, 2 CPU cores:
 #: batches of 16 / 64 patterns, torch 0.39 / 0.34 s, TensorFlow 0.30 / 0.23 s).
 INFERENCE_BATCH_PIXELS = 64 * 64 * 64
+#: ... as long as the batch's estimated inference memory stays under this (a wide network
+#: keeps a smaller batch; never smaller than the training batch).
+INFERENCE_BATCH_BYTES = 512 << 20
 
 
 def inference_batch_size(config: TrainingConfig) -> int:
     """Groups per prediction batch when none is given: the training batch, or more where a
-    group is small (:data:`INFERENCE_BATCH_PIXELS`).
+    group is small (:data:`INFERENCE_BATCH_PIXELS`, within :data:`INFERENCE_BATCH_BYTES`).
 
     >>> from ptycho.config import ModelConfig, TrainingConfig
     >>> inference_batch_size(TrainingConfig(model=ModelConfig(N=64), batch_size=16))
     64
     >>> inference_batch_size(TrainingConfig(model=ModelConfig(N=64, gridsize=2), batch_size=16))
     16
+    >>> inference_batch_size(TrainingConfig(model=ModelConfig(N=64, base_filters=256),
+    ...                                     batch_size=16))
+    16
     """
     group_pixels = config.model.n_channels * config.model.N ** 2
-    return max(int(config.batch_size), INFERENCE_BATCH_PIXELS // group_pixels)
+    per_group = estimate_model_memory(config.model).inference_bytes_per_group
+    larger = min(INFERENCE_BATCH_PIXELS // group_pixels, INFERENCE_BATCH_BYTES // max(per_group, 1))
+    return max(int(config.batch_size), larger)
 
 
 @dataclass
