@@ -25,6 +25,7 @@ from ptycho.bundle import read_bundle, weight_payload_digest
 from ptycho.config import ModelConfig, TrainingConfig, config_from_legacy, new_legacy_dict
 from ptycho.simulate import simulate_dataset
 from ptycho.workflows import (BUNDLE_NAME, load_inference_bundle, reconstruct, run_cdi_example)
+from ptycho.workflows.model import inference_batch_size
 
 REPO = Path(__file__).resolve().parents[1]
 N = 16
@@ -290,7 +291,7 @@ class _PerPatternStandIn:
     backend_name = "numpy"
 
     def __init__(self, n: int):
-        self.predicted = 0
+        self.predicted, self.batch_sizes = 0, set()
         self.probe = np.ones((n, n), np.complex64)
 
     def get_weights(self):
@@ -298,6 +299,7 @@ class _PerPatternStandIn:
 
     def predict(self, diffraction, batch_size=64, precision="float32"):
         self.predicted += diffraction.shape[0] * diffraction.shape[1]
+        self.batch_sizes.add(batch_size)
         total = diffraction.sum(axis=(-1, -2), keepdims=True)
         return (np.sqrt(diffraction) * np.exp(1j * total / 1e3)).astype(np.complex64)
 
@@ -325,3 +327,18 @@ def test_a_per_pattern_network_runs_once_per_distinct_pattern(per_pattern):
         assert stand_in.predicted <= (most if per_pattern else members) \
             and stand_in.predicted >= (49 if per_pattern else members)
         np.testing.assert_array_equal(rec.patches, every)
+        assert stand_in.batch_sizes == {inference_batch_size(cfg)}
+
+
+def test_reconstruct_predicts_in_inference_batches_not_training_batches():
+    """Without a batch_size, reconstruct predicts about 64 patterns of 64 x 64 a call (more
+    groups than the training batch of 16 at gridsize 1), and a given batch_size wins."""
+    from ptycho.workflows.model import PtychoModel
+
+    raw, _ = simulate_dataset(49, 16, nphotons=1e4, seed=3)
+    cfg = TrainingConfig(model=ModelConfig(N=16), nphotons=1e4, batch_size=16)
+    assert inference_batch_size(cfg) == 64 * 64 * 64 // 16 ** 2
+    for given, want in ((None, inference_batch_size(cfg)), (8, 8)):
+        stand_in = _PerPatternStandIn(16)
+        reconstruct(PtychoModel(stand_in, cfg), raw, batch_size=given)
+        assert stand_in.batch_sizes == {want}
