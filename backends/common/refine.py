@@ -135,8 +135,9 @@ class Refiner:
                              f"({self.n}, {self.n}), got {obj.shape} and {probe.shape}")
         new = copy.copy(self)
         self._retired = True
+        new.set_object(obj)
         ops = self.ops
-        for var, part in zip(new._obj + new._probe, (obj.real, obj.imag, probe.real, probe.imag)):
+        for var, part in zip(new._probe, (probe.real, probe.imag)):
             ops.assign(var, np.ascontiguousarray(part, np.float32))
         ops.assign(new._log_scale, float(log_intensity_scale))
         ops.assign(new._curvature, _curvature(log_intensity_scale))
