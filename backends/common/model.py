@@ -50,7 +50,8 @@ LOSS_KEYS = ("nll", "mae", "realspace", "total")
 MASK_KINDS = ("none", "shared", "per_pattern")
 #: Groups per call of :meth:`BackendModel.constrain`: its intermediates then stay in the
 #: cache instead of being fresh buffers of tens of MB (256 groups of 4 at N=64 on 2 CPU
-#: cores: torch 0.29 -> 0.10 s, TensorFlow 0.19 -> 0.17 s; the same values).
+#: cores: torch 0.29 -> 0.10 s, 0.08 s with ops.py's whole-pixel shifts, TensorFlow 0.19 ->
+#: 0.17 s; the same values).
 CONSTRAIN_CHUNK_GROUPS = 32
 
 

@@ -312,7 +312,8 @@ def run(refiner: Refiner, positions: np.ndarray, diffraction: DiffractionLike, i
             total += nll * len(rows)
         if before is not None:
             after = refiner.result()[0]
-            velocity = after - before if velocity is None else momentum * velocity + (after - before)
+            moved = after - before
+            velocity = moved if velocity is None else momentum * velocity + moved
             refiner.set_object(after + np.complex64(momentum) * velocity)
         history.append(total / m)
         if progress is not None:

@@ -124,8 +124,8 @@ def network_rows(config: QualityConfig, backend: str, out_dir: str, log: Log) ->
                 f"{train_raw.n_patterns} patterns x {config.nepochs} epochs")
             result = train(tc, train_raw, backend=backend)
             history = result.history
-            warm_up(result.model, heldout[0][1], {**config.variants, "curve": _curve_kwargs(config, 1)},
-                    reconstruct)
+            warm_up(result.model, heldout[0][1],
+                    {**config.variants, "curve": _curve_kwargs(config, 1)}, reconstruct)
             for spec, raw, truth in heldout:
                 region = scored_region(raw, truth.shape)
                 row = {"object": spec.name, "kind": spec.kind, "dose": dose,

@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import ptycho.physics as ref
-from backend_testing import assert_close, batch, weights
+from backend_testing import assert_close, batch, images, weights
 from backends.protocol import BackendModel
 from parity import reference as R
 from parity.stages import gradient_scales
@@ -178,10 +178,9 @@ def test_overlap_constraint_of_many_groups_matches_the_reference(backend, whole_
 
     cfg = ModelConfig(**SMALL, gridsize=2)
     model = backend.build_model(cfg, weights(cfg))
-    rng = np.random.default_rng(7)
     b = 2 * CONSTRAIN_CHUNK_GROUPS + 3
-    patches = (rng.normal(size=(b, 4, N, N)) + 1j * rng.normal(size=(b, 4, N, N))).astype(np.complex64)
-    rel = rng.uniform(-3, 3, (b, 4, 2))
+    patches = images(7, (b, 4, N, N), complex_=True)
+    rel = np.random.default_rng(7).uniform(-3, 3, (b, 4, 2))
     rel = np.round(rel) if whole_pixels else rel
     m = ref.canvas_size(N, rel)
     support = ref.object_support(N, cfg.pad_object, cfg.probe_big)
