@@ -37,10 +37,15 @@ def _model(backend, probe, log_scale, **opts):
     return backend.build_model(cfg, init_weights(cfg, 0, probe, log_scale))
 
 
+@pytest.mark.parametrize("subpixel", [False, True], ids=["grid", "sub-pixel"])
 @pytest.mark.parametrize("masked", [False, True], ids=["all pixels", "bad pixels"])
-def test_loss_and_gradients_match_the_float64_reference(backend, masked):
+def test_loss_and_gradients_match_the_float64_reference(backend, masked, subpixel):
+    """On the scan's integer grid (the patch is a window of the object) and off it (an
+    interpolated one)."""
     pos, d, truth, probe, log_scale = _problem(n_patterns=25)
     rng = np.random.default_rng(0)
+    if subpixel:
+        pos = pos + rng.uniform(-0.5, 0.5, pos.shape)
     obj = (0.3 * np.exp(0.4j * rng.normal(size=truth.shape))).astype(np.complex64)
     mask = (rng.uniform(size=(N, N)) > 0.1) if masked else None
     if masked:      # garbage in bad pixels must not matter
