@@ -327,18 +327,73 @@ def to_image_layout(x):
     return x.float().contiguous()
 
 
-def conv3x3(x, kernel, bias):
-    """3x3 conv, stride 1, zero padding 1 on each side, plus bias; kernel (out, in, 3, 3)."""
+def _conv_operands(x, kernel, bias):
+    """The operands of a 3x3 conv in ``x``'s dtype, the input channels padded to at least
+    :data:`MIN_INPUT_CHANNELS` (zeros in both: the same sums)."""
     kernel, bias = kernel.to(x.dtype), bias.to(x.dtype)
     pad = MIN_INPUT_CHANNELS - x.shape[1]
     if pad > 0:
         x = F.pad(x, (0, 0, 0, 0, 0, pad)).contiguous(memory_format=MEMORY_FORMAT)
         kernel = F.pad(kernel, (0, 0, 0, 0, 0, pad)).contiguous(memory_format=MEMORY_FORMAT)
-    return F.conv2d(x, kernel, bias, stride=1, padding=1, dilation=1, groups=1)
+    return x, kernel, bias
+
+
+def conv3x3(x, kernel, bias):
+    """3x3 conv, stride 1, zero padding 1 on each side, plus bias; kernel (out, in, 3, 3)."""
+    return F.conv2d(*_conv_operands(x, kernel, bias), stride=1, padding=1, dilation=1, groups=1)
+
+
+#: Stride, padding and dilation of every conv, as oneDNN's fused op takes them.
+_ONES, _NO_OUTPUT_PADDING = [1, 1], [0, 0]
+
+
+def _fused_conv_relu_op(x):
+    """oneDNN's convolution with a relu post-op for ``x``, or None where it does not apply
+    (not a CPU tensor of float32 or bfloat16, or a build without oneDNN's fused ops)."""
+    if x.device.type != "cpu" or x.dtype not in (torch.float32, torch.bfloat16) \
+            or not torch.backends.mkldnn.is_available():
+        return None
+    return getattr(torch.ops.mkldnn, "_convolution_pointwise", None)
+
+
+class _FusedConvReLU(torch.autograd.Function):
+    """relu(conv3x3(x) + bias) as one oneDNN primitive (relu as a post-op, so the
+    activations are written once, not written by the conv and read and written again by
+    the relu); its backward is autograd's for the unfused pair: the relu's mask from the
+    output, then the conv's input, kernel and bias gradients."""
+
+    @staticmethod
+    def forward(ctx, x, kernel, bias):
+        y = _fused_conv_relu_op(x)(x, kernel, bias, _ONES, _ONES, _ONES, 1, "relu", [], "")
+        ctx.save_for_backward(x, kernel, y)
+        return y
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, kernel, y = ctx.saved_tensors
+        # a gradient in another memory format than the activations takes oneDNN's and the
+        # mask's slow mixed-layout paths (the heads' gradient arrives NCHW)
+        grad = torch.ops.aten.threshold_backward(
+            grad.contiguous(memory_format=MEMORY_FORMAT), y, 0)
+        return torch.ops.aten.convolution_backward(
+            grad, x, kernel, [kernel.shape[0]], _ONES, _ONES, _ONES, False, _NO_OUTPUT_PADDING,
+            1, list(ctx.needs_input_grad))
 
 
 def conv3x3_relu(x, kernel, bias):
-    return F.relu(conv3x3(x, kernel, bias), inplace=True)
+    """relu(conv3x3(x, kernel, bias)), on the CPU fused into the convolution at inference
+    and in a bfloat16 training step: in bfloat16 the separate relu was 29 % of an inference
+    pass and 9 % of a training step (its activations make a round trip to memory; see
+    benchmarks/README.md)."""
+    x, kernel, bias = _conv_operands(x, kernel, bias)
+    fused = _fused_conv_relu_op(x)
+    if fused is not None and not torch.is_grad_enabled():
+        return fused(x, kernel, bias, _ONES, _ONES, _ONES, 1, "relu", [], "")
+    if fused is not None and x.dtype == torch.bfloat16:
+        return _FusedConvReLU.apply(x, kernel, bias)
+    # a float32 training step measured 4 % slower fused (benchmarks.versus): its relu is a
+    # small share next to float32 convolutions
+    return F.relu(F.conv2d(x, kernel, bias, stride=1, padding=1), inplace=True)
 
 
 def maxpool2(x):

@@ -82,3 +82,42 @@ def test_batch_shards_on_threads_give_the_unsharded_results(torchb):
         # of zero may take either sign, so the step agrees to 2 lr, and elsewhere far better
         assert np.abs(w2[name] - w1[name]).max() <= 2 * tc.learning_rate, name
     assert_close(p2, p1, "network.forward")
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+@pytest.mark.parametrize("c_in", [1, 6])
+def test_fused_conv_relu_equals_the_conv_then_the_relu(torchb, dtype, c_in):
+    """On the CPU ``conv3x3_relu`` is oneDNN's convolution with a relu post-op at inference
+    and in bfloat16 training: the same activations as ``relu(conv3x3(...))`` and, through
+    its own backward, the same input, kernel and bias gradients as autograd's for the pair,
+    whatever memory format the incoming gradient has (float32 training takes the pair)."""
+    import torch
+    import torch.nn.functional as F
+
+    ops = torchb.ops
+    dt = ops.DTYPES[dtype]
+    gen = torch.Generator().manual_seed(c_in)
+    x0 = torch.randn(3, c_in, 12, 12, generator=gen).contiguous(memory_format=ops.MEMORY_FORMAT)
+    k0 = (0.3 * torch.randn(5, c_in, 3, 3, generator=gen)).contiguous(
+        memory_format=ops.MEMORY_FORMAT)
+    b0 = 0.1 * torch.randn(5, generator=gen)
+    seed = torch.randn(3, 5, 12, 12, generator=gen)      # NCHW, as the heads' gradient is
+    assert ops._fused_conv_relu_op(x0.to(dt)) is not None, "this torch build lacks the fused op"
+
+    def run(fn):
+        x, k, b = (t.clone().requires_grad_() for t in (x0, k0, b0))
+        y = fn(x.to(dt), k, b)
+        (y.float() * seed).sum().backward()
+        return [y.detach().float(), x.grad, k.grad, b.grad]
+
+    def unfused(x, k, b):
+        return F.relu(ops.conv3x3(x, k, b))
+
+    fused, plain = run(ops.conv3x3_relu), run(unfused)
+    assert float((plain[0] > 0).float().mean()) > 0.2        # the relu does cut
+    for name, a, e in zip(("activations", "input grad", "kernel grad", "bias grad"),
+                          fused, plain):
+        np.testing.assert_array_equal(a.numpy(), e.numpy(), err_msg=name)
+    with torch.inference_mode():
+        np.testing.assert_array_equal(ops.conv3x3_relu(x0.to(dt), k0, b0).float().numpy(),
+                                      plain[0].numpy())
