@@ -100,13 +100,17 @@ def test_a_new_reconstruct_argument_is_a_new_column(monkeypatch, tmp_path):
 
     monkeypatch.setattr(workflows, "train", lambda config, data, backend=None: Result())
     monkeypatch.setattr(workflows, "reconstruct", fake_reconstruct)
-    config = dataclasses.replace(SMOKE, variants={"network": {}, "refined": {"refine": 7}})
+    # a variant runs the network in the training precision unless it names its own
+    config = dataclasses.replace(SMOKE, precision="bfloat16", variants={
+        "network": {}, "refined": {"refine": 7, "precision": "float32"}})
     rows = network_rows(config, "torch", str(tmp_path), lambda msg: None)
     curve_call = {"refine": 1, "precision": config.refine_curve_precision}
-    assert calls == [{}, {"refine": 7}, curve_call] and warmed == [{}, {"refine": 7}, curve_call]
+    expected = [{"precision": "bfloat16"}, {"precision": "float32", "refine": 7}, curve_call]
+    assert calls == expected and warmed == expected
     row = rows[0]
     assert [(e["passes"], e["amplitude_ssim"]) for e in row["refine_curve"]] == [(1, 1.0)]
-    assert row["refined"]["kwargs"] == {"refine": 7} and row["refined"]["amplitude"]["ssim"] == 1.0
+    assert row["refined"]["kwargs"] == {"precision": "float32", "refine": 7}
+    assert row["refined"]["amplitude"]["ssim"] == 1.0
     assert row["network"]["amplitude"]["ssim"] < 0.5
     merged = report.merge(rows, [], baseline_rows(config), list(config.variants))
     table = report.markdown(merged, list(config.variants))
@@ -178,9 +182,10 @@ def test_set_changes_a_size_for_one_run_and_names_what_is_wrong():
     from benchmarks.quality.rows import training_config    # what a run trains with
     trained = training_config(with_settings(NATURAL, ["backprop_estimate=1",
                                                       "realspace_weight=5",
-                                                      "estimate_scope=scan"]), 2, 1e9)
+                                                      "estimate_scope=scan",
+                                                      "central_decoder=true"]), 2, 1e9)
     assert trained.model.backprop_estimate and trained.realspace_weight == 5.0
-    assert trained.model.estimate_scope == "scan"
+    assert trained.model.estimate_scope == "scan" and trained.model.central_decoder
     with pytest.raises(ValueError, match="'backprop_estimate=yes'.*true or false"):
         with_settings(NATURAL, ["backprop_estimate=yes"])
     assert with_settings(NATURAL, ["probe=diffuser"]).probe == "diffuser"

@@ -65,6 +65,8 @@ HELDOUT_OBJECTS = (
 #: Reconstructions made from the trained network, one column each: name -> extra keyword
 #: arguments of ``ptycho.workflows.reconstruct``: the network alone, and the network followed
 #: by physics refinement (``refine`` passes over the scan, see backends/common/refine.py).
+#: Each runs the network in the precision it was trained in unless it names its own
+#: (:meth:`QualityConfig.variant_kwargs`).
 VARIANTS: Mapping[str, Mapping] = {"network": {}, "refined": {"refine": 30}}
 
 #: The iterative reference per dose, chosen by measurement (benchmarks/README.md, "Iterative
@@ -98,6 +100,7 @@ class QualityConfig:
     precision: str = "float32"                    # TrainingConfig.precision
     backprop_estimate: bool = False               # ModelConfig.backprop_estimate
     estimate_scope: str = "pattern"               # ModelConfig.estimate_scope
+    central_decoder: bool = False                 # ModelConfig.central_decoder
     realspace_weight: float = 0.0                 # TrainingConfig.realspace_weight
     variants: Mapping[str, Mapping] = field(default_factory=lambda: dict(VARIANTS))
     # refinement passes of the curve that times reaching the reference (rows.refine_curve),
@@ -122,6 +125,16 @@ class QualityConfig:
             if math.isclose(d, dose, rel_tol=1e-9):
                 return engine
         return ReferenceEngine("lsqml", 32)
+
+    def variant_kwargs(self, variant: str) -> dict:
+        """``reconstruct``'s keyword arguments for a variant: the network in the training
+        precision (a bfloat16-trained model runs inference in bfloat16, as its user would),
+        unless the variant names a precision.
+
+        >>> QualityConfig("q", precision="bfloat16").variant_kwargs("refined")
+        {'precision': 'bfloat16', 'refine': 30}
+        """
+        return {"precision": self.precision, **self.variants[variant]}
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
@@ -158,7 +171,8 @@ def _flag(text: str) -> bool:
 SETTABLE = {"nepochs": int, "batch_size": int, "learning_rate": float, "base_filters": int,
             "n_filters_scale": int, "precision": str, "grid_side": int,
             "gridsizes": lambda text: tuple(int(g) for g in text.split(",")),
-            "backprop_estimate": _flag, "estimate_scope": str, "realspace_weight": float,
+            "backprop_estimate": _flag, "estimate_scope": str, "central_decoder": _flag,
+            "realspace_weight": float,
             "probe": str, "seed": int}
 
 

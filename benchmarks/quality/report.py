@@ -272,6 +272,7 @@ def summary_text(results: dict[str, Any], figures: Sequence[str], fig_link_dir: 
         f"{cfg['grid_side']} points {cfg['step']} px apart (objects {side}x{side} px); "
         f"network base_filters {cfg['base_filters']}, "
         f"n_filters_scale {cfg['n_filters_scale']}"
+        f"{', central decoder' if cfg.get('central_decoder') else ''}"
         f"{_estimate_words(cfg)}, "
         f"{cfg['nepochs']} epochs, batch "
         f"{cfg['batch_size']}, lr {cfg['learning_rate']:g}, trained on "

@@ -84,7 +84,8 @@ def training_config(config: QualityConfig, gridsize: int, dose: float):
     model = ModelConfig(N=config.N, gridsize=gridsize, base_filters=config.base_filters,
                         n_filters_scale=config.n_filters_scale,
                         backprop_estimate=config.backprop_estimate,
-                        estimate_scope=config.estimate_scope)
+                        estimate_scope=config.estimate_scope,
+                        central_decoder=config.central_decoder)
     return TrainingConfig(model=model, nepochs=config.nepochs, batch_size=config.batch_size,
                           learning_rate=config.learning_rate, nphotons=dose, seed=config.seed,
                           precision=config.precision,
@@ -124,8 +125,9 @@ def network_rows(config: QualityConfig, backend: str, out_dir: str, log: Log) ->
                 f"{train_raw.n_patterns} patterns x {config.nepochs} epochs")
             result = train(tc, train_raw, backend=backend)
             history = result.history
+            variants = {v: config.variant_kwargs(v) for v in config.variants}
             warm_up(result.model, heldout[0][1],
-                    {**config.variants, "curve": _curve_kwargs(config, 1)}, reconstruct)
+                    {**variants, "curve": _curve_kwargs(config, 1)}, reconstruct)
             for spec, raw, truth in heldout:
                 region = scored_region(raw, truth.shape)
                 row = {"object": spec.name, "kind": spec.kind, "dose": dose,
@@ -133,7 +135,7 @@ def network_rows(config: QualityConfig, backend: str, out_dir: str, log: Log) ->
                        "train_s": result.timings["train_s"],
                        "train_patterns": train_raw.n_patterns, "epochs": len(history.epochs),
                        "final_loss": history.epochs[-1].loss["total"] if history.epochs else None}
-                for variant, kwargs in config.variants.items():
+                for variant, kwargs in variants.items():
                     # the row runner's one call per column: a new column is one more entry
                     # of config.variants (e.g. {"refine": K}), nothing here changes
                     recon = reconstruct(result.model, raw, keep_patches=False, **kwargs)
