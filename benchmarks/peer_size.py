@@ -12,7 +12,10 @@ precision (:mod:`benchmarks.peak`).
 
 The peer runs a group of gridsize 2 as one pass of 4 channels; ours, with
 ``per_pattern_network`` (the default), as 4 passes of one pattern: the rows with
-``per_pattern_network=False`` are the like-for-like comparison of the grouped design.
+``per_pattern_network=False`` are the like-for-like comparison of the grouped design. A scan
+has about one group per position, so each pattern sits in about C groups; ``reconstruct``
+runs our per-pattern network once per distinct pattern: the ``scan`` rows time a whole scan
+that way against the peer's pass per group.
 """
 
 from __future__ import annotations
@@ -36,7 +39,8 @@ TRAIN_PASSES = 3
 
 def cases(quick: bool) -> list[CaseSpec]:
     """Training at batch 16 and inference at 64 patterns per call (16 at N=128), N=64
-    gridsize 1 and 2 and N=128, in float32 and bfloat16; the bare yardstick at N=64 in
+    gridsize 1 and 2 and N=128, in float32 and bfloat16; a whole gridsize-2 scan
+    (``scan_peer``: 64 positions, 16 groups a call); the bare yardstick at N=64 in
     float32."""
     grid = [(64, 1, 16, 64, PEER_SIZE), (64, 1, 16, 64, CENTRAL), (64, 2, 16, 16, PEER_SIZE),
             (64, 2, 16, 16, GROUPED)]
@@ -47,6 +51,8 @@ def cases(quick: bool) -> list[CaseSpec]:
         for n, g, train_batch, infer_batch, model in grid:
             out.append(CaseSpec("train_peer", n, g, train_batch, dict(model), precision))
             out.append(CaseSpec("infer_peer", n, g, infer_batch, dict(model), precision))
+        for model in (PEER_SIZE, CENTRAL):     # gridsize 2, a whole scan as reconstruct runs it
+            out.append(CaseSpec("scan_peer", 64, 2, 16, dict(model), precision))
     out += [CaseSpec("train", 64, g, 16, dict(PEER_SIZE)) for g in (1, 2)]
     return out
 
@@ -60,8 +66,11 @@ def _with_flops(rec: dict, peaks: dict) -> dict:
     model = {k: c[k] for k in ("base_filters", "n_filters_scale", "per_pattern_network",
                                "central_decoder") if k in c}
     cfg = ModelConfig(N=c["N"], gridsize=c["gridsize"], **model)
+    # a scan row (one group per scan position) costs the peer one pass of C channels per
+    # pattern, ours (each distinct pattern once) one pass of one channel
+    groups_per_pattern = 1 if rec["benchmark"].startswith("scan") else 1 / cfg.n_channels
     per_pattern = {"ours": ours_flops(cfg) / cfg.n_channels,
-                   "peer": peer_flops(c["N"], cfg.n_channels) / cfg.n_channels}
+                   "peer": peer_flops(c["N"], cfg.n_channels) * groups_per_pattern}
     rec["gflop_per_pattern_forward"] = {k: round(v / 1e9, 3) for k, v in per_pattern.items()}
     passes = TRAIN_PASSES if rec["benchmark"].startswith("train") else 1
     peak = peaks.get((rec["backend"], c.get("precision", "float32")))
@@ -108,8 +117,8 @@ def variant(config: dict) -> str:
 
 def table(records: list[dict]) -> list[str]:
     """The section's lines for the run summary."""
-    rows = [r for r in records
-            if r.get("benchmark") in (f"{PREFIX}train_peer", f"{PREFIX}infer_peer")]
+    rows = [r for r in records if r.get("benchmark") in (
+        f"{PREFIX}train_peer", f"{PREFIX}infer_peer", f"{PREFIX}scan_peer")]
     if not rows:
         return []
     lines = ["at the peer's size (widths 64/128/256): patterns/s, ours / peer, forward "
@@ -119,7 +128,8 @@ def table(records: list[dict]) -> list[str]:
             lines.append(f"  conv peak {r['backend']:>10} {r['precision']:>8}: "
                          f"{r['gflops']:.0f} GFLOP/s")
     lines.append("  (decoder: full = ours by default, central = the peer's FLOPs; grouped = one "
-                 "pass of C channels per group, the peer's design)")
+                 "pass of C channels per group, the peer's design; scan = a whole gridsize-2 "
+                 "scan, one group per position, each pattern once in ours)")
     lines.append(f"  {'case':>6} {'backend':>10} {'N':>4} {'grid':>4} {'batch':>5} "
                  f"{'decoder':>15} {'precision':>9} | {'ours':>7} {'peer':>7} {'ratio':>5} | "
                  f"{'GFLOP':>11} | {'peak share':>10}")

@@ -170,7 +170,7 @@ def targets(records: list[dict]) -> list[dict]:
             v = r["torch_over_tensorflow"]
             add(f"{kind} N=64 grid={g} batch={b}: torch / tensorflow >= {TORCH_OVER_TF}", v,
                 v >= TORCH_OVER_TF)
-    for kind in ("train", "infer"):
+    for kind in ("train", "infer", "scan"):
         for r in _by(records, f"{peer_size.PREFIX}{kind}_peer"):
             n, g, b = _cfg_key(r)
             c = r["config"]

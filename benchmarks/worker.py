@@ -19,6 +19,12 @@ Kinds of case (``setup``; ``precision`` applies to ours):
 * ``train_peer`` / ``infer_peer``: *a* as for ``train`` / ``infer``; *b* = the peer's
   network (PtychoPINN's, :mod:`benchmarks.peer`) on the same batch: one pass of C channels
   per group, as the peer runs a group.
+* ``scan_peer`` (gridsize > 1): a whole grouped scan, one group per scan position, as
+  :func:`~ptycho.workflows.reconstruct.reconstruct` forms and predicts it: *a* =
+  ``predict_chunk`` of every group with their scan indices (our per-pattern network runs
+  each distinct pattern once, then the overlap constraint of every group), *b* = the peer's
+  network on every group (one pass of C channels each), ``batch`` groups a call. Patterns
+  are the scan's distinct patterns, for both.
 
 A worker started with ``runtime="default"`` imports the framework alone, with its own
 defaults (no backend, none of its settings), and measures only the yardstick (*a*): the
@@ -150,6 +156,29 @@ class Case:
                 self.b, _ = PEERS[impl.name](n, cfg.n_channels, batch)
                 self.labels = ("ours", "peer")
             self.a = ours
+        elif kind == "scan_peer":
+            pmodel = PtychoModel(backend_model, tc)
+            pos = data.global_offsets[:, None, :] + data.rel_offsets.astype(np.float64)
+            canvas = constraint_canvas(pmodel, pos)
+            distinct = len(np.unique(data.indices))
+            if cfg.n_channels < 2 or distinct != len(data):
+                raise ValueError(f"scan_peer needs gridsize > 1 and one group per scan "
+                                 f"position, got gridsize {cfg.gridsize}, {len(data)} groups "
+                                 f"of {distinct} patterns")
+            _, peer_forward = PEERS[impl.name](n, cfg.n_channels, batch)
+
+            def scan() -> None:
+                predict_chunk(pmodel, data.diffraction, pos, canvas, batch_size=batch,
+                              precision=precision, indices=data.indices)
+
+            def peer_scan() -> None:
+                for _ in range(len(data) // batch):     # the peer's net takes `batch` groups
+                    peer_forward()
+
+            self.a, self.b = scan, peer_scan
+            self.labels = ("ours", "peer")
+            self.patterns = distinct
+            self.info.update(groups_per_call=len(data), patterns_per_call=distinct)
         else:
             pmodel = PtychoModel(backend_model, tc)
             pos = data.global_offsets[:, None, :] + data.rel_offsets.astype(np.float64)

@@ -124,3 +124,28 @@ def test_peer_size_rows_carry_flops_and_share_of_peak_and_render():
     assert "at the peer's size" in text and "bfloat16" in text
     checks = {c["target"]: c["holds"] for c in report.targets(records)}
     assert checks["train torch N=64 grid=1 batch=16, full decoder, bfloat16: ours / peer >= 1.3"]
+
+
+def test_a_scan_row_counts_the_peers_pass_per_group_and_is_a_target():
+    """A whole-scan row at gridsize 2 (one group per position): per pattern the peer does a
+    whole pass of C channels, ours one pass of one channel; the row renders and is checked."""
+    from benchmarks import peer_size, report
+    from benchmarks.peer import ours_flops, peer_flops
+    from ptycho.config import ModelConfig
+
+    config = {"N": 64, "gridsize": 2, "batch_groups": 16, "patterns_per_call": 64,
+              "base_filters": 32, "n_filters_scale": 2, "precision": "bfloat16"}
+    rec = {"benchmark": "scan_peer", "backend": "torch", "config": config,
+           "ours": {"patterns_per_s": 300.0}, "peer": {"patterns_per_s": 150.0},
+           "ratio_ours_to_peer": 2.0, "load": {}}
+    rec = peer_size._with_flops(rec, {("torch", "bfloat16"): 2000.0})
+    per = rec["gflop_per_pattern_forward"]
+    assert per["peer"] == round(peer_flops(64, 4) / 1e9, 3)
+    assert per["ours"] == round(ours_flops(ModelConfig(gridsize=2, base_filters=32)) / 4e9, 3)
+    assert abs(rec["peer"]["gflops"] - per["peer"] * 150.0) < 0.2        # one pass, no backward
+    records = [{**rec, "benchmark": peer_size.PREFIX + "scan_peer"}]
+    assert any(line.split()[:2] == ["scan", "torch"] for line in report.table(records).splitlines())
+    checks = {c["target"]: c["holds"] for c in report.targets(records)}
+    assert checks["scan torch N=64 grid=2 batch=16, full decoder, bfloat16: ours / peer >= 1.3"]
+    kinds = {(c.kind, c.gridsize) for c in peer_size.cases(quick=True)}
+    assert ("scan_peer", 2) in kinds
