@@ -348,10 +348,14 @@ _ONES, _NO_OUTPUT_PADDING = [1, 1], [0, 0]
 
 
 def _fused_conv_relu_op(x):
-    """oneDNN's convolution with a relu post-op for ``x``, or None where it does not apply
-    (not a CPU tensor of float32 or bfloat16, or a build without oneDNN's fused ops)."""
+    """oneDNN's convolution with a relu post-op for ``x``, or None where it does not apply:
+    not a CPU tensor of float32 or bfloat16, oneDNN absent or switched off
+    (``torch.backends.mkldnn.flags``), bfloat16 on a CPU without oneDNN's bfloat16 kernels
+    (torch's own convolution then takes over), a build without the fused op."""
     if x.device.type != "cpu" or x.dtype not in (torch.float32, torch.bfloat16) \
-            or not torch.backends.mkldnn.is_available():
+            or not (torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled):
+        return None
+    if x.dtype == torch.bfloat16 and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
         return None
     return getattr(torch.ops.mkldnn, "_convolution_pointwise", None)
 

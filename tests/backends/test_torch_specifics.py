@@ -121,3 +121,8 @@ def test_fused_conv_relu_equals_the_conv_then_the_relu(torchb, dtype, c_in):
     with torch.inference_mode():
         np.testing.assert_array_equal(ops.conv3x3_relu(x0.to(dt), k0, b0).float().numpy(),
                                       plain[0].numpy())
+    with torch.backends.mkldnn.flags(enabled=False):      # the user's switch is respected:
+        assert ops._fused_conv_relu_op(x0.to(dt)) is None  # torch's own conv, then the relu
+        for name, a, e in zip(("activations", "input grad", "kernel grad", "bias grad"),
+                              run(ops.conv3x3_relu), run(unfused)):
+            np.testing.assert_array_equal(a.numpy(), e.numpy(), err_msg=f"{name}, no oneDNN")
