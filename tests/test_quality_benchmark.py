@@ -76,7 +76,9 @@ def test_a_new_reconstruct_argument_is_a_new_column(monkeypatch, tmp_path):
     import ptycho.workflows as workflows
     from benchmarks.quality import report
     from benchmarks.quality.config import SMOKE
-    from benchmarks.quality.rows import baseline_rows, network_rows
+    from benchmarks.quality.config import NATURAL
+    from benchmarks.quality.rows import (baseline_rows, network_rows, training_config,
+                                         warm_up_patterns)
     from ptycho.training import EpochRecord, History
     from ptycho.workflows.reconstruct import Reconstruction
 
@@ -87,12 +89,15 @@ def test_a_new_reconstruct_argument_is_a_new_column(monkeypatch, tmp_path):
         timings = {"train_s": 1.0}
         model = object()
 
+    warm_sizes, sizes = [], []
+
     def fake_reconstruct(model, raw, keep_patches=True, **kwargs):
-        if raw.object_guess is None:          # the untimed warm-up call on a few patterns
+        if raw.object_guess is None:          # the untimed warm-up call
             warmed.append(kwargs)
-            assert raw.n_patterns <= 16
+            warm_sizes.append(raw.n_patterns)
             return None
         calls.append(kwargs)
+        sizes.append(raw.n_patterns)
         truth = raw.object_guess
         obj = truth if kwargs.get("refine") else np.ones_like(truth)
         return Reconstruction(obj=obj, coverage=np.ones(truth.shape), positions=np.zeros((1, 1, 2)),
@@ -107,6 +112,10 @@ def test_a_new_reconstruct_argument_is_a_new_column(monkeypatch, tmp_path):
     curve_call = {"refine": 1, "precision": config.refine_curve_precision}
     expected = [{"precision": "bfloat16"}, {"precision": "float32", "refine": 7}, curve_call]
     assert calls == expected and warmed == expected
+    # a scan smaller than one prediction batch is warmed up whole (the timed calls' shapes)
+    assert warm_sizes == [sizes[0]] * 3 and sizes[0] < 64
+    assert warm_up_patterns(training_config(config, 1, 1e6)) >= sizes[0]
+    assert warm_up_patterns(training_config(NATURAL, 2, 1e9)) == 64    # 16 groups of 4
     row = rows[0]
     assert [(e["passes"], e["amplitude_ssim"]) for e in row["refine_curve"]] == [(1, 1.0)]
     assert row["refined"]["kwargs"] == {"precision": "float32", "refine": 7}

@@ -92,18 +92,30 @@ def training_config(config: QualityConfig, gridsize: int, dose: float):
                           realspace_weight=config.realspace_weight)
 
 
-#: Patterns of the untimed call that warms each variant up (see :func:`warm_up`).
+#: Least patterns of the untimed call that warms each variant up (see :func:`warm_up`).
 WARM_UP_PATTERNS = 16
 
 
-def warm_up(model, raw, variants, reconstruct) -> None:
-    """Reconstruct the first :data:`WARM_UP_PATTERNS` patterns of ``raw`` once per variant,
-    untimed: the first call of a fresh model traces its graph (TensorFlow) and allocates
-    (both), which is not the reconstruction's cost; the reference's timing likewise leaves
-    out pty-chi's one-off imports."""
+def warm_up_patterns(config) -> int:
+    """Patterns the warm-up reconstructs for a model trained with ``config``: at least one
+    full prediction batch (``inference_batch_size`` groups of ``n_channels`` patterns), so
+    that the timed calls' batch shapes have run once: oneDNN builds its kernels per shape
+    (torch's first 256-pattern reconstruction after a 16-pattern warm-up took 0.63 s, the
+    next ones 0.30-0.45 s)."""
+    from ptycho.workflows.model import inference_batch_size
+
+    return max(WARM_UP_PATTERNS, inference_batch_size(config) * config.model.n_channels)
+
+
+def warm_up(model, raw, variants, reconstruct, patterns: int = WARM_UP_PATTERNS) -> None:
+    """Reconstruct the first ``patterns`` patterns of ``raw`` (all, if it has fewer) once per
+    variant, untimed: the first call of a fresh model traces its graph (TensorFlow) and
+    allocates and builds its kernels for each batch shape (both), which is not the
+    reconstruction's cost; the reference's timing likewise leaves out pty-chi's one-off
+    imports."""
     from ptycho.data.contract import RawData
 
-    k = min(WARM_UP_PATTERNS, raw.n_patterns)
+    k = min(int(patterns), raw.n_patterns)
     head = RawData(diffraction=raw.diffraction[:k], probe=raw.probe, xcoords=raw.xcoords[:k],
                    ycoords=raw.ycoords[:k])
     for kwargs in variants.values():
@@ -127,7 +139,8 @@ def network_rows(config: QualityConfig, backend: str, out_dir: str, log: Log) ->
             history = result.history
             variants = {v: config.variant_kwargs(v) for v in config.variants}
             warm_up(result.model, heldout[0][1],
-                    {**variants, "curve": _curve_kwargs(config, 1)}, reconstruct)
+                    {**variants, "curve": _curve_kwargs(config, 1)}, reconstruct,
+                    warm_up_patterns(tc))
             for spec, raw, truth in heldout:
                 region = scored_region(raw, truth.shape)
                 row = {"object": spec.name, "kind": spec.kind, "dose": dose,
