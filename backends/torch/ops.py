@@ -280,11 +280,18 @@ def apply_shifts(images, rows: ShiftTaps, cols: ShiftTaps):
     lead = tuple(rows.index0.shape[:-1])
     x = _pad_one(images)
     h1, w1 = x.shape[-2:]
-    x = x.expand(lead + (h1, w1))
     n_y, n_x = rows.index0.shape[-1], cols.index0.shape[-1]
+    # rows are whole runs of memory: one index_select of the images' rows (their leading
+    # axes unbroadcast, so a canvas shared by a group's patches is read in place) copies
+    # them, where a gather indexes every element (the overlap constraint of 256 groups of
+    # four at N=64: 74-76 -> 66-71 ms; its row gathers 19 -> 6 ms of CPU time)
+    first_row = torch.arange(0, x[..., 0, 0].numel() * h1, h1, device=x.device)
+    first_row = first_row.reshape(x.shape[:-2] + (1,)).expand(lead + (1,))
+    flat_rows = x.reshape(-1, w1)
 
     def take_rows(idx):
-        return torch.gather(x, -2, idx[..., :, None].expand(lead + (n_y, w1)))
+        picked = flat_rows.index_select(0, (first_row + idx).reshape(-1))
+        return picked.reshape(lead + (n_y, w1))
 
     r = _blend(take_rows, rows)                                  # (..., n_y, W + 1)
 
