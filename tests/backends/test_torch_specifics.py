@@ -84,6 +84,8 @@ def test_batch_shards_on_threads_give_the_unsharded_results(torchb):
     assert_close(p2, p1, "network.forward")
 
 
+# torch.backends.mkldnn.flags() also sets oneDNN's TF32 switch, which warns on a CPU build
+@pytest.mark.filterwarnings("ignore:TF32 acceleration on top of oneDNN:UserWarning")
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 @pytest.mark.parametrize("c_in", [1, 6])
 def test_fused_conv_relu_equals_the_conv_then_the_relu(torchb, dtype, c_in):
