@@ -345,13 +345,21 @@ def _conv_operands(x, kernel, bias):
     return x, kernel, bias
 
 
+def _conv(x, kernel, bias):
+    return F.conv2d(x, kernel, bias, stride=1, padding=1, dilation=1, groups=1)
+
+
 def conv3x3(x, kernel, bias):
     """3x3 conv, stride 1, zero padding 1 on each side, plus bias; kernel (out, in, 3, 3)."""
-    return F.conv2d(*_conv_operands(x, kernel, bias), stride=1, padding=1, dilation=1, groups=1)
+    return _conv(*_conv_operands(x, kernel, bias))
 
 
 #: Stride, padding and dilation of every conv, as oneDNN's fused op takes them.
 _ONES, _NO_OUTPUT_PADDING = [1, 1], [0, 0]
+
+
+def _conv_relu(fused_op, x, kernel, bias):
+    return fused_op(x, kernel, bias, _ONES, _ONES, _ONES, 1, "relu", [], "")
 
 
 def _fused_conv_relu_op(x):
@@ -374,8 +382,8 @@ class _FusedConvReLU(torch.autograd.Function):
     output, then the conv's input, kernel and bias gradients."""
 
     @staticmethod
-    def forward(ctx, x, kernel, bias):
-        y = _fused_conv_relu_op(x)(x, kernel, bias, _ONES, _ONES, _ONES, 1, "relu", [], "")
+    def forward(ctx, fused_op, x, kernel, bias):
+        y = _conv_relu(fused_op, x, kernel, bias)
         ctx.save_for_backward(x, kernel, y)
         return y
 
@@ -386,9 +394,9 @@ class _FusedConvReLU(torch.autograd.Function):
         # mask's slow mixed-layout paths (the heads' gradient arrives NCHW)
         grad = torch.ops.aten.threshold_backward(
             grad.contiguous(memory_format=MEMORY_FORMAT), y, 0)
-        return torch.ops.aten.convolution_backward(
+        return (None, *torch.ops.aten.convolution_backward(
             grad, x, kernel, [kernel.shape[0]], _ONES, _ONES, _ONES, False, _NO_OUTPUT_PADDING,
-            1, list(ctx.needs_input_grad))
+            1, list(ctx.needs_input_grad[1:])))
 
 
 def conv3x3_relu(x, kernel, bias):
@@ -399,12 +407,12 @@ def conv3x3_relu(x, kernel, bias):
     x, kernel, bias = _conv_operands(x, kernel, bias)
     fused = _fused_conv_relu_op(x)
     if fused is not None and not torch.is_grad_enabled():
-        return fused(x, kernel, bias, _ONES, _ONES, _ONES, 1, "relu", [], "")
+        return _conv_relu(fused, x, kernel, bias)
     if fused is not None and x.dtype == torch.bfloat16:
-        return _FusedConvReLU.apply(x, kernel, bias)
+        return _FusedConvReLU.apply(fused, x, kernel, bias)
     # a float32 training step measured 4 % slower fused (benchmarks.versus): its relu is a
     # small share next to float32 convolutions
-    return F.relu(F.conv2d(x, kernel, bias, stride=1, padding=1), inplace=True)
+    return F.relu(_conv(x, kernel, bias), inplace=True)
 
 
 def maxpool2(x):
