@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from ptycho.physics import (canvas_size, crop_center, extract_patches, far_field_amplitude,
                             overlap_constraint, pad_to_canvas, poisson_nll, reassemble_patches,
                             translate)
+from ptycho.physics.patches import central_mask, grid_layout, overlap_constraint_on_grid
 
 # -- strategies --------------------------------------------------------------------------------
 
@@ -154,6 +155,46 @@ def test_reassembly_averages_by_coverage(seed, n):
     assert canvas[0, r, col] == pytest.approx(expected, abs=1e-12)
     # a pixel outside every patch is zero
     assert canvas[0, 0, 0] == 0
+
+
+@given(seed=seeds, gridsize=st.sampled_from([1, 2, 3]), n=small_n, batch=st.integers(1, 4),
+       support_kind=st.sampled_from(["ones", "central"]), data=st.data())
+def test_overlap_constraint_on_grid_is_the_constraint_of_whole_pixel_scans(
+        seed, gridsize, n, batch, support_kind, data):
+    """Groups of whole-pixel scan positions (offsets from the group's mean: whole pixels
+    plus one fraction per group, often 1/2) in different layouts in one batch (shuffled
+    members, jitter, a drawn fraction): the slicing form equals the interpolating one, with
+    or without a support, in float64 and in complex64 (which it keeps)."""
+    rng = _rng(seed)
+    step = data.draw(st.integers(1, max(1, n - 1)), label="step")
+    rel = np.repeat(_grid_offsets(gridsize, step)[None], batch, axis=0)
+    rel = rel + rng.integers(-1, 2, size=rel.shape)
+    rel = np.stack([rng.permutation(group) for group in rel])
+    rel = rel - rel.mean(axis=1, keepdims=True)       # as reconstruct centres its groups
+    m = canvas_size(n, rel) + 2 * data.draw(st.integers(0, 2), label="extra margin")
+    support = None if support_kind == "ones" else central_mask(n)
+    patches = _crc(rng, (batch, gridsize ** 2, n, n))
+    layout = grid_layout(rel, n, m)
+    assert layout is not None and layout[0].shape == rel.shape
+    want = overlap_constraint(patches, rel, m, support)
+    np.testing.assert_allclose(overlap_constraint_on_grid(patches, *layout, m, support), want,
+                               rtol=0, atol=1e-9 * np.abs(want).max())
+    single = overlap_constraint_on_grid(patches.astype(np.complex64), *layout, m, support)
+    assert single.dtype == np.complex64
+    np.testing.assert_allclose(single, want, rtol=0, atol=1e-5 * np.abs(want).max())
+
+
+def test_grid_layout_refuses_offsets_off_the_grid_and_off_the_canvas():
+    rel = np.array([[[-2.0, 0.5], [2.0, -0.5]]])
+    corners, fractions = grid_layout(rel, 8, 12)
+    assert corners.tolist() == [[[2, 0], [1, 4]]] and fractions.tolist() == [[0.5, 0.0]]
+    assert grid_layout(rel + [[0.5, 0.0], [0.0, 0.0]], 8, 14) is None   # fractions differ
+    assert grid_layout(rel, 8, 10) is None                              # off the canvas
+    assert grid_layout(np.array([[[0.0, 1.5]]]), 8, 10) is None        # interpolation too
+    assert grid_layout(np.zeros((0, 2, 2)), 8, 8) is None               # nothing to place
+    with pytest.raises(ValueError, match=r"corners must be \(1, 2, 2\) and fractions"):
+        overlap_constraint_on_grid(np.zeros((1, 2, 8, 8)), np.zeros((1, 1, 2), int),
+                                   np.zeros((1, 2)), 12)
 
 
 @given(n=small_n, m_extra=st.integers(0, 5))

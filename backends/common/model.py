@@ -40,7 +40,8 @@ from backends.common.refine import REGULARISATION, STEP, Refiner
 from ptycho.batch import Batch
 from ptycho.config.schema import ModelConfig, TrainingConfig
 from ptycho.physics.losses import LossSettings
-from ptycho.physics.patches import central_mask, object_support, probe_disk_mask
+from ptycho.physics.patches import (central_mask, grid_layout, object_support,
+                                    overlap_constraint_on_grid, probe_disk_mask)
 from ptycho.weights import network_weight_spec, trainable_names, validate_weights
 
 #: Precisions :meth:`Model.predict` accepts: the dtype its conv stack runs in.
@@ -96,6 +97,7 @@ class Model:
                                        "log_intensity_scale" in self._trainable, self.device)
         self._central = ops.tensor(central_mask(n), "float32", self.device)
         support = object_support(n, config.pad_object, config.probe_big)
+        self._support_array = support.astype(np.float32)
         # None = all ones: the overlap constraint then gets the coverage as an outer product
         self._support = None if np.all(support == 1) else ops.tensor(support, "float32",
                                                                       self.device)
@@ -409,7 +411,11 @@ class Model:
         """The overlap constraint the loss applies (this model's support), numpy in and out.
 
         Patches (B, C, N, N) as :meth:`predict` returns them; the identity unless gridsize > 1
-        with ``object_big``.
+        with ``object_big``. Groups whose offsets differ by whole pixels (scan positions on
+        whole pixels; :func:`ptycho.physics.patches.grid_layout`) take
+        :func:`ptycho.physics.patches.overlap_constraint_on_grid` (numpy, complex64: the
+        graph's values up to rounding, with slices instead of its interpolation
+        operators); others the compiled graph of the loss.
         """
         patches = np.asarray(patches)
         self._check_groups(patches, "patches")
@@ -419,6 +425,13 @@ class Model:
             raise ValueError(f"rel_offsets must be {patches.shape[:2] + (2,)}, got "
                              f"{np.shape(rel_offsets)}")
         physics.canvas_pad(self.config.N, int(canvas_size))
+        layout = grid_layout(rel_offsets, self.config.N, int(canvas_size))
+        if layout is not None:
+            # a scan on whole pixels: placements are slices and each group's one sub-pixel
+            # part a single interpolation (256 groups of 4 at N=64 on 2 CPU cores: torch
+            # 0.14 -> 0.03 s, TensorFlow 0.18 -> 0.03 s)
+            return overlap_constraint_on_grid(patches.astype(np.complex64, copy=False),
+                                              *layout, int(canvas_size), self._support_array)
         ops = self.ops
         if ("constrain", "none") not in self._compiled:
             n, c = self.config.N, self.config.n_channels

@@ -170,10 +170,13 @@ def test_overlap_constraint_is_applied_per_group_and_exposed(backend):
         patches, np.zeros((2, 1, 2)), N)) == _bits(patches)
 
 
-@pytest.mark.parametrize("whole_pixels", [True, False], ids=["whole-pixel", "sub-pixel"])
-def test_overlap_constraint_of_many_groups_matches_the_reference(backend, whole_pixels):
-    """More groups than one call of constrain takes (they go in chunks), with whole-pixel
-    offsets (a scan grid: the backends skip the second interpolation tap) or sub-pixel ones."""
+@pytest.mark.parametrize("offsets", ["whole-pixel", "scan", "sub-pixel"])
+def test_overlap_constraint_of_many_groups_matches_the_reference(backend, offsets):
+    """More groups than one call of the compiled constraint takes (they go in chunks), with
+    whole-pixel offsets, offsets from the group's mean of whole-pixel positions (as
+    reconstruct makes them on a scan grid: whole pixels plus one fraction per group) or
+    arbitrary sub-pixel ones. The first two take numpy slicing (no interpolation operators),
+    with the values of the backend's graph; the last the graph."""
     from backends.common.model import CONSTRAIN_CHUNK_GROUPS
 
     cfg = ModelConfig(**SMALL, gridsize=2)
@@ -181,11 +184,20 @@ def test_overlap_constraint_of_many_groups_matches_the_reference(backend, whole_
     b = 2 * CONSTRAIN_CHUNK_GROUPS + 3
     patches = images(7, (b, 4, N, N), complex_=True)
     rel = np.random.default_rng(7).uniform(-3, 3, (b, 4, 2))
-    rel = np.round(rel) if whole_pixels else rel
+    if offsets != "sub-pixel":
+        rel = np.round(rel)
+    if offsets == "scan":
+        rel = rel - rel.mean(axis=1, keepdims=True)
+        assert np.any(rel != np.round(rel))
     m = ref.canvas_size(N, rel)
     support = ref.object_support(N, cfg.pad_object, cfg.probe_big)
     want = ref.overlap_constraint(patches, rel, m, support)
-    assert_close(model.constrain(patches, rel, m), want, "translate.overlap")
+    got = model.constrain(patches, rel, m)
+    assert got.dtype == np.complex64
+    assert_close(got, want, "translate.overlap")
+    if offsets != "sub-pixel":
+        assert_close(got, backend.overlap_constraint(patches, rel, m, support),
+                     "translate.overlap", scale=np.abs(want).max())
 
 
 def test_predict_is_the_network_output_in_batches(backend):

@@ -122,6 +122,8 @@ def _groups(data, seed, gridsize, n, complex_, support_kind):
     rel = data.draw(hnp.arrays(np.float32, (b, c, 2),
                                elements=st.floats(-6.0, 6.0, width=32, allow_subnormal=False)),
                     label="rel_offsets")
+    if data.draw(st.booleans(), label="whole pixels"):    # a scan grid: one tap per shift
+        rel = np.round(rel)
     m = ref.canvas_size(n, rel) + 2 * data.draw(st.integers(0, 2), label="extra margin")
     support = ref.central_mask(n).astype(np.float32) if support_kind == "central" else None
     patches = images(seed, (b, c, n, n), complex_)
