@@ -192,8 +192,13 @@ def test_set_changes_a_size_for_one_run_and_names_what_is_wrong():
     trained = training_config(with_settings(NATURAL, ["backprop_estimate=1",
                                                       "realspace_weight=5",
                                                       "estimate_scope=scan",
-                                                      "central_decoder=true"]), 2, 1e9)
+                                                      "central_decoder=true",
+                                                      "lr_schedule=cosine"]), 2, 1e9)
     assert trained.model.backprop_estimate and trained.realspace_weight == 5.0
+    assert trained.lr_schedule == "cosine" and training_config(NATURAL, 2, 1e9).lr_schedule \
+        == "constant"
+    with pytest.raises(ValueError, match="'lr_schedule=step'.*'cosine'"):
+        with_settings(NATURAL, ["lr_schedule=step"])
     assert trained.model.estimate_scope == "scan" and trained.model.central_decoder
     with pytest.raises(ValueError, match="'backprop_estimate=yes'.*true or false"):
         with_settings(NATURAL, ["backprop_estimate=yes"])

@@ -95,6 +95,7 @@ class QualityConfig:
     nepochs: int = 16
     batch_size: int = 16
     learning_rate: float = 1e-3
+    lr_schedule: str = "constant"                 # TrainingConfig.lr_schedule (to lr 0)
     base_filters: int = 16
     n_filters_scale: int = 2
     precision: str = "float32"                    # TrainingConfig.precision
@@ -168,7 +169,8 @@ def _flag(text: str) -> bool:
 
 
 #: Fields ``--set`` may change, with how their text is read (``gridsizes``: "1,2").
-SETTABLE = {"nepochs": int, "batch_size": int, "learning_rate": float, "base_filters": int,
+SETTABLE = {"nepochs": int, "batch_size": int, "learning_rate": float, "lr_schedule": str,
+            "base_filters": int,
             "n_filters_scale": int, "precision": str, "grid_side": int,
             "gridsizes": lambda text: tuple(int(g) for g in text.split(",")),
             "backprop_estimate": _flag, "estimate_scope": str, "central_decoder": _flag,
@@ -179,7 +181,7 @@ SETTABLE = {"nepochs": int, "batch_size": int, "learning_rate": float, "base_fil
 def with_settings(config: QualityConfig, assignments) -> QualityConfig:
     """``config`` with ``KEY=VALUE`` texts applied (keys from :data:`SETTABLE`), renamed so
     that its results say they differ from the named size."""
-    from ptycho.config.schema import ESTIMATE_SCOPES, PRECISIONS
+    from ptycho.config.schema import ESTIMATE_SCOPES, LR_SCHEDULES, PRECISIONS
     from ptycho.simulate.probes import PROBE_KINDS
 
     changes, texts = {}, {}
@@ -197,6 +199,9 @@ def with_settings(config: QualityConfig, assignments) -> QualityConfig:
         if key == "estimate_scope" and value not in ESTIMATE_SCOPES:
             raise ValueError(f"--set {text!r}: estimate_scope must be one of "
                              f"{list(ESTIMATE_SCOPES)}")
+        if key == "lr_schedule" and value not in LR_SCHEDULES:
+            raise ValueError(f"--set {text!r}: lr_schedule must be one of "
+                             f"{list(LR_SCHEDULES)}")
         if key == "probe" and value not in PROBE_KINDS:
             raise ValueError(f"--set {text!r}: probe must be one of {list(PROBE_KINDS)}")
         texts[key] = value

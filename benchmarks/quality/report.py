@@ -275,7 +275,9 @@ def summary_text(results: dict[str, Any], figures: Sequence[str], fig_link_dir: 
         f"{', central decoder' if cfg.get('central_decoder') else ''}"
         f"{_estimate_words(cfg)}, "
         f"{cfg['nepochs']} epochs, batch "
-        f"{cfg['batch_size']}, lr {cfg['learning_rate']:g}, trained on "
+        f"{cfg['batch_size']}, lr {cfg['learning_rate']:g}"
+        f"{'' if cfg.get('lr_schedule', 'constant') == 'constant' else ' ' + cfg['lr_schedule']}"
+        ", trained on "
         f"{', '.join(o['name'] for o in cfg['train_objects'])}; reference "
         f"{cfg['reference_epochs']} epochs; {cfg['threads']} threads per framework.",
         "",

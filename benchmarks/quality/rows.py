@@ -87,7 +87,8 @@ def training_config(config: QualityConfig, gridsize: int, dose: float):
                         estimate_scope=config.estimate_scope,
                         central_decoder=config.central_decoder)
     return TrainingConfig(model=model, nepochs=config.nepochs, batch_size=config.batch_size,
-                          learning_rate=config.learning_rate, nphotons=dose, seed=config.seed,
+                          learning_rate=config.learning_rate, lr_schedule=config.lr_schedule,
+                          nphotons=dose, seed=config.seed,
                           precision=config.precision,
                           realspace_weight=config.realspace_weight)
 
