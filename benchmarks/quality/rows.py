@@ -12,6 +12,7 @@ write the reconstructed objects as ``.npy`` files for the figures and return JSO
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from typing import Any, Callable, Optional
 
@@ -95,6 +96,23 @@ def training_config(config: QualityConfig, gridsize: int, dose: float):
 
 #: Least patterns of the untimed call that warms each variant up (see :func:`warm_up`).
 WARM_UP_PATTERNS = 16
+#: Calls of ``reconstruct`` behind each timed figure (a column, a point of the refinement
+#: curve): the fastest is kept, as the other benchmarks keep the fastest round, so that a
+#: call held up by another process does not set it (one call of the network alone, 0.3-0.5
+#: s, varied by 50 % between rows of one run). The scores are the first call's: the same
+#: model and data give the same object.
+TIMED_CALLS = 3
+
+
+def timed_reconstruct(model, raw, **kwargs):
+    """``reconstruct(model, raw, keep_patches=False, **kwargs)`` :data:`TIMED_CALLS` times:
+    the first call's :class:`Reconstruction` with the fastest call's ``seconds``."""
+    from ptycho.workflows import reconstruct
+
+    first = reconstruct(model, raw, keep_patches=False, **kwargs)
+    fastest = min([first.seconds] + [reconstruct(model, raw, keep_patches=False, **kwargs).seconds
+                                     for _ in range(TIMED_CALLS - 1)])
+    return dataclasses.replace(first, seconds=fastest)
 
 
 def warm_up_patterns(config) -> int:
@@ -152,7 +170,7 @@ def network_rows(config: QualityConfig, backend: str, out_dir: str, log: Log) ->
                 for variant, kwargs in variants.items():
                     # the row runner's one call per column: a new column is one more entry
                     # of config.variants (e.g. {"refine": K}), nothing here changes
-                    recon = reconstruct(result.model, raw, keep_patches=False, **kwargs)
+                    recon = timed_reconstruct(result.model, raw, **kwargs)
                     row[variant] = {**score(recon.obj, truth, region),
                                     "seconds": recon.seconds, "kwargs": dict(kwargs)}
                     save_object(object_file(out_dir, spec.name, f"{dose:g}", f"g{gridsize}",
@@ -174,11 +192,9 @@ def refine_curve(model, raw, truth: np.ndarray, region, config: QualityConfig) -
     """``reconstruct(refine=k)`` end to end (scan estimate, network, stitching, k passes) for
     each ``k`` of ``config.refine_curve``: its seconds and SSIMs, from which the report reads
     how long refinement takes to come within reach of the reference (:func:`report.merge`)."""
-    from ptycho.workflows import reconstruct
-
     curve = []
     for k in config.refine_curve:
-        recon = reconstruct(model, raw, keep_patches=False, **_curve_kwargs(config, k))
+        recon = timed_reconstruct(model, raw, **_curve_kwargs(config, k))
         scores = score(recon.obj, truth, region)
         curve.append({"passes": int(k), "seconds": recon.seconds,
                       **{f"{p}_ssim": scores[p]["ssim"] for p in ("amplitude", "phase")}})
