@@ -428,8 +428,7 @@ class Model:
         layout = grid_layout(rel_offsets, self.config.N, int(canvas_size))
         if layout is not None:
             # a scan on whole pixels: placements are slices and each group's one sub-pixel
-            # part a single interpolation (256 groups of 4 at N=64 on 2 CPU cores: torch
-            # 0.14 -> 0.03 s, TensorFlow 0.18 -> 0.03 s)
+            # part a single interpolation (its gain: benchmarks/README.md, change table)
             return overlap_constraint_on_grid(patches.astype(np.complex64, copy=False),
                                               *layout, int(canvas_size), self._support_array)
         ops = self.ops
