@@ -283,8 +283,7 @@ def apply_shifts(images, rows: ShiftTaps, cols: ShiftTaps):
     n_y, n_x = rows.index0.shape[-1], cols.index0.shape[-1]
     # rows are whole runs of memory: one index_select of the images' rows (their leading
     # axes unbroadcast, so a canvas shared by a group's patches is read in place) copies
-    # them, where a gather indexes every element (the overlap constraint of 256 groups of
-    # four at N=64: 74-76 -> 66-71 ms; its row gathers 19 -> 6 ms of CPU time)
+    # them, where a gather indexes every element (its gain: benchmarks/README.md)
     first_row = torch.arange(0, x[..., 0, 0].numel() * h1, h1, device=x.device)
     first_row = first_row.reshape(x.shape[:-2] + (1,)).expand(lead + (1,))
     flat_rows = x.reshape(-1, w1)
@@ -401,16 +400,15 @@ class _FusedConvReLU(torch.autograd.Function):
 
 def conv3x3_relu(x, kernel, bias):
     """relu(conv3x3(x, kernel, bias)), on the CPU fused into the convolution at inference
-    and in a bfloat16 training step: in bfloat16 the separate relu was 29 % of an inference
-    pass and 9 % of a training step (its activations make a round trip to memory; see
-    benchmarks/README.md)."""
+    and in a bfloat16 training step, where the separate relu's round trip of the activations
+    to memory is a large share of the pass (measured in benchmarks/README.md)."""
     x, kernel, bias = _conv_operands(x, kernel, bias)
     fused = _fused_conv_relu_op(x)
     if fused is not None and not torch.is_grad_enabled():
         return _conv_relu(fused, x, kernel, bias)
     if fused is not None and x.dtype == torch.bfloat16:
         return _FusedConvReLU.apply(fused, x, kernel, bias)
-    # a float32 training step measured 4 % slower fused (benchmarks.versus): its relu is a
+    # a float32 training step measured slower fused (benchmarks/README.md): its relu is a
     # small share next to float32 convolutions
     return F.relu(_conv(x, kernel, bias), inplace=True)
 

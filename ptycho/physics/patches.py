@@ -128,9 +128,10 @@ def grid_layout(rel_offsets: np.ndarray, n: int, m: int
     whole = rel - fractions[:, None]
     # float64 offsets of whole-pixel positions from a mean over C members: exact for C a
     # power of two, within rounding otherwise
-    if np.max(np.abs(whole - np.round(whole))) > 1e-9 * max(1.0, float(np.max(np.abs(rel)))):
+    nearest = np.round(whole)
+    if np.max(np.abs(whole - nearest)) > 1e-9 * max(1.0, float(np.max(np.abs(rel)))):
         return None
-    corners = (m // 2 - n // 2) + np.round(whole).astype(np.intp)
+    corners = (m // 2 - n // 2) + nearest.astype(np.intp)
     # the interpolation reaches one pixel past the corner when the fraction is not 0
     reach = corners + n + (fractions[:, None] > 0)
     if corners.min() < 0 or reach.max() > m:
