@@ -71,20 +71,23 @@ class ScanEstimate:
             shape = (int(far[1]), int(far[0]))
         else:
             origin = np.zeros(2)
-        stitcher = Stitcher(shape, n, window=probe_window(probe, pad_object))
-        intensity = np.abs(probe) ** 2
+        # float32 throughout: the canvas is complex64 and the network's input float32
+        stitcher = Stitcher(shape, n, window=probe_window(probe, pad_object), dtype=np.complex64)
+        intensity = (np.abs(probe) ** 2).astype(np.float32)
         for lo in range(0, m, CHUNK):
-            a = np.asarray(read(np.arange(lo, min(lo + CHUNK, m))), np.float64)
+            a = np.asarray(read(np.arange(lo, min(lo + CHUNK, m))), np.float32)
             if a.shape != (min(CHUNK, m - lo), n, n):
                 raise ValueError(f"the reader gave shape {a.shape} for patterns {lo}.."
                                  f"{min(lo + CHUNK, m) - 1}, expected ({min(CHUNK, m - lo)}, "
                                  f"{n}, {n})")
             if mask is not None:
                 a = a * (mask if np.ndim(mask) == 2 else mask[lo:lo + CHUNK])
-            est = backprop_estimate(a, probe)
-            sent = np.sum(intensity * np.abs(est) ** 2, axis=(-2, -1))
-            level = np.sqrt(np.sum(a ** 2, axis=(-2, -1)) / np.maximum(sent, np.finfo(float).tiny))
-            stitcher.add(est * level[:, None, None], pos[lo:lo + CHUNK] - origin)
+            est = backprop_estimate(a, probe, dtype=np.complex64)
+            sent = np.sum(intensity * np.abs(est) ** 2, axis=(-2, -1), dtype=np.float64)
+            level = np.sqrt(np.sum(a ** 2, axis=(-2, -1), dtype=np.float64)
+                            / np.maximum(sent, np.finfo(float).tiny))
+            est *= level.astype(np.float32)[:, None, None]
+            stitcher.add(est, pos[lo:lo + CHUNK] - origin)
         canvas = stitcher.result()
         return cls(canvas, (float(origin[0]), float(origin[1])), n)
 

@@ -49,6 +49,18 @@ def test_the_estimate_is_linear_in_the_amplitudes():
     assert left.shape == (3, 16, 16) and np.allclose(left, right, atol=1e-12)
 
 
+def test_the_estimate_in_complex64_is_the_float64_one_to_float32_rounding():
+    rng = np.random.default_rng(2)
+    probe = diffuser_probe(32, seed=3)
+    a = rng.uniform(0, 50, (4, 32, 32))
+    wide = backprop_estimate(a, probe)
+    narrow = backprop_estimate(a.astype(np.float32), probe, dtype=np.complex64)
+    assert wide.dtype == np.complex128 and narrow.dtype == np.complex64
+    np.testing.assert_allclose(narrow, wide, rtol=0, atol=1e-5 * np.abs(wide).max())
+    with pytest.raises(ValueError, match="dtype must be complex64 or complex128, got float32"):
+        backprop_estimate(a, probe, dtype=np.float32)
+
+
 def test_a_single_pattern_cannot_tell_the_object_from_its_twin():
     """The cause of the network alone's limit at gridsize 1 with the suite's defocused probe:
     its amplitude is centro-symmetric, so ``conj(P O)(-r)`` is ``P`` times another valid

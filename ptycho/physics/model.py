@@ -44,8 +44,10 @@ BACKPROP_EPSILON = 1e-12
 
 
 def backprop_estimate(amplitude: np.ndarray, probe: np.ndarray,
-                      regularisation: float = BACKPROP_REGULARISATION) -> np.ndarray:
-    """The object estimate one pattern gives with the probe's far-field phase: complex128.
+                      regularisation: float = BACKPROP_REGULARISATION,
+                      dtype=np.complex128) -> np.ndarray:
+    """The object estimate one pattern gives with the probe's far-field phase, ``dtype``
+    (complex128, or complex64 where float32 rounding is enough: the stitched scan's estimate).
 
     ``amplitude`` (..., N, N) measured amplitudes (zero frequency at ``(N//2, N//2)``, any
     units), ``probe`` (N, N). The unknown far-field phase is taken to be the probe's own,
@@ -60,9 +62,14 @@ def backprop_estimate(amplitude: np.ndarray, probe: np.ndarray,
     >>> bool(np.allclose(backprop_estimate(a, p, 0.0), 2.0))
     True
     """
-    unit, inverse = backprop_filters(probe, regularisation)
-    spectrum = np.fft.ifftshift(np.asarray(amplitude, dtype=np.float64), axes=(-2, -1)) * unit
-    return inverse * np.fft.ifft2(spectrum, axes=(-2, -1), norm="ortho")
+    dtype = np.dtype(dtype)
+    if dtype not in (np.dtype(np.complex64), np.dtype(np.complex128)):
+        raise ValueError(f"dtype must be complex64 or complex128, got {dtype}")
+    unit, inverse = (f.astype(dtype) for f in backprop_filters(probe, regularisation))
+    spectrum = np.fft.ifftshift(np.asarray(amplitude, dtype=dtype.type(0).real.dtype),
+                                axes=(-2, -1)) * unit
+    # numpy < 2 transforms complex64 in complex128: the result is cast back
+    return (inverse * np.fft.ifft2(spectrum, axes=(-2, -1), norm="ortho")).astype(dtype, copy=False)
 
 
 def backprop_filters(probe: np.ndarray, regularisation: float = BACKPROP_REGULARISATION
