@@ -150,7 +150,12 @@ def test_the_smoke_suite_runs_end_to_end(tmp_path):
     has_ptychi = importlib.util.find_spec("ptychi") is not None
     out = tmp_path / "out"
     readme = tmp_path / "README.md"
-    readme.write_text("# bench\n\n<!-- quality:begin -->\nold\n<!-- quality:end -->\n\nafter\n")
+    readme.write_text("# bench\n\n<!-- quality:begin -->\nold ![x](quality/figures/old.png)\n"
+                      "<!-- quality:end -->\n\nafter ![y](quality/figures/kept.png)\n")
+    figures_dir = tmp_path / "quality" / "figures"
+    figures_dir.mkdir(parents=True)
+    for name in ("old.png", "kept.png"):
+        (figures_dir / name).write_bytes(b"png")
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     proc = subprocess.run([sys.executable, "-m", "benchmarks.quality", "--smoke", "--out",
                            str(out), "--readme", str(readme)], cwd=str(ROOT), env=env,
@@ -169,9 +174,42 @@ def test_the_smoke_suite_runs_end_to_end(tmp_path):
     (figure,) = results["figures"]
     assert (out / "figures" / figure).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     text = readme.read_text()
-    assert "old" not in text and text.endswith("after\n") and "| astronaut/gravel | 1e6 |" in text
-    assert (tmp_path / "quality" / "figures" / figure).is_file()
+    assert "old" not in text and text.endswith("after ![y](quality/figures/kept.png)\n")
+    assert "| astronaut/gravel | 1e6 |" in text
+    # the previous section's figure went, the one linked outside the section stayed
+    assert sorted(p.name for p in figures_dir.iterdir()) == sorted([figure, "kept.png"])
     assert "| astronaut/gravel | 1e6 |" in (out / "quality.md").read_text()
+
+    # the saved run published again, into another README, without running anything
+    other = tmp_path / "again" / "README.md"
+    other.parent.mkdir()
+    other.write_text("<!-- quality:begin -->\n<!-- quality:end -->\n")
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.quality", "--render", str(out),
+                           "--readme", str(other)], cwd=str(ROOT), env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    section = text[text.index("<!-- quality:begin -->"):text.index("<!-- quality:end -->")]
+    assert section in other.read_text()
+    assert (other.parent / "quality" / "figures" / figure).read_bytes() == \
+        (out / "figures" / figure).read_bytes()
+
+
+def test_render_names_what_it_lacks_and_runs_nothing(tmp_path, capsys):
+    from benchmarks.quality.__main__ import main, render
+
+    with pytest.raises(SystemExit) as exc:
+        main(["--render", str(tmp_path)])
+    assert exc.value.code == 2
+    assert "quality.json does not exist: --render takes the --out folder" in capsys.readouterr().err
+    (tmp_path / "quality.json").write_text(json.dumps(
+        {"benchmark": "quality", "started": "then", "figures": ["a.png"]}))
+    with pytest.raises(FileNotFoundError, match="figures lacks 1 of the run's figures: a.png"):
+        render(str(tmp_path))
+    with pytest.raises(SystemExit) as exc:
+        main(["--render", str(tmp_path), "--smoke", "--set", "nepochs=2"])
+    assert exc.value.code == 2
+    assert "--quick/--natural/--smoke, --set cannot go with it" in capsys.readouterr().err
+    assert not (tmp_path / "quality.md").exists()
 
 
 def test_set_changes_a_size_for_one_run_and_names_what_is_wrong():

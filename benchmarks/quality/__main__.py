@@ -8,11 +8,13 @@ Examples::
     python -m benchmarks.quality --quick --backends torch --no-reference
     python -m benchmarks.quality --readme benchmarks/README.md
     python -m benchmarks.quality --natural --set precision=bfloat16 --set base_filters=32
+    python -m benchmarks.quality --render quality_output --readme benchmarks/README.md
 
 Writes into ``--out`` (default ``quality_output/``): ``quality.json`` (every number),
 ``quality.md`` (the tables) and ``figures/*.png``. ``--readme`` also replaces the section
 between the quality markers of that file with the tables and links to the figures, copied
-next to it under ``quality/figures/``. Each backend and the reference run in their own
+next to it under ``quality/figures/``; ``--render DIR`` does that again for a saved run
+(``DIR`` its ``--out``) without running anything. Each backend and the reference run in their own
 process (``benchmarks.quality.worker``); this process imports no framework.
 """
 
@@ -22,6 +24,7 @@ import argparse
 import datetime
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -95,8 +98,8 @@ def run(config_name: str, out: str, backends=None, reference: bool = True,
                    "ptychi_version": _ptychi_version(),
                    "command": " ".join(["python -m benchmarks.quality", *sys.argv[1:]]),
                    "rows": rows, "references": references}
-        fig_dir = os.path.join(out, "figures")
-        figures = report.save_figures(rows, heldout_truths(config), variants, work, fig_dir)
+        figures = report.save_figures(rows, heldout_truths(config), variants, work,
+                                      os.path.join(out, "figures"))
     finally:
         if keep_work:
             log(f"work folder kept: {work}")
@@ -107,6 +110,21 @@ def run(config_name: str, out: str, backends=None, reference: bool = True,
     os.makedirs(out, exist_ok=True)
     with atomic_write(os.path.join(out, "quality.json"), "w") as f:
         f.write(json.dumps(to_jsonable(results), indent=1, allow_nan=False) + "\n")
+    publish(results, out, readme)
+    log(f"done in {results['seconds'] / 60:.1f} min: {out}/quality.json, quality.md, "
+        f"figures/ ({len(figures)})")
+    return results
+
+
+def publish(results: dict, out: str, readme=None) -> None:
+    """Write the tables of ``results`` (a run's ``quality.json``, its figures in
+    ``out/figures``) to ``out/quality.md`` and, with ``readme``, into that file's quality
+    section, the figures copied next to it under ``quality/figures/``."""
+    from benchmarks.quality import report
+    from ptycho.atomic import atomic_write
+
+    figures = results["figures"]
+    fig_dir = os.path.join(out, "figures")
     with atomic_write(os.path.join(out, "quality.md"), "w") as f:
         f.write(report.summary_text(results, figures, "figures") + "\n")
     if readme:
@@ -115,15 +133,52 @@ def run(config_name: str, out: str, backends=None, reference: bool = True,
         link_dir = os.path.join("quality", "figures")
         dest = os.path.join(os.path.dirname(os.path.abspath(readme)), link_dir)
         os.makedirs(dest, exist_ok=True)
-        for name in os.listdir(dest):             # the figures of the previous run go
-            if name.endswith(".png"):
+        # the previous run's figures go (the ones its section links; others in the folder
+        # belong to the rest of the file)
+        for name in set(_section_figures(readme, link_dir)) - set(figures):
+            if os.path.isfile(os.path.join(dest, name)):
                 os.remove(os.path.join(dest, name))
         for name in figures:
             shutil.copyfile(os.path.join(fig_dir, name), os.path.join(dest, name))
         update_readme(readme, report.summary_text(results, figures, link_dir),
                       markers=(report.BEGIN, report.END))
-    log(f"done in {results['seconds'] / 60:.1f} min: {out}/quality.json, quality.md, "
-        f"figures/ ({len(figures)})")
+
+
+def _section_figures(readme: str, link_dir: str) -> list[str]:
+    """The figures (file names) that ``readme``'s quality section links under ``link_dir``."""
+    from benchmarks.quality import report
+
+    if not os.path.isfile(readme):
+        return []
+    with open(readme) as f:
+        doc = f.read()
+    begin, end = doc.find(report.BEGIN), doc.find(report.END)
+    if begin < 0 or end < begin:
+        return []
+    return re.findall(r"\]\(" + re.escape(link_dir + "/") + r"([^)/\s]+\.png)\)",
+                      doc[begin:end])
+
+
+def render(saved: str, readme=None) -> dict:
+    """Publish a saved run again (``saved``: a run's ``--out`` folder) without running
+    anything: its ``quality.md`` and, with ``readme``, that file's quality section."""
+    path = os.path.join(saved, "quality.json")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path} does not exist: --render takes the --out folder of "
+                                "a finished run")
+    with open(path) as f:
+        results = json.load(f)
+    if results.get("benchmark") != "quality" or not isinstance(results.get("figures"), list):
+        raise ValueError(f"{path} is not the output of a quality run (no 'benchmark': "
+                         "'quality' or no list of 'figures')")
+    missing = [name for name in results["figures"]
+               if not os.path.isfile(os.path.join(saved, "figures", name))]
+    if missing:
+        raise FileNotFoundError(f"{saved}/figures lacks {len(missing)} of the run's figures: "
+                                f"{', '.join(missing)}")
+    publish(results, saved, readme)
+    log(f"rendered {path} ({results['started']}) into {saved}/quality.md"
+        + (f" and {readme}" if readme else ""))
     return results
 
 
@@ -147,7 +202,22 @@ def main(argv=None) -> int:
     p.add_argument("--set", dest="settings", action="append", default=[], metavar="KEY=VALUE",
                    help="change one of the size's fields (repeatable), e.g. precision=bfloat16, "
                         "base_filters=32, gridsizes=1,2, nepochs=24")
+    p.add_argument("--render", default=None, metavar="DIR",
+                   help="run nothing: publish the saved run in DIR (its --out folder) again, "
+                        "its tables and, with --readme, the README section")
     a = p.parse_args(argv)
+    if a.render:
+        given = [flag for flag, value in (("--quick/--natural/--smoke", a.config),
+                                          ("--backends", a.backends), ("--set", a.settings),
+                                          ("--no-reference", a.no_reference),
+                                          ("--keep-work", a.keep_work)) if value]
+        if given:
+            p.error(f"--render publishes a saved run: {', '.join(given)} cannot go with it")
+        try:
+            render(a.render, a.readme)
+        except (OSError, ValueError) as err:
+            p.error(str(err))
+        return 0
     try:
         with_settings(CONFIGS[a.config or "full"], a.settings)
     except ValueError as err:
