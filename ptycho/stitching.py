@@ -527,6 +527,61 @@ def probe_window(probe: np.ndarray, pad_object: bool = True) -> np.ndarray:
     return window * central_mask(intensity.shape[-1]) if pad_object else window
 
 
+def sparse_scan(positions: np.ndarray, spacing: float, window: np.ndarray) -> np.ndarray:
+    """Sorted indices of a subset of the scan ``positions`` (M, 2) = (x, y) about ``spacing``
+    object pixels apart whose patches still reach every pixel the whole scan's reach (a
+    patch reaches the pixels where ``window`` (N, N), its stitching weight, is above zero).
+
+    A grid of targets no more than ``spacing`` apart along each axis is laid over the scan's
+    bounding box, its first and last lines on the extreme positions, and each target takes
+    the nearest scan point within ``spacing`` of it; on a raster of step ``s`` with
+    ``spacing = k s`` that is about every k-th point of each row and column, the last row and
+    column included. Then every point left out, in scan order, whose patch would reach a
+    pixel no kept patch reaches is kept too (pixels as the stitch places them, positions
+    rounded), so a stitch of the subset has no hole where the whole scan's has none (the
+    bilinear splat's one-pixel fractional edge aside).
+
+    >>> xy = np.stack(np.meshgrid(np.arange(0.0, 40, 4), np.arange(0.0, 40, 4)), -1).reshape(-1, 2)
+    >>> kept = sparse_scan(xy + 8, 12.0, make_window(16, "full"))
+    >>> len(xy), len(kept), sorted(set(xy[kept, 0].tolist()))
+    (100, 16, [0.0, 12.0, 24.0, 36.0])
+    """
+    from scipy.spatial import cKDTree
+
+    pos = np.asarray(positions, dtype=np.float64)
+    if pos.ndim != 2 or pos.shape[1] != 2 or len(pos) == 0 or not np.all(np.isfinite(pos)):
+        raise ValueError(f"positions must be a non-empty (M, 2) array of finite (x, y), got "
+                         f"shape {pos.shape}")
+    if isinstance(spacing, bool) or not isinstance(spacing, (int, float, np.integer, np.floating)) \
+            or not math.isfinite(spacing) or spacing <= 0:
+        raise ValueError(f"spacing must be a positive number of pixels, got {spacing!r}")
+    support = np.asarray(window) > 0
+    n = support.shape[0]
+    if support.ndim != 2 or support.shape != (n, n) or not support.any():
+        raise ValueError(f"window must be an (N, N) array with some weight above zero, got "
+                         f"shape {support.shape}")
+    lo, hi = pos.min(axis=0), pos.max(axis=0)
+    axes = [np.linspace(lo[a], hi[a], int(math.ceil((hi[a] - lo[a]) / spacing)) + 1)
+            for a in (0, 1)]
+    targets = np.stack(np.meshgrid(*axes), axis=-1).reshape(-1, 2)
+    distance, nearest = cKDTree(pos).query(targets)
+    keep = np.zeros(len(pos), bool)
+    keep[nearest[distance <= spacing]] = True
+    # the stitch's pixels: top-left corner of each patch, rounded, on a canvas holding them all
+    corner = np.floor(pos[:, ::-1] + 0.5).astype(np.int64) - n // 2      # halves up, as it does
+    corner -= corner.min(axis=0)
+    reached = np.zeros(tuple(corner.max(axis=0) + n), bool)
+    for r, c in corner[keep]:
+        reached[r:r + n, c:c + n] |= support
+    for i in np.flatnonzero(~keep):
+        r, c = corner[i]
+        view = reached[r:r + n, c:c + n]
+        if not view[support].all():
+            keep[i] = True
+            view |= support
+    return np.flatnonzero(keep)
+
+
 def scan_coverage(probe: np.ndarray, positions: np.ndarray, shape: Sequence[int]) -> np.ndarray:
     """(H, W) coverage of a scan: the probe's intensity ``|P|^2 / max``, summed at every position.
 

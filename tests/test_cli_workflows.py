@@ -154,6 +154,28 @@ def test_reconstruct_accepts_the_run_folder_and_bfloat16(trained, data, tmp_path
         assert 0 < err < 0.05 * ref.max()        # bfloat16 differs, but only a little
 
 
+def test_reconstruct_with_a_spacing_predicts_fewer_points_and_covers_the_same(trained, data,
+                                                                             tmp_path, capsys):
+    """--spacing PX: the network sees the sparse subset only; the object covers what the whole
+    scan's does; the summary records the spacing; a spacing that is not positive is refused."""
+    backend, r = trained
+    with np.load(data[1]) as d:
+        step = float(np.diff(np.unique(d["xcoords"])).min())
+    out = tmp_path / "sparse"
+    code = main(["reconstruct", "--model", str(r["out"] / "model.zip"), "--data", str(data[1]),
+                 "--output-dir", str(out), "--backend", backend, "--spacing", str(2 * step),
+                 "--quiet"])
+    assert code == 0, capsys.readouterr().err
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["spacing"] == 2 * step and summary["reconstruction"]["n_patterns"] < 36
+    with np.load(out / "reconstruction.npz") as a, np.load(r["out"] / "reconstruction.npz") as b:
+        np.testing.assert_array_equal(a["coverage"] > 0, b["coverage"] > 0)
+    code = main(["reconstruct", "--model", str(r["out"] / "model.zip"), "--data", str(data[1]),
+                 "--output-dir", str(tmp_path / "bad"), "--backend", backend, "--spacing", "0"])
+    assert code == 2 and "--spacing" in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()
+
+
 def test_reconstruct_refines_the_networks_object(trained, data, tmp_path, capsys):
     """--refine K: K iterations of physics refinement after the network; the summary holds
     both objects' metrics, and the refined object fits the data far better."""

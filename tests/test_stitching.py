@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from ptycho.physics import central_mask, translate
 from ptycho.simulate import grf_object, object_patches
-from ptycho.stitching import Stitcher, extent_of, make_window, stitch_patches
+from ptycho.stitching import Stitcher, extent_of, make_window, sparse_scan, stitch_patches
 
 seeds = st.integers(0, 2**32 - 1)
 
@@ -235,6 +235,54 @@ def test_complex64_accumulators_agree_with_complex128():
     a.add(patches, pos)
     b.add(patches, pos)
     np.testing.assert_allclose(b.result(), a.result(), atol=1e-5)
+
+
+# -- a sparse subset of a scan ------------------------------------------------------------------
+
+def _reached(positions, window, shape):
+    """Pixels a stitch of patches at ``positions`` reaches (coverage above zero)."""
+    st_ = Stitcher(shape, window.shape[0], window=window, subpixel="round")
+    st_.add(np.ones((len(positions),) + window.shape, np.complex64), positions)
+    return st_.coverage > 0
+
+
+def test_sparse_scan_of_a_raster_keeps_every_kth_row_and_column_with_the_last():
+    xy = np.stack(np.meshgrid(np.arange(16) * 6.0, np.arange(16) * 6.0), -1).reshape(-1, 2) + 32
+    window = make_window(64)                                   # the central 32 x 32 square
+    assert len(sparse_scan(xy, 6, window)) == 256              # the scan's own step: all
+    kept = sparse_scan(xy, 18, window)
+    np.testing.assert_array_equal(np.unique(xy[kept, 0]) - 32, [0, 18, 36, 54, 72, 90])
+    assert len(kept) == 36 and np.all(np.diff(kept) > 0)
+    assert np.array_equal(_reached(xy[kept], window, (160, 160)), _reached(xy, window, (160, 160)))
+
+
+@given(seeds, st.floats(2.0, 40.0), st.sampled_from([8, 12, 16]))
+def test_a_stitch_of_the_sparse_subset_reaches_every_pixel_the_whole_scan_does(seed, spacing, side):
+    """Whatever the scan (random points, clusters, gaps) and however sparse, no hole opens:
+    the points the target grid misses are added back where their patch reaches a pixel no
+    kept patch does."""
+    rng = np.random.default_rng(seed)
+    n = 16
+    xy = rng.uniform(n // 2, 60, (int(rng.integers(1, 80)), 2))
+    window = make_window(n, side)
+    kept = sparse_scan(xy, spacing, window)
+    assert len(kept) >= 1 and np.array_equal(kept, np.unique(kept))
+    shape = (80, 80)
+    assert np.array_equal(_reached(xy[kept], window, shape), _reached(xy, window, shape))
+
+
+@pytest.mark.parametrize("positions, spacing, window, match", [
+    (np.zeros((0, 2)), 4, np.ones((8, 8)), r"positions must be .* shape \(0, 2\)"),
+    (np.full((3, 2), np.nan), 4, np.ones((8, 8)), "finite"),
+    (np.zeros((3, 2)), 0, np.ones((8, 8)), "spacing must be a positive number of pixels, got 0"),
+    (np.zeros((3, 2)), float("inf"), np.ones((8, 8)), "spacing"),
+    (np.zeros((3, 2)), True, np.ones((8, 8)), "spacing"),
+    (np.zeros((3, 2)), 4, np.zeros((8, 8)), "some weight above zero"),
+    (np.zeros((3, 2)), 4, np.ones((8, 6)), r"shape \(8, 6\)"),
+])
+def test_sparse_scan_errors(positions, spacing, window, match):
+    with pytest.raises(ValueError, match=match):
+        sparse_scan(positions, spacing, window)
 
 
 # -- speed and memory --------------------------------------------------------------------------

@@ -342,3 +342,40 @@ def test_reconstruct_predicts_in_inference_batches_not_training_batches():
         stand_in = _PerPatternStandIn(16)
         reconstruct(PtychoModel(stand_in, cfg), raw, batch_size=given)
         assert stand_in.batch_sizes == {want}
+
+
+@pytest.mark.parametrize("gridsize", [1, 2])
+def test_reconstruct_with_a_spacing_predicts_only_the_sparse_subset(gridsize):
+    """``spacing``: the network sees only the points :func:`sparse_scan` keeps (at gridsize 2
+    grouped among themselves), the object has the whole scan's shape and no hole where the
+    whole scan's stitch has none, and the diffraction keeps the whole scan's scale."""
+    from ptycho.data.grouping import group_data
+    from ptycho.stitching import make_window, sparse_scan
+    from ptycho.workflows.model import PtychoModel
+    from ptycho.workflows.reconstruct import plan_reconstruction
+
+    raw, _ = simulate_dataset(81, 16, nphotons=1e4, seed=3)     # a 9 x 9 raster
+    cfg = TrainingConfig(model=ModelConfig(N=16, gridsize=gridsize, object_big=False),
+                         nphotons=1e4)
+    xy = np.stack([raw.xcoords, raw.ycoords], axis=1)
+    step = np.diff(np.unique(raw.xcoords)).min()
+    kept = sparse_scan(xy, 2 * step, make_window(16))
+    assert 20 <= len(kept) <= 30
+    whole, sparse = (reconstruct(PtychoModel(_PerPatternStandIn(16), cfg), raw, spacing=s)
+                     for s in (None, 2 * step))
+    assert whole.n_patterns == 81 and sparse.n_patterns == len(kept)
+    assert sparse.obj.shape == whole.obj.shape
+    np.testing.assert_array_equal(sparse.coverage > 0, whole.coverage > 0)
+    plan = plan_reconstruction(cfg, raw, spacing=2 * step, window=make_window(16))
+    assert set(np.unique(plan.indices)) == set(kept.tolist())
+    with pytest.raises(ValueError, match="spacing needs the stitching window"):
+        plan_reconstruction(cfg, raw, spacing=2 * step)
+    # each kept pattern read with the whole scan's scale
+    full = plan_reconstruction(cfg, raw)
+    n = full.read(slice(None)).shape[-1]
+    scaled = dict(zip(full.indices.reshape(-1).tolist(), full.read(slice(None)).reshape(-1, n, n)))
+    for i, row in zip(plan.indices.reshape(-1).tolist(), plan.read(slice(None)).reshape(-1, n, n)):
+        np.testing.assert_array_equal(row, scaled[i])
+    with pytest.raises(ValueError, match="spacing needs a RawData scan"):
+        reconstruct(PtychoModel(_PerPatternStandIn(16), cfg),
+                    group_data(raw, cfg.model, cfg.nphotons), spacing=2 * step)

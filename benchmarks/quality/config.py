@@ -63,11 +63,15 @@ HELDOUT_OBJECTS = (
 )
 
 #: Reconstructions made from the trained network, one column each: name -> extra keyword
-#: arguments of ``ptycho.workflows.reconstruct``: the network alone, and the network followed
-#: by physics refinement (``refine`` passes over the scan, see backends/common/refine.py).
+#: arguments of ``ptycho.workflows.reconstruct``: the network alone; the network alone on
+#: every other and every third point of each row and column (``spacing`` 12 and 18 px on the
+#: suites' 6 px raster: 81 and 36 of 256 patterns through the network, the scan's estimate
+#: still from all of them, :func:`ptycho.stitching.sparse_scan`); and the network followed by
+#: physics refinement (``refine`` passes over the scan, see backends/common/refine.py).
 #: Each runs the network in the precision it was trained in unless it names its own
 #: (:meth:`QualityConfig.variant_kwargs`).
-VARIANTS: Mapping[str, Mapping] = {"network": {}, "refined": {"refine": 30}}
+VARIANTS: Mapping[str, Mapping] = {"network": {}, "spacing12": {"spacing": 12},
+                                   "spacing18": {"spacing": 18}, "refined": {"refine": 30}}
 
 #: The iterative reference per dose, chosen by measurement (benchmarks/README.md, "Iterative
 #: reference"): rPIE reaches SSIM 0.99 at 1e9 photons where LSQML stays at 0.97-0.98; at 1e6

@@ -28,7 +28,7 @@ import os
 import time
 
 from ptycho.cli.options import (add_backend_option, add_distributed_options, add_quiet_option,
-                                nonnegative_int, positive_int, seed_int)
+                                nonnegative_int, positive_float, positive_int, seed_int)
 
 NAME = "reconstruct"
 HELP = "reconstruct a scan (NPZ) with a trained model bundle; write the object and figures"
@@ -74,6 +74,11 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="compute precision of the network (default float32)")
     p.add_argument("--seed", type=seed_int, default=None,
                    help="seed of the neighbour grouping for gridsize > 1 (default: the model's)")
+    p.add_argument("--spacing", type=positive_float, default=None, metavar="PX",
+                   help="the network predicts only scan points about PX object pixels apart "
+                        "that still cover the scan (fewer network passes on a dense scan, a "
+                        "slightly noisier object); refinement and the scan's estimate still "
+                        "use every pattern (default: every point)")
     p.add_argument("--refine", type=nonnegative_int, default=0, metavar="K",
                    help="then K iterations of physics refinement: the object (from the "
                         "network's) optimised directly against the measured amplitudes "
@@ -135,7 +140,7 @@ def run(args: argparse.Namespace) -> int:
     from ptycho.cli.launch import check_nproc, launch, launched_as_rank
     from ptycho.outdir import output_folder
     from ptycho.workflows.distributed import process_group
-    from ptycho.workflows.reconstruct import plan_reconstruction
+    from ptycho.workflows.reconstruct import plan_reconstruction, window_of
 
     t0 = time.perf_counter()
     prog = f"ptycho {NAME}"
@@ -171,7 +176,10 @@ def run(args: argparse.Namespace) -> int:
         train_config = dataclasses.replace(train_config, seed=config.seed)
     with about_file(config.test_data_file):
         plan = plan_reconstruction(train_config, raw, batch_size=config.batch_size,
-                                   chunk_groups=CHUNK_BATCHES * config.batch_size)
+                                   chunk_groups=CHUNK_BATCHES * config.batch_size,
+                                   spacing=args.spacing,
+                                   window=window_of(contents.model_config,
+                                                    contents.weights["probe"]))
     from_file = config.backend if document_sets_key(loaded[1], "backend") else None
     backend, why = resolve_backend(args.backend, from_file, args.config)
     # the lock first: a second run finds the folder busy before a framework is imported; a
@@ -225,6 +233,7 @@ def _reconstruct_and_report(prog, config, bundle, contents, train_config, raw, p
                "framework_version": framework_version(backend), "bundle": bundle,
                "bundle_backend": contents.backend, "data": config.test_data_file,
                "precision": config.precision, "batch_size": config.batch_size,
+               "spacing": args.spacing,
                "processes": 1 if group is None else group.size,
                "timings": {"load_model_s": load_s, "reconstruct_s": recon.seconds, "wall_s": wall},
                "reconstruction": recon_info, "metrics": metrics}
