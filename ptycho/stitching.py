@@ -556,10 +556,10 @@ def sparse_scan(positions: np.ndarray, spacing: float, window: np.ndarray) -> np
             or not math.isfinite(spacing) or spacing <= 0:
         raise ValueError(f"spacing must be a positive number of pixels, got {spacing!r}")
     support = np.asarray(window) > 0
-    n = support.shape[0]
-    if support.ndim != 2 or support.shape != (n, n) or not support.any():
+    if support.ndim != 2 or support.shape[0] != support.shape[1] or not support.any():
         raise ValueError(f"window must be an (N, N) array with some weight above zero, got "
                          f"shape {support.shape}")
+    n = support.shape[0]
     lo, hi = pos.min(axis=0), pos.max(axis=0)
     axes = [np.linspace(lo[a], hi[a], int(math.ceil((hi[a] - lo[a]) / spacing)) + 1)
             for a in (0, 1)]

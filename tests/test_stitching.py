@@ -279,6 +279,7 @@ def test_a_stitch_of_the_sparse_subset_reaches_every_pixel_the_whole_scan_does(s
     (np.zeros((3, 2)), True, np.ones((8, 8)), "spacing"),
     (np.zeros((3, 2)), 4, np.zeros((8, 8)), "some weight above zero"),
     (np.zeros((3, 2)), 4, np.ones((8, 6)), r"shape \(8, 6\)"),
+    (np.zeros((3, 2)), 4, np.float64(1.0), r"shape \(\)"),
 ])
 def test_sparse_scan_errors(positions, spacing, window, match):
     with pytest.raises(ValueError, match=match):

@@ -77,8 +77,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--spacing", type=positive_float, default=None, metavar="PX",
                    help="the network predicts only scan points about PX object pixels apart "
                         "that still cover the scan (fewer network passes on a dense scan, a "
-                        "slightly noisier object); refinement and the scan's estimate still "
-                        "use every pattern (default: every point)")
+                        "noisier object); refinement and the scan's estimate still use every "
+                        "pattern (default: every point)")
     p.add_argument("--refine", type=nonnegative_int, default=0, metavar="K",
                    help="then K iterations of physics refinement: the object (from the "
                         "network's) optimised directly against the measured amplitudes "

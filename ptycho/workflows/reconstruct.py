@@ -418,8 +418,9 @@ def reconstruct(model: PtychoModel, data: DataLike, *, batch_size: Optional[int]
     ``spacing`` (object pixels): the network predicts only a subset of the scan points about
     ``spacing`` apart that still reaches every pixel the whole scan's patches reach
     (:func:`ptycho.stitching.sparse_scan`; at gridsize > 1 grouped among themselves), and
-    only those are stitched: on a dense scan, far fewer network passes for a slightly
-    noisier object (a raster of step 6 px at ``spacing=12``: a third of the passes). The
+    only those are stitched: on a dense scan, far fewer network passes for a noisier
+    object (a raster of step 6 px at ``spacing=12``: a third of the passes; at gridsize > 1
+    the overlap constraint then smooths less, README.md "A sparser network pass"). The
     scan's estimate (``estimate_scope="scan"``), the diffraction's scale and refinement still
     use every pattern; ``n_patterns`` counts those the network saw. None (default): all.
 
