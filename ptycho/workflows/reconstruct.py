@@ -120,17 +120,12 @@ def _group(config: TrainingConfig, data: DataLike, spacing: Optional[float] = No
         raise TypeError(f"expected RawData or GroupedData, got {type(data).__name__}")
     if data.N != config.model.N:
         raise ValueError(f"data has N={data.N}, the model expects N={config.model.N}")
-    if spacing is None:
-        groups = group_scan(data.xcoords, data.ycoords, config.model.gridsize,
-                            config.neighbor_count, n_groups=None, seed=config.seed)
-    else:
-        cfg = config.model
-        kept = sparse_scan(np.stack([data.xcoords, data.ycoords], axis=1), spacing, window)
-        groups = kept[group_scan(data.xcoords[kept], data.ycoords[kept], cfg.gridsize,
-                                 config.neighbor_count, n_groups=None, seed=config.seed)]
+    xy = np.stack([data.xcoords, data.ycoords], axis=1)
+    kept = np.arange(len(xy)) if spacing is None else sparse_scan(xy, spacing, window)
+    groups = kept[group_scan(xy[kept, 0], xy[kept, 1], config.model.gridsize,
+                             config.neighbor_count, n_groups=None, seed=config.seed)]
     scale = np.float32(normalisation_factor(data.diffraction, data.mask)
                        * intensity_scale(config.nphotons, data.N))
-    xy = np.stack([data.xcoords, data.ycoords], axis=1)
     pos = xy[groups]
     mask = data.mask
 
