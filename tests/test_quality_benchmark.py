@@ -111,7 +111,10 @@ def test_a_new_reconstruct_argument_is_a_new_column(monkeypatch, tmp_path):
     config = dataclasses.replace(SMOKE, precision="bfloat16", variants={
         "network": {}, "refined": {"refine": 7, "precision": "float32"}})
     rows = network_rows(config, "torch", str(tmp_path), lambda msg: None)
-    curve_call = {"refine": 1, "precision": config.refine_curve_precision}
+    # the curve refines from the sparse network pass
+    curve_call = {"refine": 1, "precision": config.refine_curve_precision,
+                  "spacing": config.refine_curve_spacing}
+    assert config.refine_curve_spacing == 18.0
     expected = [{"precision": "bfloat16"}, {"precision": "float32", "refine": 7}, curve_call]
     assert TIMED_CALLS == 3 and calls == [c for c in expected for _ in range(TIMED_CALLS)]
     assert warmed == expected
@@ -176,6 +179,7 @@ def test_the_smoke_suite_runs_end_to_end(tmp_path):
     text = readme.read_text()
     assert "old" not in text and text.endswith("after ![y](quality/figures/kept.png)\n")
     assert "| astronaut/gravel | 1e6 |" in text
+    assert "refinement from the network's pass on points 18 px apart (`spacing=18`)" in text
     # the previous section's figure went, the one linked outside the section stayed
     assert sorted(p.name for p in figures_dir.iterdir()) == sorted([figure, "kept.png"])
     assert "| astronaut/gravel | 1e6 |" in (out / "quality.md").read_text()
@@ -248,6 +252,12 @@ def test_set_changes_a_size_for_one_run_and_names_what_is_wrong():
     assert with_settings(NATURAL, ["probe=diffuser"]).probe == "diffuser"
     with pytest.raises(ValueError, match="'probe=airy'.*diffuser"):
         with_settings(NATURAL, ["probe=airy"])
+    # the timed refinement starts from the sparse pass unless told every point
+    assert with_settings(NATURAL, ["refine_curve_spacing=none"]).refine_curve_spacing is None
+    assert with_settings(NATURAL, ["refine_curve_spacing=12"]).refine_curve_spacing == 12.0
+    for bad in ("0", "-6", "inf", "nan"):
+        with pytest.raises(ValueError, match=f"'refine_curve_spacing={bad}'.*positive number"):
+            with_settings(NATURAL, [f"refine_curve_spacing={bad}"])
 
 
 def test_the_estimate_baseline_is_above_the_floor_on_every_held_out_object():

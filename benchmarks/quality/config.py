@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass, field
-from typing import Mapping
+from typing import Mapping, Optional
 
 #: Object kinds of the suite: random lines, Gaussian random fields, natural images
 #: (amplitude from one picture of scikit-image's bundled data, phase from another).
@@ -109,9 +109,13 @@ class QualityConfig:
     realspace_weight: float = 0.0                 # TrainingConfig.realspace_weight
     variants: Mapping[str, Mapping] = field(default_factory=lambda: dict(VARIANTS))
     # refinement passes of the curve that times reaching the reference (rows.refine_curve),
-    # the network run in refine_curve_precision
+    # the network run in refine_curve_precision on the points refine_curve_spacing apart
+    # (reconstruct(spacing=...); None: every point): refinement from the sparse pass is within
+    # 0.005 SSIM of refinement from the dense one after 3 passes, and the network's share of
+    # the time is a third to a fifth (benchmarks/README.md, "Refinement from a sparse pass")
     refine_curve: tuple[int, ...] = (1, 2, 3, 4, 6, 8, 12, 16)
     refine_curve_precision: str = "bfloat16"
+    refine_curve_spacing: Optional[float] = 18.0
     # the iterative reference (pty-chi)
     reference_epochs: int = 30
     reference_by_dose: Mapping[float, ReferenceEngine] = field(
@@ -179,6 +183,7 @@ SETTABLE = {"nepochs": int, "batch_size": int, "learning_rate": float, "lr_sched
             "gridsizes": lambda text: tuple(int(g) for g in text.split(",")),
             "backprop_estimate": _flag, "estimate_scope": str, "central_decoder": _flag,
             "realspace_weight": float,
+            "refine_curve_spacing": lambda text: None if text.lower() == "none" else float(text),
             "probe": str, "seed": int}
 
 
@@ -206,6 +211,10 @@ def with_settings(config: QualityConfig, assignments) -> QualityConfig:
         if key == "lr_schedule" and value not in LR_SCHEDULES:
             raise ValueError(f"--set {text!r}: lr_schedule must be one of "
                              f"{list(LR_SCHEDULES)}")
+        if key == "refine_curve_spacing" and changes[key] is not None \
+                and not (math.isfinite(changes[key]) and changes[key] > 0):
+            raise ValueError(f"--set {text!r}: refine_curve_spacing must be a positive number "
+                             "of pixels or none")
         if key == "probe" and value not in PROBE_KINDS:
             raise ValueError(f"--set {text!r}: probe must be one of {list(PROBE_KINDS)}")
         texts[key] = value

@@ -29,6 +29,16 @@ def _estimate_words(cfg: dict) -> str:
     return ", back-propagated estimate"
 
 
+def _curve_words(cfg: dict) -> str:
+    """Where the timed refinement starts, in the results' header (runs before the option
+    started from every point)."""
+    spacing = cfg.get("refine_curve_spacing")
+    if spacing is None:
+        return ""
+    return (f" The 'refined to reference' column times refinement from the network's pass "
+            f"on points {spacing:g} px apart (`spacing={spacing:g}`).")
+
+
 def _key(row: dict) -> tuple[str, float]:
     return row["object"], float(row["dose"])
 
@@ -279,7 +289,8 @@ def summary_text(results: dict[str, Any], figures: Sequence[str], fig_link_dir: 
         f"{'' if cfg.get('lr_schedule', 'constant') == 'constant' else ' ' + cfg['lr_schedule']}"
         ", trained on "
         f"{', '.join(o['name'] for o in cfg['train_objects'])}; reference "
-        f"{cfg['reference_epochs']} epochs; {cfg['threads']} threads per framework.",
+        f"{cfg['reference_epochs']} epochs; {cfg['threads']} threads per framework."
+        f"{_curve_words(cfg)}",
         "",
         markdown(results["rows"], list(cfg["variants"])),
         "",

@@ -185,12 +185,16 @@ def network_rows(config: QualityConfig, backend: str, out_dir: str, log: Log) ->
 
 
 def _curve_kwargs(config: QualityConfig, passes: int) -> dict:
-    return {"refine": int(passes), "precision": config.refine_curve_precision}
+    kwargs = {"refine": int(passes), "precision": config.refine_curve_precision}
+    if config.refine_curve_spacing is not None:
+        kwargs["spacing"] = config.refine_curve_spacing
+    return kwargs
 
 
 def refine_curve(model, raw, truth: np.ndarray, region, config: QualityConfig) -> list[dict]:
-    """``reconstruct(refine=k)`` end to end (scan estimate, network, stitching, k passes) for
-    each ``k`` of ``config.refine_curve``: its seconds and SSIMs, from which the report reads
+    """``reconstruct(refine=k)`` end to end (scan estimate, network on the points
+    ``config.refine_curve_spacing`` apart, stitching, k passes) for each ``k`` of
+    ``config.refine_curve``: its seconds and SSIMs, from which the report reads
     how long refinement takes to come within reach of the reference (:func:`report.merge`)."""
     curve = []
     for k in config.refine_curve:
