@@ -379,3 +379,34 @@ def test_reconstruct_with_a_spacing_predicts_only_the_sparse_subset(gridsize):
     with pytest.raises(ValueError, match="spacing needs a RawData scan"):
         reconstruct(PtychoModel(_PerPatternStandIn(16), cfg),
                     group_data(raw, cfg.model, cfg.nphotons), spacing=2 * step)
+
+
+def test_refinement_after_a_sparse_pass_starts_from_it_and_sees_every_pattern(monkeypatch):
+    """``spacing`` with ``refine``: refinement starts from the sparse pass's object and fits
+    the whole scan (the fast path of benchmarks/README.md, 'Refinement from a sparse
+    pass')."""
+    import importlib
+
+    from ptycho.workflows.model import PtychoModel
+
+    module = importlib.import_module("ptycho.workflows.reconstruct")
+    raw, _ = simulate_dataset(81, 16, nphotons=1e4, seed=3)
+    cfg = TrainingConfig(model=ModelConfig(N=16), nphotons=1e4)
+    step = np.diff(np.unique(raw.xcoords)).min()
+    seen = []
+
+    def fake_refine(model, obj, data, iterations, **kwargs):
+        positions, read, _ = module.refine_patterns(model, data)
+        seen.append((obj.copy(), len(positions), read(np.arange(len(positions))).shape))
+        return {"obj": obj + 1, "nll": [0.0] * iterations}
+
+    monkeypatch.setattr(module, "refine_object", fake_refine)
+    stand_in = _PerPatternStandIn(16)
+    rec = reconstruct(PtychoModel(stand_in, cfg), raw, spacing=3 * step, refine=2)
+    sparse = reconstruct(PtychoModel(_PerPatternStandIn(16), cfg), raw, spacing=3 * step)
+    (start, n_positions, shape), = seen
+    assert stand_in.predicted == sparse.n_patterns < 81
+    np.testing.assert_array_equal(start, sparse.obj)
+    np.testing.assert_array_equal(rec.network_obj, sparse.obj)
+    np.testing.assert_array_equal(rec.obj, sparse.obj + 1)
+    assert n_positions == 81 and shape == (81, 16, 16)
