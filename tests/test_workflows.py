@@ -410,3 +410,31 @@ def test_refinement_after_a_sparse_pass_starts_from_it_and_sees_every_pattern(mo
     np.testing.assert_array_equal(rec.network_obj, sparse.obj)
     np.testing.assert_array_equal(rec.obj, sparse.obj + 1)
     assert n_positions == 81 and shape == (81, 16, 16)
+
+
+def test_options_beside_a_plan_must_be_the_plans_own():
+    """A plan fixes the points, batches, chunks and object shape; an option passed beside
+    it that says otherwise is an error naming it, not silently overruled by the plan (a
+    dense plan with ``spacing=18`` would have predicted every point)."""
+    from ptycho.workflows.model import PtychoModel
+    from ptycho.workflows.reconstruct import plan_reconstruction, stitch_window
+
+    raw, _ = simulate_dataset(81, 16, nphotons=1e4, seed=3)
+    cfg = TrainingConfig(model=ModelConfig(N=16), nphotons=1e4)
+    step = np.diff(np.unique(raw.xcoords)).min()
+    model = PtychoModel(_PerPatternStandIn(16), cfg)
+    sparse = plan_reconstruction(cfg, raw, spacing=3 * step, window=stitch_window(model),
+                                 batch_size=8, chunk_groups=20)
+    assert sparse.spacing == 3 * step
+    for wrong in ({"spacing": 2 * step}, {"batch_size": 16}, {"chunk_groups": 10},
+                  {"object_shape": tuple(s + 1 for s in sparse.object_shape)}):
+        (name, value), = wrong.items()
+        with pytest.raises(ValueError, match=f"{name}=.*disagrees with the plan's {name}"):
+            reconstruct(model, raw, plan=sparse, **wrong)
+    dense = plan_reconstruction(cfg, raw)
+    with pytest.raises(ValueError, match="spacing=.*disagrees with the plan's spacing=None"):
+        reconstruct(model, raw, plan=dense, spacing=3 * step)
+    same = dict(spacing=3 * step, batch_size=8, chunk_groups=20, object_shape=sparse.object_shape)
+    rec = reconstruct(model, raw, plan=sparse, **same)
+    np.testing.assert_array_equal(rec.obj, reconstruct(model, raw, plan=sparse).obj)
+    assert rec.n_patterns == len(np.unique(sparse.indices)) < 81

@@ -89,7 +89,8 @@ class ReconstructionPlan:
     scan indices; object_shape: (H, W) of the stitched object; canvas: the side of each
     group's overlap-constraint canvas (None without the constraint); batch_size and
     chunk_groups: groups per prediction batch and per streamed chunk; read(slice): the
-    scaled diffraction (b, C, N, N) of those groups.
+    scaled diffraction (b, C, N, N) of those groups; spacing: the ``spacing`` it was made
+    with (None: every scan point).
     """
 
     positions: np.ndarray
@@ -100,6 +101,7 @@ class ReconstructionPlan:
     batch_size: int
     chunk_groups: int
     read: Callable[[slice], np.ndarray]
+    spacing: Optional[float] = None
 
 
 def _group(config: TrainingConfig, data: DataLike, spacing: Optional[float] = None,
@@ -191,7 +193,8 @@ def plan_reconstruction(config: TrainingConfig, data: DataLike, *,
     check_model_memory(cfg, batch)
     return ReconstructionPlan(positions=positions, indices=indices, n_groups=n_groups,
                               object_shape=shape, canvas=canvas, batch_size=batch,
-                              chunk_groups=int(chunk_groups), read=read)
+                              chunk_groups=int(chunk_groups), read=read,
+                              spacing=None if spacing is None else float(spacing))
 
 
 def stitch_window(model: PtychoModel, probe: Optional[np.ndarray] = None) -> np.ndarray:
@@ -379,9 +382,24 @@ def _align_parts(stitcher: Stitcher, group) -> None:
             stitcher.turn_to(*before)
 
 
+def _check_against_plan(plan: ReconstructionPlan, **given) -> None:
+    """Every option given beside ``plan`` (not None) equals the plan's own: a plan made
+    otherwise would be followed silently (its points, batches, chunks, object shape)."""
+    for name, value in given.items():
+        if value is None:
+            continue
+        planned = getattr(plan, name)
+        same = (tuple(int(v) for v in value) == tuple(planned) if name == "object_shape"
+                else planned is not None and float(value) == float(planned))
+        if not same:
+            raise ValueError(f"{name}={value!r} disagrees with the plan's {name}={planned!r}: "
+                             f"pass {name} to plan_reconstruction, which fixes it for the plan")
+
+
 def reconstruct(model: PtychoModel, data: DataLike, *, batch_size: Optional[int] = None,
                 precision: str = "float32", keep_patches: bool = True,
-                object_shape: Optional[Sequence[int]] = None, chunk_groups: int = DEFAULT_CHUNK_GROUPS,
+                object_shape: Optional[Sequence[int]] = None,
+                chunk_groups: Optional[int] = None,
                 progress: Optional[Callable[[int, int], None]] = None,
                 plan: Optional[ReconstructionPlan] = None, phase_sync: bool = False,
                 spacing: Optional[float] = None, refine: int = 0,
@@ -399,8 +417,11 @@ def reconstruct(model: PtychoModel, data: DataLike, *, batch_size: Optional[int]
     ``object_shape`` defaults to the data's ``object_guess`` shape, else the scan's extent.
     ``progress(done, total)`` is called after each chunk (counts of groups).
     ``plan``: from :func:`plan_reconstruction` (made with the model's config, the same data
-    and options); by default it is made here. Either way the memory the run takes is checked
-    against the budget before the object canvas is allocated.
+    and options); by default it is made here. The plan fixes the points, the batches, the
+    chunks and the object's shape: ``batch_size``, ``object_shape``, ``chunk_groups`` and
+    ``spacing`` given beside it must be the plan's (a ValueError names the one that is not).
+    Either way the memory the run takes is checked against the budget before the object
+    canvas is allocated. ``chunk_groups`` None: :data:`DEFAULT_CHUNK_GROUPS`.
 
     ``phase_sync``: the network is free to give each patch (each group at gridsize > 1) its
     own constant phase, which its diffraction pattern cannot see; with ``phase_sync`` the
@@ -445,8 +466,13 @@ def reconstruct(model: PtychoModel, data: DataLike, *, batch_size: Optional[int]
     window = stitch_window(model, probe)
     if plan is None:
         plan = plan_reconstruction(model.config, data, batch_size=batch_size,
-                                   object_shape=object_shape, chunk_groups=chunk_groups,
+                                   object_shape=object_shape,
+                                   chunk_groups=(DEFAULT_CHUNK_GROUPS if chunk_groups is None
+                                                 else chunk_groups),
                                    keep_patches=keep_patches, spacing=spacing, window=window)
+    else:
+        _check_against_plan(plan, batch_size=batch_size, object_shape=object_shape,
+                            chunk_groups=chunk_groups, spacing=spacing)
     positions, read, n_groups = plan.positions, plan.read, plan.n_groups
     n = model.model_config.N
     scan = scan_estimate(model, data, probe)
