@@ -258,6 +258,14 @@ def test_set_changes_a_size_for_one_run_and_names_what_is_wrong():
     for bad in ("0", "-6", "inf", "nan"):
         with pytest.raises(ValueError, match=f"'refine_curve_spacing={bad}'.*positive number"):
             with_settings(NATURAL, [f"refine_curve_spacing={bad}"])
+    # a wider training set, by name; never one that holds a held-out object
+    wide = with_settings(NATURAL, ["train_objects=eight"])
+    assert len(wide.train_objects) == 8 and wide.train_objects[:4] == NATURAL.train_objects
+    assert "train_objects=eight" in wide.name
+    assert not {o.name for o in wide.train_objects} & {o.name for o in wide.heldout_objects}
+    assert with_settings(NATURAL, ["train_objects=four"]).train_objects == NATURAL.train_objects
+    with pytest.raises(ValueError, match="'train_objects=all'.*one of \\['eight', 'four'\\]"):
+        with_settings(NATURAL, ["train_objects=all"])
 
 
 def test_the_estimate_baseline_is_above_the_floor_on_every_held_out_object():
@@ -274,3 +282,21 @@ def test_the_estimate_baseline_is_above_the_floor_on_every_held_out_object():
     for r in rows:
         for part in ("amplitude", "phase"):
             assert r["estimate"][part]["ssim"] > r["floor"][part]["ssim"] + 0.05, (r["object"], part)
+
+
+def test_every_training_set_builds_from_bundled_pictures():
+    """The named training sets' natural objects load from scikit-image's bundled data (no
+    download) with the amplitude and phase in the suite's ranges."""
+    pytest.importorskip("skimage", reason="natural-image objects need scikit-image")
+    from benchmarks.quality.config import SMOKE, TRAIN_SETS
+    from benchmarks.quality.objects import build_object
+
+    for name, objects in TRAIN_SETS.items():
+        for spec in objects:
+            obj = build_object(spec, SMOKE)
+            amp, phase = np.abs(obj), np.angle(obj)
+            assert obj.shape == (SMOKE.object_side,) * 2, (name, spec.name)
+            assert SMOKE.amplitude_range[0] - 1e-6 <= amp.min() < amp.max() \
+                <= SMOKE.amplitude_range[1] + 1e-6, (name, spec.name)
+            assert SMOKE.phase_range[0] - 1e-6 <= phase.min() < phase.max() \
+                <= SMOKE.phase_range[1] + 1e-6, (name, spec.name)

@@ -54,6 +54,19 @@ TRAIN_OBJECTS = (
     ObjectSpec("camera/brick", "natural", amplitude_image="camera", phase_image="brick"),
     ObjectSpec("moon/grass", "natural", amplitude_image="moon", phase_image="grass"),
 )
+#: Four more natural-image training objects (the pictures not in the suite's rows), for
+#: ``--set train_objects=eight``: with twice the epochs' steps worth 0.01-0.03 SSIM to the
+#: network alone (benchmarks/README.md, "Eight training objects under this recipe").
+MORE_TRAIN_OBJECTS = (
+    ObjectSpec("rocket/cell", "natural", amplitude_image="rocket", phase_image="cell"),
+    ObjectSpec("chelsea/clock", "natural", amplitude_image="chelsea", phase_image="clock"),
+    ObjectSpec("hubble/page", "natural", amplitude_image="hubble_deep_field",
+               phase_image="page"),
+    ObjectSpec("ihc/text", "natural", amplitude_image="immunohistochemistry",
+               phase_image="text"),
+)
+#: Named training sets ``--set train_objects=NAME`` chooses from.
+TRAIN_SETS = {"four": TRAIN_OBJECTS, "eight": TRAIN_OBJECTS + MORE_TRAIN_OBJECTS}
 #: Held-out objects: one row each (per dose, gridsize and backend).
 HELDOUT_OBJECTS = (
     ObjectSpec("lines-b", "lines", seed=21),
@@ -176,6 +189,13 @@ def _flag(text: str) -> bool:
     return value
 
 
+def _train_set(text: str) -> tuple[ObjectSpec, ...]:
+    """A training set's name (:data:`TRAIN_SETS`)."""
+    if text not in TRAIN_SETS:
+        raise ValueError(f"train_objects must be one of {sorted(TRAIN_SETS)}, got {text!r}")
+    return TRAIN_SETS[text]
+
+
 #: Fields ``--set`` may change, with how their text is read (``gridsizes``: "1,2").
 SETTABLE = {"nepochs": int, "batch_size": int, "learning_rate": float, "lr_schedule": str,
             "base_filters": int,
@@ -184,7 +204,7 @@ SETTABLE = {"nepochs": int, "batch_size": int, "learning_rate": float, "lr_sched
             "backprop_estimate": _flag, "estimate_scope": str, "central_decoder": _flag,
             "realspace_weight": float,
             "refine_curve_spacing": lambda text: None if text.lower() == "none" else float(text),
-            "probe": str, "seed": int}
+            "probe": str, "seed": int, "train_objects": _train_set}
 
 
 def with_settings(config: QualityConfig, assignments) -> QualityConfig:
