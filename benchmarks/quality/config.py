@@ -55,8 +55,8 @@ TRAIN_OBJECTS = (
     ObjectSpec("moon/grass", "natural", amplitude_image="moon", phase_image="grass"),
 )
 #: Four more natural-image training objects (the pictures not in the suite's rows), for
-#: ``--set train_objects=eight``: with twice the epochs' steps worth 0.01-0.03 SSIM to the
-#: network alone (benchmarks/README.md, "Eight training objects under this recipe").
+#: ``--set train_objects=eight``: at the same epochs (twice the steps) worth 0.004-0.03 SSIM
+#: to the network alone at both gridsizes (benchmarks/README.md, "Eight training objects").
 MORE_TRAIN_OBJECTS = (
     ObjectSpec("rocket/cell", "natural", amplitude_image="rocket", phase_image="cell"),
     ObjectSpec("chelsea/clock", "natural", amplitude_image="chelsea", phase_image="clock"),
