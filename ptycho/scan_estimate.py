@@ -8,8 +8,11 @@ position, from the stitched estimate cut out there instead of its own pattern's.
 
 Each pattern's estimate is first given the level the intensity match gives a network patch
 (``sum |P E|^2`` = the pattern's measured total), so that patterns agree where they overlap;
-the stitch weighs them by :func:`ptycho.stitching.probe_window`. Everything is linear in the
-amplitudes: the estimate of scaled amplitudes is the scaled estimate.
+the stitch weighs them by :func:`ptycho.stitching.probe_window`, the intensity pixel by pixel
+(not averaged as in the stitch of the network's patches: an estimate divides by the probe, so
+its error at a pixel goes as ``1 / |P|`` there, and trained models saw it weighed so).
+Everything is linear in the amplitudes: the estimate of scaled amplitudes is the scaled
+estimate.
 """
 
 from __future__ import annotations

@@ -519,10 +519,28 @@ def gather_patches(obj_padded: np.ndarray, pos: np.ndarray, n: int) -> np.ndarra
     return top_row * (1 - fy) + bottom_row * fy
 
 
-def probe_window(probe: np.ndarray, pad_object: bool = True) -> np.ndarray:
+def probe_window(probe: np.ndarray, pad_object: bool = True, smoothing: float = 0.0
+                 ) -> np.ndarray:
     """The stitching weight (N, N) of a probe (N, N): ``|P|^2 / max``, times the central N/2
-    square with ``pad_object`` (:func:`ptycho.workflows.reconstruct.stitch_window`)."""
+    square with ``pad_object`` (:func:`ptycho.workflows.reconstruct.stitch_window`).
+
+    ``smoothing`` (pixels, >= 0): the intensity is first averaged with a Gaussian of that
+    sigma, on the pixels the probe lights (where ``|P|`` is 0 the weight stays 0).
+
+    >>> p = np.zeros((8, 8)); p[2:6, 2:6] = 1.0; p[3, 3] = 3.0
+    >>> w = probe_window(p, pad_object=False, smoothing=1.0)
+    >>> bool(w[3, 3] == 1.0 and 0.1 < w[4, 4] < 1.0 and not w[0].any())
+    True
+    """
+    if isinstance(smoothing, bool) or not isinstance(smoothing, (int, float, np.integer,
+                                                                 np.floating)) \
+            or not math.isfinite(smoothing) or smoothing < 0:
+        raise ValueError(f"smoothing must be a number of pixels >= 0, got {smoothing!r}")
     intensity = np.abs(np.asarray(probe)) ** 2
+    if smoothing > 0:
+        from scipy.ndimage import gaussian_filter
+
+        intensity = np.where(intensity > 0, gaussian_filter(intensity, float(smoothing)), 0.0)
     window = intensity / intensity.max()
     return window * central_mask(intensity.shape[-1]) if pad_object else window
 

@@ -197,8 +197,20 @@ def plan_reconstruction(config: TrainingConfig, data: DataLike, *,
                               spacing=None if spacing is None else float(spacing))
 
 
+#: Sigma (pixels) of the Gaussian the stitching weight averages the probe's intensity with:
+#: the weight follows the illumination's envelope, not its speckle. A diffuser probe's
+#: intensity changes about 2x between neighbouring pixels (median; 16x at the 95th
+#: percentile); weighed pixel by pixel, a sparse pass (few patches per pixel) takes
+#: neighbouring pixels from different patches, and the network's errors, which do not follow
+#: the speckle, become pixel-scale noise. Averaged over 1 px: 1.3x (median). On the natural
+#: held-out objects at spacing 18, gridsize 2: amplitude SSIM +0.004-0.009, phase up to
+#: +0.008; every point: within 0.001 (benchmarks/README.md, "The stitching weight").
+STITCH_SMOOTHING_PX = 1.0
+
+
 def stitch_window(model: PtychoModel, probe: Optional[np.ndarray] = None) -> np.ndarray:
-    """Stitching weight (N, N): the probe's intensity ``|P_eff|^2 / max``, on the object support.
+    """Stitching weight (N, N): the probe's intensity ``|P_eff|^2`` averaged over
+    :data:`STITCH_SMOOTHING_PX`, over its maximum, on the object support.
 
     Pixels the probe barely lights carry little information about the object, so each patch
     counts where it was illuminated; with ``pad_object`` only the central N/2 square counts.
@@ -212,7 +224,8 @@ def stitch_window(model: PtychoModel, probe: Optional[np.ndarray] = None) -> np.
 def window_of(config: ModelConfig, probe: np.ndarray) -> np.ndarray:
     """:func:`stitch_window` of a model with ``config`` and (raw) ``probe``, before it is built
     (e.g. from a bundle's weights)."""
-    return probe_window(effective_probe(probe, config.probe_mask), config.pad_object)
+    return probe_window(effective_probe(probe, config.probe_mask), config.pad_object,
+                        smoothing=STITCH_SMOOTHING_PX)
 
 
 def _release_freed_memory() -> None:
