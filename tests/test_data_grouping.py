@@ -123,6 +123,7 @@ def test_group_data_scales_to_photon_units():
 
 
 def test_group_offsets_centre_and_rel_offsets_sum_to_zero():
+    """Positions off any common pixel grid: the centre is the members' mean."""
     raw = raw_scan(40)
     gd = group_data(raw, ModelConfig(N=N, gridsize=2), nphotons=1e6, neighbor_count=6, seed=5)
     pos = np.stack([raw.xcoords, raw.ycoords], axis=1)[gd.indices]
@@ -145,7 +146,9 @@ def test_x_is_column_and_y_is_row_not_swapped():
     assert np.all(gd.rel_offsets[..., 1] == 0)  # no spread along y
     assert np.ptp(gd.rel_offsets[..., 0]) > 0  # the spread is along x
     assert np.all(gd.global_offsets[:, 1] == 7.0)
-    np.testing.assert_allclose(gd.global_offsets[:, 0], x[gd.indices].mean(axis=1))
+    # whole-pixel positions: whole offsets, a centre within half a pixel of the mean x
+    assert np.all(gd.rel_offsets == np.round(gd.rel_offsets))
+    assert np.all(np.abs(gd.global_offsets[:, 0] - x[gd.indices].mean(axis=1)) <= 0.5)
 
 
 def test_b_groups_stay_b_and_batches():

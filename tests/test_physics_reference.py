@@ -15,7 +15,8 @@ from hypothesis import strategies as st
 from ptycho.physics import (canvas_size, crop_center, extract_patches, far_field_amplitude,
                             overlap_constraint, pad_to_canvas, poisson_nll, reassemble_patches,
                             translate)
-from ptycho.physics.patches import central_mask, grid_layout, overlap_constraint_on_grid
+from ptycho.physics.patches import (central_mask, grid_layout, group_centres,
+                                    overlap_constraint_on_grid)
 
 # -- strategies --------------------------------------------------------------------------------
 
@@ -141,6 +142,33 @@ def test_extract_after_reassemble_returns_crops_of_one_object(seed, gridsize, n,
     np.testing.assert_allclose(overlap_constraint(patches, rel, m), patches, atol=1e-12)
 
 
+@given(seed=seeds, gridsize=st.sampled_from([2, 3]), n=small_n, data=st.data())
+def test_groups_centred_on_their_pixel_grid_pass_one_objects_patches_unchanged(
+        seed, gridsize, n, data):
+    """Scan points that differ by whole pixels (a shared sub-pixel part allowed), grouped
+    about :func:`group_centres`: every offset is whole and the overlap constraint returns
+    patches cut from one object as they are. About the mean (a half pixel off the grid for
+    most groups) the bilinear shift there and back blurs them: what it replaced. Points off
+    a common grid keep the mean."""
+    rng = _rng(seed)
+    step = data.draw(st.integers(1, max(1, n - 1)), label="step")
+    shared = data.draw(st.floats(0.0, 0.99), label="shared sub-pixel part")
+    rel = _grid_offsets(gridsize, step) + rng.integers(-1, 2, size=(gridsize ** 2, 2))
+    pos = (40.0 + shared + rng.permutation(rel))[None]
+    centred = pos - group_centres(pos)[:, None]
+    np.testing.assert_allclose(centred, np.round(centred), atol=1e-9)
+    assert np.all(np.abs(group_centres(pos) - pos.mean(axis=1)) <= 0.5 + 1e-9)
+    m = canvas_size(n, centred)
+    patches = extract_patches(_crc(rng, (1, m, m)), np.round(centred), n)
+    np.testing.assert_allclose(overlap_constraint(patches, centred, m), patches, atol=1e-9)
+    jittered = pos + rng.uniform(-0.3, 0.3, pos.shape)       # off a common grid: the mean
+    np.testing.assert_array_equal(group_centres(jittered), jittered.mean(axis=1))
+    about_mean = pos - pos.mean(axis=1, keepdims=True)
+    if np.any(np.abs(about_mean - np.round(about_mean)) > 1e-6):
+        blurred = overlap_constraint(patches, about_mean, canvas_size(n, about_mean))
+        assert np.abs(blurred - patches).max() > 1e-3
+
+
 @given(seed=seeds, n=small_n)
 def test_reassembly_averages_by_coverage(seed, n):
     rng = _rng(seed)
@@ -170,7 +198,7 @@ def test_overlap_constraint_on_grid_is_the_constraint_of_whole_pixel_scans(
     rel = np.repeat(_grid_offsets(gridsize, step)[None], batch, axis=0)
     rel = rel + rng.integers(-1, 2, size=rel.shape)
     rel = np.stack([rng.permutation(group) for group in rel])
-    rel = rel - rel.mean(axis=1, keepdims=True)       # as reconstruct centres its groups
+    rel = rel - rel.mean(axis=1, keepdims=True)       # about the mean: a fraction per group
     m = canvas_size(n, rel) + 2 * data.draw(st.integers(0, 2), label="extra margin")
     support = None if support_kind == "ones" else central_mask(n)
     patches = _crc(rng, (batch, gridsize ** 2, n, n))

@@ -30,6 +30,7 @@ from ptycho.data.scaling import intensity_scale, normalisation_factor, normalise
 from ptycho.errors import ConfigError, DataError
 from ptycho.physics.model import effective_probe
 from ptycho.physics.patches import canvas_size as _canvas_size
+from ptycho.physics.patches import group_centres
 from ptycho.scan_estimate import ScanEstimate
 
 
@@ -128,7 +129,8 @@ class GroupedData:
 
     diffraction: (B, C, N, N) float32 amplitudes in photon units, sqrt(counts):
         ``raw * normalisation * intensity_scale``.
-    global_offsets: (B, 2) float64 group centres (mean x, mean y) in object pixels.
+    global_offsets: (B, 2) float64 group centres (x, y) in object pixels: the members' mean, on
+        their pixel grid where they differ by whole pixels (:func:`ptycho.physics.group_centres`).
     rel_offsets: (B, C, 2) float32 member position minus group centre, (x, y) object pixels.
     indices: (B, C) int64 scan indices of the members (into the RawData).
     probe: (N, N) complex64 normalised probe (:func:`ptycho.data.scaling.normalise_probe`).
@@ -253,7 +255,7 @@ def group_data(raw: RawData, model_config: ModelConfig, nphotons: float,
         diffraction *= mask
     xy = np.stack([raw.xcoords, raw.ycoords], axis=1)
     pos = xy[idx]  # (B, C, 2)
-    centre = pos.mean(axis=1)
+    centre = group_centres(pos)        # on the members' pixel grid: no blur in the constraint
     rel = (pos - centre[:, None, :]).astype(np.float32)
     probe = normalise_probe(raw.probe, model_config.probe_scale)
     estimate = None

@@ -31,6 +31,34 @@ def canvas_size(n: int, rel_offsets: np.ndarray) -> int:
     return int(n) + 2 * margin
 
 
+def group_centres(positions: np.ndarray) -> np.ndarray:
+    """Each group's centre (B, 2) for its positions (B, C, 2) = (x, y): the members' mean, or,
+    where the members differ by whole pixels (to 1e-6 px), the point on their pixel grid
+    nearest the mean (within half a pixel per axis, halves up).
+
+    Every member's offset from such a centre is whole, and :func:`overlap_constraint` passes
+    patches cut from one object through unchanged. From the mean itself (a half pixel off
+    the grid for most groups of four on a raster) the constraint shifts the canvas there and
+    back by bilinear interpolation, a [1/4, 1/2, 1/4] filter along each axis at a half pixel:
+    the physics model blurs every such group's object, and a network trained through it
+    cannot give the object's finest detail. Members at arbitrary sub-pixel positions are
+    interpolated whatever the centre; theirs stays the mean.
+
+    >>> group_centres(np.array([[[0.0, 0.0], [6.0, 0.0], [0.0, 6.0], [0.0, 12.0]],
+    ...                         [[0.0, 0.0], [6.5, 0.0], [0.0, 6.0], [0.0, 12.0]]])).tolist()
+    [[2.0, 5.0], [1.625, 4.5]]
+    """
+    pos = np.asarray(positions, dtype=np.float64)
+    if pos.ndim != 3 or pos.shape[-1] != 2 or pos.shape[1] == 0:
+        raise ValueError(f"positions must be (B, C, 2) with C >= 1, got shape {pos.shape}")
+    mean = pos.mean(axis=1)
+    first = pos[:, 0]
+    on_grid = first + np.floor(mean - first + 0.5)
+    offsets = pos - on_grid[:, None, :]
+    whole = np.all(np.abs(offsets - np.round(offsets)) <= 1e-6, axis=(1, 2))
+    return np.where(whole[:, None], on_grid, mean)
+
+
 def object_support(n: int, pad_object: bool, probe_big: bool) -> np.ndarray:
     """Where the network's object patch is defined: (N, N) float64 of ones and zeros.
 

@@ -28,7 +28,7 @@ from ptycho.limits import check_bytes
 from ptycho.model_memory import check_model_memory
 from ptycho.physics.model import effective_probe
 from ptycho.phase_sync import align_phase, synchronize
-from ptycho.physics.patches import canvas_size
+from ptycho.physics.patches import canvas_size, group_centres
 from ptycho.scan_estimate import ScanEstimate
 from ptycho.stitching import (Stitcher, check_canvas, check_group_canvas, extent_of,
                                probe_window, sparse_scan)
@@ -183,7 +183,7 @@ def plan_reconstruction(config: TrainingConfig, data: DataLike, *,
     shape = check_canvas(object_shape, scan_pos, n, indices=scan_idx)
     canvas = None
     if cfg.gridsize > 1 and cfg.object_big:
-        canvas = canvas_size(n, positions - positions.mean(axis=1, keepdims=True))
+        canvas = canvas_size(n, _offsets_in_group(positions))
         check_group_canvas(canvas, chunk, positions, n, indices=indices)
     check_bytes(chunk * channels * n * n * CHUNK_BYTES_PER_PIXEL,
                 f"one chunk of {chunk} groups of {channels} patterns of {n} x {n}")
@@ -253,8 +253,14 @@ _MALLOC_TRIM = None
 def _constrain(model: PtychoModel, patches: np.ndarray, positions: np.ndarray, canvas: int):
     """The overlap constraint the loss saw during training (gridsize > 1 with object_big),
     computed by the model itself (float32, the op of its training loss)."""
-    rel = positions - positions.mean(axis=1, keepdims=True)
-    return np.asarray(model.backend_model.constrain(patches, rel, canvas), dtype=np.complex64)
+    return np.asarray(model.backend_model.constrain(patches, _offsets_in_group(positions), canvas),
+                      dtype=np.complex64)
+
+
+def _offsets_in_group(positions: np.ndarray) -> np.ndarray:
+    """(B, C, 2) offsets of the members from their group's centre, as :func:`ptycho.data.group_data`
+    makes them (:func:`ptycho.physics.group_centres`)."""
+    return positions - group_centres(positions)[:, None, :]
 
 
 def predict_chunk(model: PtychoModel, diffraction: np.ndarray, positions: np.ndarray,
@@ -309,7 +315,7 @@ def constraint_canvas(model: PtychoModel, positions: np.ndarray) -> Optional[int
     cfg = model.model_config
     if not (cfg.gridsize > 1 and cfg.object_big):
         return None
-    return canvas_size(cfg.N, positions - positions.mean(axis=1, keepdims=True))
+    return canvas_size(cfg.N, _offsets_in_group(positions))
 
 
 def scan_estimate(model: PtychoModel, data: DataLike,
