@@ -1,8 +1,9 @@
 """Per-sample patch reassembly and extraction for gridsize > 1 (the reference).
 
 A group holds ``C = gridsize**2`` patches of side N whose centres sit at ``rel_offsets``
-(B, C, 2) = (x, y) object pixels relative to the group centre. Each group gets its own
-canvas of side M (from :func:`canvas_size`); a batch of B groups keeps B canvases.
+(B, C, 2) = (x, y) object pixels relative to the group centre (:func:`group_centres`). Each
+group gets its own canvas of side M (from :func:`canvas_size`); a batch of B groups keeps B
+canvases.
 The centre of an N-patch is pixel ``N // 2`` (the fftshift convention); it lands on canvas
 pixel ``M // 2`` before translation.
 """
