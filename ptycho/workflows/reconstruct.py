@@ -204,7 +204,7 @@ def plan_reconstruction(config: TrainingConfig, data: DataLike, *,
 #: neighbouring pixels from different patches, and the network's errors, which do not follow
 #: the speckle, become pixel-scale noise. Averaged over 1 px: 1.3x (median). On the natural
 #: held-out objects at spacing 18, gridsize 2: amplitude SSIM +0.004-0.009, phase up to
-#: +0.008; every point: within 0.001 (benchmarks/README.md, "The stitching weight").
+#: +0.008; every point: within 0.001 (benchmarks/README.md, "Two corrections").
 STITCH_SMOOTHING_PX = 1.0
 
 
