@@ -253,13 +253,13 @@ _MALLOC_TRIM = None
 def _constrain(model: PtychoModel, patches: np.ndarray, positions: np.ndarray, canvas: int):
     """The overlap constraint the loss saw during training (gridsize > 1 with object_big),
     computed by the model itself (float32, the op of its training loss)."""
-    return np.asarray(model.backend_model.constrain(patches, _offsets_in_group(positions), canvas),
-                      dtype=np.complex64)
+    rel = _offsets_in_group(positions)
+    return np.asarray(model.backend_model.constrain(patches, rel, canvas), dtype=np.complex64)
 
 
 def _offsets_in_group(positions: np.ndarray) -> np.ndarray:
-    """(B, C, 2) offsets of the members from their group's centre, as :func:`ptycho.data.group_data`
-    makes them (:func:`ptycho.physics.group_centres`)."""
+    """(B, C, 2) offsets of the members from their group's centre, as
+    :func:`ptycho.data.group_data` makes them (:func:`ptycho.physics.group_centres`)."""
     return positions - group_centres(positions)[:, None, :]
 
 

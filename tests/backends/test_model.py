@@ -175,8 +175,8 @@ def test_overlap_constraint_of_many_groups_matches_the_reference(backend, offset
     """More groups than one call of the compiled constraint takes (they go in chunks), with
     whole-pixel offsets (as :func:`ptycho.physics.group_centres` makes them on a scan grid),
     offsets from the group's mean of whole-pixel positions (whole pixels plus one fraction
-    per group) or arbitrary sub-pixel ones. The first two take numpy slicing (no interpolation operators),
-    with the values of the backend's graph; the last the graph."""
+    per group) or arbitrary sub-pixel ones. The first two take numpy slicing (no
+    interpolation operators), with the values of the backend's graph; the last the graph."""
     from backends.common.model import CONSTRAIN_CHUNK_GROUPS
 
     cfg = ModelConfig(**SMALL, gridsize=2)
