@@ -343,6 +343,23 @@ def test_a_sparse_stitch_weighed_by_the_envelope_averages_out_errors_that_ignore
     assert errors["envelope"] < min(errors["speckle"], errors["flat"]), errors
 
 
+def test_a_models_stitch_window_is_its_probes_envelope():
+    """reconstruct's weight (:func:`window_of`) averages the effective probe's intensity over
+    ``STITCH_SMOOTHING_PX``: not the speckle pixel by pixel."""
+    from ptycho.config import ModelConfig
+    from ptycho.physics import effective_probe
+    from ptycho.workflows.reconstruct import STITCH_SMOOTHING_PX, window_of
+
+    cfg = ModelConfig(N=32)
+    probe = diffuser_probe(32, radius=8)
+    eff = effective_probe(probe, cfg.probe_mask)
+    got = window_of(cfg, probe)
+    assert STITCH_SMOOTHING_PX > 0
+    np.testing.assert_array_equal(got, probe_window(eff, cfg.pad_object,
+                                                    smoothing=STITCH_SMOOTHING_PX))
+    assert np.abs(got - probe_window(eff, cfg.pad_object)).max() > 0.05
+
+
 # -- speed and memory --------------------------------------------------------------------------
 
 def _stream(n_patterns: int, batch: np.ndarray, rng) -> tuple[float, int]:
