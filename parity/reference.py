@@ -207,17 +207,20 @@ def _input_backward(config: ModelConfig, weights, g: np.ndarray, absolute: bool,
     return g_x + adjoint(g_re + 1j * g_im + g_estimate), None
 
 
-def _estimate_backward(estimate: np.ndarray, amp_activated: np.ndarray, g_amp: np.ndarray,
-                       g_phase: np.ndarray):
-    """The heads' correction of the estimate, ``amp = |E| a``, ``phase = arg E + p``,
-    backwards: from d/d amp and d/d phase (B, N, N, C) to d/d a (B, N, N, C) and
-    ``d/d Re E + 1j d/d Im E`` (B, C, N, N)."""
-    magnitude, _ = estimate_magnitude_phase(estimate)
+def _estimate_backward(config: ModelConfig, estimate: np.ndarray, amp_activated: np.ndarray,
+                       g_amp: np.ndarray, g_phase: np.ndarray):
+    """The heads' correction of the estimate, ``phase = arg E + p`` and with
+    ``estimate_amplitude="scale"`` ``amp = |E| a`` (else ``amp = a``), backwards: from d/d amp
+    and d/d phase (B, N, N, C) to d/d a (B, N, N, C) and ``d/d Re E + 1j d/d Im E``
+    (B, C, N, N)."""
     power = np.abs(estimate) ** 2
     inv_power = np.where(power > 0, 1.0 / np.where(power > 0, power, 1.0), 0.0)
     # d|E| = (re dre + im dim) / |E|; d arg E = (re dim - im dre) / |E|^2
-    g_est = g_amp * amp_activated * estimate / magnitude + g_phase * 1j * estimate * inv_power
-    return g_amp * magnitude, _nchw(g_est)
+    g_est = g_phase * 1j * estimate * inv_power
+    if config.estimate_amplitude != "scale":
+        return g_amp, _nchw(g_est)
+    magnitude, _ = estimate_magnitude_phase(estimate)
+    return g_amp * magnitude, _nchw(g_est + g_amp * amp_activated * estimate / magnitude)
 
 
 def _to_groups(config: ModelConfig, y: np.ndarray) -> np.ndarray:
@@ -303,7 +306,7 @@ def _network(config: ModelConfig, weights, x_nchw: np.ndarray, tape: Optional[_T
     magnitude, angle = estimate_magnitude_phase(estimate)
     if tape is not None:
         tape.estimate, tape.amp_activated = estimate, amp
-    return magnitude * amp, angle + phase
+    return (magnitude * amp if config.estimate_amplitude == "scale" else amp), angle + phase
 
 
 class _IntensityMatch:
@@ -379,10 +382,10 @@ def _network_backward(config: ModelConfig, weights, tape: _Tape, g_amp: np.ndarr
     absolute = m_amp is not None
     g_estimate = None
     if config.backprop_estimate:
-        if absolute:
+        if absolute and config.estimate_amplitude == "scale":
             m_amp = m_amp * estimate_magnitude_phase(tape.estimate)[0]
-        g_amp, g_estimate = _estimate_backward(tape.estimate, tape.amp_activated, g_amp,
-                                               g_phase)
+        g_amp, g_estimate = _estimate_backward(config, tape.estimate, tape.amp_activated,
+                                               g_amp, g_phase)
     g_amp, g_phase = _to_network(config, _nchw(g_amp)), _to_network(config, _nchw(g_phase))
     if absolute:
         m_amp, m_phase = _to_network(config, _nchw(m_amp)), _to_network(config, _nchw(m_phase))
@@ -476,6 +479,33 @@ def forward(config: ModelConfig, weights: Mapping[str, np.ndarray], batch: Batch
     probe = _probe(config, weights)
     pred = far_field_amplitude(probe * constrained) * scale
     return {"object": patches, "object_constrained": constrained, "pred_amplitude": pred}
+
+
+def forward_scales(config: ModelConfig, weights: Mapping[str, np.ndarray], batch: Batch,
+                   ref: Mapping[str, np.ndarray]) -> tuple:
+    """The scales a float32 model's ``object`` and ``object_constrained`` are compared to
+    :func:`forward`'s ``ref`` at (tolerance ``network.forward``): each one's largest magnitude;
+    with each pattern's own estimate (``backprop_estimate``, ``estimate_scope="pattern"``) and
+    ``estimate_amplitude="input"`` also, per element, ``|O| max|E| / |E|`` (``max`` over the
+    pattern), carried through the overlap constraint. The model computes ``E`` in float32, and
+    ``arg E``, which the phase adds, is then off by ``E``'s absolute round-off (a fraction of
+    the pattern's ``max |E|``) over ``|E|``: where ``|E|`` is small a large angle, at the
+    head's full amplitude (with ``"scale"`` the amplitude ``|E| a`` cancels the ratio; a
+    given scan estimate is the same float32 numbers in both)."""
+    obj, con = np.asarray(ref["object"]), np.asarray(ref["object_constrained"])
+    top_obj = max(float(np.abs(obj).max()), 1e-3)
+    top_con = max(top_obj, float(np.abs(con).max()))
+    if not (config.backprop_estimate and config.estimate_amplitude == "input"
+            and config.estimate_scope == "pattern"):
+        return top_obj, top_con
+    scale = math.exp(float(np.asarray(weights["log_intensity_scale"], np.float64)))
+    magnitude = np.abs(backprop_estimate(network_input(batch) / scale, _probe(config, weights)))
+    peak = magnitude.max(axis=(-2, -1), keepdims=True)
+    budget = np.abs(obj) * peak / np.maximum(magnitude, np.finfo(np.float64).tiny)
+    # the constraint averages patches with non-negative weights: it carries a bound to a bound
+    carried = np.abs(_constrain(config, budget.astype(np.complex128),
+                                np.asarray(batch.rel_offsets, np.float64), batch.canvas_size))
+    return top_obj + budget, top_con + carried
 
 
 def losses(config: ModelConfig, weights: Mapping[str, np.ndarray], batch: Batch,

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Optional
 
 import numpy as np
@@ -222,16 +222,21 @@ def stage_network(ctx: Context) -> list[Check]:
     out = [check(ctx, "network", "weights exported after import", "network.weights",
                  ma.get_weights(), mb.get_weights(), w)]
     ref = R.forward(ctx.model, w, batch)
+    # the table's rtol, relative to the reference's scales (R.forward_scales: the largest
+    # magnitude, and with the free amplitude head each pattern's estimate's conditioning)
+    scales = dict(zip(("object", "object_constrained"), R.forward_scales(ctx.model, w, batch, ref)))
+    given = replace(tolerance("network.forward"), scale="given")
     out.append(check(ctx, "network", "predict (object patches)", "network.forward",
                      ma.predict(batch.diffraction, batch_size=2, estimate=batch.estimate),
                      mb.predict(batch.diffraction, batch_size=2, estimate=batch.estimate),
-                     ref["object"],
+                     ref["object"], scale=scales["object"], tol=given,
                      note="predict in batches of 2 (exercises the batching)"))
     fa, fb = ma.forward(batch), mb.forward(batch)
     for key, tol_key in (("object", "network.forward"), ("object_constrained", "network.forward"),
                          ("pred_amplitude", "network.amplitude")):
         out.append(check(ctx, "network", f"forward: {key}", tol_key, fa.get(key), fb.get(key),
-                         ref[key]))
+                         ref[key], scale=scales.get(key),
+                         tol=given if key in scales else None))
     return out
 
 

@@ -31,8 +31,8 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from ptycho.config.schema import (AMP_ACTIVATIONS, ESTIMATE_SCOPES, POSITIVE_AMP_ACTIVATIONS,
-                                  ModelConfig, TrainingConfig)
+from ptycho.config.schema import (AMP_ACTIVATIONS, ESTIMATE_AMPLITUDES, ESTIMATE_SCOPES,
+                                  POSITIVE_AMP_ACTIVATIONS, ModelConfig, TrainingConfig)
 
 #: Side lengths drawn for N (multiples of 8, small).
 SIZES = (16, 32)
@@ -87,7 +87,8 @@ def model_configs(draw, sizes=SIZES, gridsizes=(1, 2, 3), max_width: int = 8) ->
         probe_mask=draw(st.booleans()), probe_scale=draw(st.sampled_from([1.0, 4.0])),
         probe_trainable=probe_trainable, intensity_scale_trainable=draw(st.booleans()),
         backprop_estimate=estimate,
-        estimate_scope=draw(st.sampled_from(ESTIMATE_SCOPES)) if estimate else "pattern")
+        estimate_scope=draw(st.sampled_from(ESTIMATE_SCOPES)) if estimate else "pattern",
+        estimate_amplitude=draw(st.sampled_from(ESTIMATE_AMPLITUDES)) if estimate else "input")
 
 
 def nphotons() -> st.SearchStrategy[float]:

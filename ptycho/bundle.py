@@ -341,14 +341,28 @@ MODEL_KEYS_ADDED = {"per_pattern_network": False, "match_intensity": False,
                     "estimate_scope": "pattern"}
 
 
+#: ModelConfig fields added after bundles were first written whose past value depends on
+#: another field: name -> (that field, its value, the added field's value then). A bundle with
+#: ``backprop_estimate`` written before ``estimate_amplitude`` existed scaled the estimate.
+MODEL_KEYS_ADDED_IF = {"estimate_amplitude": ("backprop_estimate", True, "scale")}
+
+
 def _with_added_model_keys(kind: str, config: Any) -> Any:
     if not isinstance(config, dict):
         return config
     if kind == "model":
-        return {**MODEL_KEYS_ADDED, **config}
+        return _model_with_added_keys(config)
     if isinstance(config.get("model"), dict):
-        return {**config, "model": {**MODEL_KEYS_ADDED, **config["model"]}}
+        return {**config, "model": _model_with_added_keys(config["model"])}
     return config
+
+
+def _model_with_added_keys(model: dict) -> dict:
+    full = {**MODEL_KEYS_ADDED, **model}
+    for key, (other, when, value) in MODEL_KEYS_ADDED_IF.items():
+        if key not in model and full.get(other) is when:
+            full[key] = value
+    return full
 
 
 def _bundle_config(manifest: dict[str, Any], path: str) -> AnyConfig:

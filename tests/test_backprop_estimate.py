@@ -112,3 +112,16 @@ def test_the_estimate_adds_two_input_channels_per_image_and_needs_a_fixed_probe(
         ModelConfig(backprop_estimate=True, probe_trainable=True)
     with pytest.raises(ConfigError, match="backprop_estimate"):
         ModelConfig(backprop_estimate="yes")
+
+
+def test_estimate_amplitude_is_one_of_its_choices_and_needs_the_estimate():
+    assert ModelConfig().estimate_amplitude == "input"
+    assert ModelConfig(backprop_estimate=True, estimate_amplitude="scale").estimate_amplitude \
+        == "scale"
+    with pytest.raises(ConfigError, match="estimate_amplitude.*'magnitude'"):
+        ModelConfig(backprop_estimate=True, estimate_amplitude="magnitude")
+    with pytest.raises(ConfigError, match="estimate_amplitude='scale' needs backprop_estimate"):
+        ModelConfig(estimate_amplitude="scale")
+    # the amplitude head's output channels are the same either way: the weights are too
+    scaled = ModelConfig(N=16, backprop_estimate=True, estimate_amplitude="scale")
+    assert weight_spec(scaled) == weight_spec(ModelConfig(N=16, backprop_estimate=True))

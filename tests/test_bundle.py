@@ -316,3 +316,31 @@ def test_bundle_written_before_the_added_model_keys_loads_as_it_was_trained(tmp_
     loaded = B.read_bundle(old)
     assert loaded.model_config == old_model
     assert CFG.model.per_pattern_network and CFG.model.match_intensity   # today's defaults
+
+
+@pytest.mark.parametrize("estimate", [True, False])
+def test_a_bundle_written_before_estimate_amplitude_keeps_the_amplitude_it_was_trained_with(
+        tmp_path, estimate):
+    """Before ``estimate_amplitude`` existed a model with ``backprop_estimate`` scaled the
+    estimate's magnitude: such a bundle reads as ``"scale"`` (today's default, ``"input"``,
+    would give other objects from the same weights); one without the estimate reads as the
+    default, and a bundle that names its value keeps it."""
+    import dataclasses
+    model = dataclasses.replace(CFG.model, backprop_estimate=estimate,
+                                estimate_amplitude="scale" if estimate else "input")
+    cfg = dataclasses.replace(CFG, model=model)
+    weights = init_weights(model, 0, np.ones((16, 16), np.complex64), 2.5)
+    written, old = tmp_path / "new.zip", tmp_path / "old.zip"
+    B.save_bundle(written, weights, cfg, backend_name="torch", framework_version="x")
+    assert B.read_bundle(written).model_config.estimate_amplitude == model.estimate_amplitude
+
+    def drop_the_key(m):
+        del m["config"]["model"]["estimate_amplitude"]
+    _edit_manifest(written, old, drop_the_key)
+    assert B.read_bundle(old).model_config == model
+    if estimate:    # named "input" in the manifest: kept
+        current = dataclasses.replace(model, estimate_amplitude="input")
+        named = tmp_path / "named.zip"
+        B.save_bundle(named, weights, dataclasses.replace(cfg, model=current),
+                      backend_name="torch", framework_version="x")
+        assert B.read_bundle(named).model_config.estimate_amplitude == "input"

@@ -134,14 +134,16 @@ def test_bundles_cross_backends_on_drawn_configs(pair, model):
     assert report.passed, report.to_text()
 
 
-@pytest.mark.parametrize("gridsize", [1, 2])
-def test_the_scan_estimate_input_passes_every_stage(pair, gridsize):
+@pytest.mark.parametrize("gridsize, amplitude", [(1, "input"), (2, "scale")])
+def test_the_scan_estimate_input_passes_every_stage(pair, gridsize, amplitude):
     """``estimate_scope="scan"``: the estimate is an input of both models (packed beside the
-    diffraction) and of the reference; every stage, bundles and training included."""
+    diffraction) and of the reference; every stage, bundles and training included, with
+    either amplitude head (``estimate_amplitude``)."""
     from ptycho.config import ModelConfig, TrainingConfig
 
     model = ModelConfig(N=16, gridsize=gridsize, base_filters=2, n_filters_scale=1,
-                        backprop_estimate=True, estimate_scope="scan")
+                        backprop_estimate=True, estimate_scope="scan",
+                        estimate_amplitude=amplitude)
     report = parity.run(TrainingConfig(model=model, batch_size=4, nphotons=1e5), backends=pair)
     assert report.passed, report.to_text()
     assert [s.name for s in report.stages] == list(parity.STAGE_NAMES)

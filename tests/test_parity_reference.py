@@ -113,9 +113,12 @@ CASES = [
          per_pattern_network=False),
     dict(gridsize=1, pad_object=True, probe_big=True, central_decoder=True, probe_trainable=True),
     # the back-propagated estimate (opt-in): seen by the network and corrected by its heads
+    # (the amplitude head scaling the estimate's magnitude, or giving the amplitude itself)
     dict(gridsize=1, pad_object=True, probe_big=True, probe_mask=True, backprop_estimate=True),
+    dict(gridsize=1, pad_object=True, probe_big=True, probe_mask=True, backprop_estimate=True,
+         estimate_amplitude="scale"),
     dict(gridsize=2, pad_object=True, probe_big=False, per_pattern_network=False,
-         amp_activation="softplus", backprop_estimate=True),
+         amp_activation="softplus", backprop_estimate=True, estimate_amplitude="scale"),
     dict(gridsize=2, pad_object=False, amp_activation="swish", match_intensity=False,
          backprop_estimate=True),
     # the scan's estimate, an input of the model (its level follows the intensity scale)
@@ -123,6 +126,8 @@ CASES = [
          estimate_scope="scan"),
     dict(gridsize=2, pad_object=True, probe_big=False, backprop_estimate=True,
          estimate_scope="scan", match_intensity=False),
+    dict(gridsize=2, pad_object=True, probe_big=True, backprop_estimate=True,
+         estimate_scope="scan", estimate_amplitude="scale"),
 ]
 
 
@@ -234,3 +239,24 @@ def test_refinement_extraction_and_its_adjoint():
     extract, adjoint = R._extraction(edge, 8, obj.shape)
     g = rng.normal(size=(2, 8, 8)) + 1j * rng.normal(size=(2, 8, 8))
     assert np.vdot(extract(obj), g) == pytest.approx(np.vdot(obj, adjoint(g)), rel=1e-12)
+
+
+def test_the_amplitude_head_gives_the_amplitude_or_scales_the_estimates_magnitude():
+    """``estimate_amplitude``: the same weights and input give the same phase, and amplitudes
+    that differ by exactly the estimate's magnitude ``|E|`` (no intensity match, which would
+    rescale each patch)."""
+    from ptycho.physics.model import estimate_magnitude_phase
+
+    base = ModelConfig(N=16, base_filters=2, n_filters_scale=1, pad_object=False,
+                       match_intensity=False, backprop_estimate=True, estimate_scope="scan")
+    rng = np.random.default_rng(2)
+    w = init_weights(base, 1, make_probe(16, 2.0, rng), 0.0)
+    x = rng.uniform(0.0, 3.0, (2, 1, 16, 16))
+    estimate = rng.normal(size=(2, 1, 16, 16)) + 1j * rng.normal(size=(2, 1, 16, 16))
+    own = R.network_patches(base, w, x, estimate)
+    scaled = R.network_patches(ModelConfig(**{**base.__dict__, "estimate_amplitude": "scale"}),
+                               w, x, estimate)
+    magnitude, _ = estimate_magnitude_phase(estimate)
+    assert np.allclose(np.abs(scaled), magnitude * np.abs(own), rtol=1e-12)
+    assert np.allclose(np.angle(scaled / own), 0.0, atol=1e-9)
+    assert np.ptp(magnitude) > 1.0      # a test that could tell the two apart

@@ -247,6 +247,11 @@ def test_set_changes_a_size_for_one_run_and_names_what_is_wrong():
     with pytest.raises(ValueError, match="'lr_schedule=step'.*'cosine'"):
         with_settings(NATURAL, ["lr_schedule=step"])
     assert trained.model.estimate_scope == "scan" and trained.model.central_decoder
+    assert trained.model.estimate_amplitude == "input"
+    scaled = with_settings(NATURAL, ["backprop_estimate=1", "estimate_amplitude=scale"])
+    assert training_config(scaled, 1, 1e9).model.estimate_amplitude == "scale"
+    with pytest.raises(ValueError, match="'estimate_amplitude=both'.*'input', 'scale'"):
+        with_settings(NATURAL, ["estimate_amplitude=both"])
     with pytest.raises(ValueError, match="'backprop_estimate=yes'.*true or false"):
         with_settings(NATURAL, ["backprop_estimate=yes"])
     assert with_settings(NATURAL, ["probe=diffuser"]).probe == "diffuser"

@@ -180,8 +180,8 @@ def object_patches(ops, heads: Mapping, config: ModelConfig, central=None, x=Non
     ``x`` (the network input, (B, C, N, N)) and ``probe_intensity`` (``|P|^2``, (N, N)) are
     needed with ``match_intensity`` (:func:`intensity_match`), ``estimate`` (the
     (real, imaginary) parts of :func:`backprop_estimate` of ``x``, (B, C, N, N)) with
-    ``backprop_estimate``: the heads then correct it, amplitude ``|E| act(h)``, phase
-    ``arg E + pi tanh(h)``.
+    ``backprop_estimate``: the phase head then corrects its phase, ``arg E + pi tanh(h)``,
+    and with ``estimate_amplitude="scale"`` the amplitude head its magnitude, ``|E| act(h)``.
     """
     act = amplitude_activation(ops, config.amp_activation)
     amp = act(heads["amp"])
@@ -195,7 +195,9 @@ def object_patches(ops, heads: Mapping, config: ModelConfig, central=None, x=Non
             amp = central * amp
     if config.backprop_estimate:
         magnitude, angle = estimate_magnitude_phase(ops, estimate)
-        amp, phase = magnitude * amp, angle + phase
+        phase = angle + phase
+        if config.estimate_amplitude == "scale":
+            amp = magnitude * amp
     if config.match_intensity:
         amp = amp * intensity_match(ops, amp, x, probe_intensity)
     return ops.polar(amp, phase)

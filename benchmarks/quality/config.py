@@ -118,6 +118,7 @@ class QualityConfig:
     precision: str = "float32"                    # TrainingConfig.precision
     backprop_estimate: bool = False               # ModelConfig.backprop_estimate
     estimate_scope: str = "pattern"               # ModelConfig.estimate_scope
+    estimate_amplitude: str = "input"             # ModelConfig.estimate_amplitude
     central_decoder: bool = False                 # ModelConfig.central_decoder
     realspace_weight: float = 0.0                 # TrainingConfig.realspace_weight
     variants: Mapping[str, Mapping] = field(default_factory=lambda: dict(VARIANTS))
@@ -201,7 +202,8 @@ SETTABLE = {"nepochs": int, "batch_size": int, "learning_rate": float, "lr_sched
             "base_filters": int,
             "n_filters_scale": int, "precision": str, "grid_side": int,
             "gridsizes": lambda text: tuple(int(g) for g in text.split(",")),
-            "backprop_estimate": _flag, "estimate_scope": str, "central_decoder": _flag,
+            "backprop_estimate": _flag, "estimate_scope": str, "estimate_amplitude": str,
+            "central_decoder": _flag,
             "realspace_weight": float,
             "refine_curve_spacing": lambda text: None if text.lower() == "none" else float(text),
             "probe": str, "seed": int, "train_objects": _train_set}
@@ -210,7 +212,8 @@ SETTABLE = {"nepochs": int, "batch_size": int, "learning_rate": float, "lr_sched
 def with_settings(config: QualityConfig, assignments) -> QualityConfig:
     """``config`` with ``KEY=VALUE`` texts applied (keys from :data:`SETTABLE`), renamed so
     that its results say they differ from the named size."""
-    from ptycho.config.schema import ESTIMATE_SCOPES, LR_SCHEDULES, PRECISIONS
+    from ptycho.config.schema import (ESTIMATE_AMPLITUDES, ESTIMATE_SCOPES, LR_SCHEDULES,
+                                      PRECISIONS)
     from ptycho.simulate.probes import PROBE_KINDS
 
     changes, texts = {}, {}
@@ -228,6 +231,9 @@ def with_settings(config: QualityConfig, assignments) -> QualityConfig:
         if key == "estimate_scope" and value not in ESTIMATE_SCOPES:
             raise ValueError(f"--set {text!r}: estimate_scope must be one of "
                              f"{list(ESTIMATE_SCOPES)}")
+        if key == "estimate_amplitude" and value not in ESTIMATE_AMPLITUDES:
+            raise ValueError(f"--set {text!r}: estimate_amplitude must be one of "
+                             f"{list(ESTIMATE_AMPLITUDES)}")
         if key == "lr_schedule" and value not in LR_SCHEDULES:
             raise ValueError(f"--set {text!r}: lr_schedule must be one of "
                              f"{list(LR_SCHEDULES)}")

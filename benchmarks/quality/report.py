@@ -21,12 +21,16 @@ PARTS = ("amplitude", "phase")
 
 
 def _estimate_words(cfg: dict) -> str:
-    """How the network starts, in the results' header: nothing, or which estimate."""
+    """How the network starts, in the results' header: nothing, or which estimate and what
+    its amplitude head does with it (results saved before ``estimate_amplitude`` existed
+    scaled the estimate's magnitude)."""
     if not cfg.get("backprop_estimate"):
         return ""
-    if cfg.get("estimate_scope", "pattern") == "scan":
-        return ", back-propagated estimate stitched over the scan"
-    return ", back-propagated estimate"
+    words = (", back-propagated estimate stitched over the scan"
+             if cfg.get("estimate_scope", "pattern") == "scan" else ", back-propagated estimate")
+    if cfg.get("estimate_amplitude", "scale") == "scale":
+        words += " (the amplitude head scales its magnitude)"
+    return words
 
 
 def _curve_words(cfg: dict) -> str:

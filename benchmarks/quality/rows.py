@@ -86,6 +86,7 @@ def training_config(config: QualityConfig, gridsize: int, dose: float):
                         n_filters_scale=config.n_filters_scale,
                         backprop_estimate=config.backprop_estimate,
                         estimate_scope=config.estimate_scope,
+                        estimate_amplitude=config.estimate_amplitude,
                         central_decoder=config.central_decoder)
     return TrainingConfig(model=model, nepochs=config.nepochs, batch_size=config.batch_size,
                           learning_rate=config.learning_rate, lr_schedule=config.lr_schedule,

@@ -66,6 +66,7 @@ LEGACY_KEYS: Mapping[str, str] = MappingProxyType({
     "match_intensity": "match_intensity",
     "backprop_estimate": "backprop_estimate",
     "estimate_scope": "estimate_scope",
+    "estimate_amplitude": "estimate_amplitude",
     # TrainingConfig (and, where the name is shared, InferenceConfig)
     "batch_size": "batch_size",
     "nepochs": "nepochs",
