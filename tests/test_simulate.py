@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import time
 
 import numpy as np
 import pytest
@@ -473,18 +472,3 @@ def test_dataset_round_trips_through_the_npz_contract(tmp_path):
     np.testing.assert_array_equal(back.probe, raw.probe)
     np.testing.assert_array_equal(back.ycoords, raw.ycoords)
     np.testing.assert_array_equal(back.object_guess, obj)
-
-
-def test_simulating_10k_patterns_of_64_is_fast():
-    """10,000 patterns of 64 x 64 with Poisson noise, everything included, well under 5 s.
-
-    Measured as process CPU time (all threads together), which other jobs on a shared machine
-    do not inflate; on two idle cores the wall time is lower still (about 1.3 s).
-    """
-    simulate_dataset(64, 64, seed=0)                  # warm up imports and FFT plans
-    w0, c0 = time.perf_counter(), time.process_time()
-    raw, obj = simulate_dataset(10_000, 64, scan="jitter", nphotons=1e9, seed=0)
-    wall, cpu = time.perf_counter() - w0, time.process_time() - c0
-    assert raw.diffraction.shape == (10_000, 64, 64)
-    assert cpu < 5.0, f"simulating 10k patterns took {cpu:.2f} CPU s ({wall:.2f} s wall)"
-    assert wall < 15.0, f"simulating 10k patterns took {wall:.2f} s wall"

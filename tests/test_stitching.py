@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 import tracemalloc
 
 import numpy as np
@@ -360,38 +359,30 @@ def test_a_models_stitch_window_is_its_probes_envelope():
     assert np.abs(got - probe_window(eff, cfg.pad_object)).max() > 0.05
 
 
-# -- speed and memory --------------------------------------------------------------------------
+# -- memory -----------------------------------------------------------------------------------
+# Time per pattern is measured in the benchmarks (`stitching` section, 100k against 1k), never
+# here: a timed test fails on a busy machine. Traced memory is deterministic, so it is a test.
 
-def _stream(n_patterns: int, batch: np.ndarray, rng) -> tuple[float, int]:
-    """CPU seconds and peak traced bytes to stream ``n_patterns`` through a Stitcher.
-
-    CPU time of this process, not wall time, so that other jobs on a shared machine (or
-    other xdist workers) do not make the comparison flaky.
-    """
+def _stream_peak(n_patterns: int, batch: np.ndarray, rng) -> int:
+    """Peak traced bytes to stream ``n_patterns`` through a Stitcher."""
     n = batch.shape[-1]
     shape = (512, 512)
     st_ = Stitcher(shape, n)
     tracemalloc.start()
-    t0 = time.process_time()
     for _ in range(n_patterns // len(batch)):
         pos = np.stack([rng.uniform(n // 2, shape[1] - n // 2, len(batch)),
                         rng.uniform(n // 2, shape[0] - n // 2, len(batch))], axis=-1)
         st_.add(batch, pos)
     st_.result()
-    elapsed = time.process_time() - t0
     _, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
     assert st_.count == n_patterns
-    return elapsed, peak
+    return peak
 
 
-def test_stitching_time_per_pattern_is_flat_and_memory_bounded():
+def test_stitching_memory_does_not_grow_with_the_number_of_patterns():
     rng = np.random.default_rng(0)
     batch = _object(rng, (1000, 64, 64))
-    _stream(1000, batch, rng)                                  # warm-up
-    t_small, peak_small = min(_stream(1000, batch, rng) for _ in range(3))
-    t_big, peak_big = _stream(100_000, batch, rng)
-    per_small, per_big = t_small / 1000, t_big / 100_000
-    assert per_big < 3 * per_small + 5e-6, (per_small, per_big)
-    assert per_big < 60e-6, f"{per_big * 1e6:.1f} us per 64x64 pattern"
+    peak_small = _stream_peak(1000, batch, rng)
+    peak_big = _stream_peak(50_000, batch, rng)
     assert peak_big < 1.5 * peak_small + 2**20, (peak_small, peak_big)
