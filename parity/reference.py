@@ -43,7 +43,7 @@ from ptycho.physics.model import (INTENSITY_MATCH_EPSILON, backprop_estimate, ba
 from ptycho.physics.patches import (central_mask, object_support, overlap_constraint,
                                     probe_disk_mask)
 from ptycho.weights import (decoder_widths, has_border_heads, has_central_decoder,
-                            trainable_names)
+                            skip_level, skip_widths, trainable_names)
 
 BRANCHES = ("amp", "phase")
 
@@ -269,8 +269,10 @@ def _network(config: ModelConfig, weights, x_nchw: np.ndarray, tape: Optional[_T
     elif config.backprop_estimate:
         estimate = backprop_estimate(x_nchw, _probe(config, weights))
     h = _network_images(config, x_nchw, estimate)
+    features = []                                # each encoder level's output before pooling
     for i in range(N_LEVELS):
         h = conv_relu(conv_relu(h, f"enc{i}.conv1"), f"enc{i}.conv2")
+        features.append(h)
         h, arg = maxpool2(h)
         if tape is not None:
             tape.pools.append(arg)
@@ -279,6 +281,8 @@ def _network(config: ModelConfig, weights, x_nchw: np.ndarray, tape: Optional[_T
         g = h
         for j in range(len(decoder_widths(config))):
             g = upsample2(g)
+            if config.skip_connections:
+                g = np.concatenate([g, features[skip_level(j)]], axis=-1)
             g = conv_relu(conv_relu(g, f"{branch}.dec{j}.conv1"), f"{branch}.dec{j}.conv2")
         if tape is not None:
             tape.feats[branch] = g
@@ -422,6 +426,7 @@ def _network_backward(config: ModelConfig, weights, tape: _Tape, g_amp: np.ndarr
                       lambda pre: np.abs(activation_grad(act, pre))) if absolute else {}
     convs = {name: (inp, pre) for name, inp, pre in tape.convs}
     g_enc = 0.0
+    g_skip: dict[int, np.ndarray] = {}      # encoder level -> gradient from the decoders' skips
     for branch in BRANCHES:
         feat = tape.feats[branch]
         g = np.zeros_like(feat)
@@ -437,11 +442,16 @@ def _network_backward(config: ModelConfig, weights, tape: _Tape, g_amp: np.ndarr
                 name = f"{branch}.dec{j}.{part}"
                 inp, pre = convs[name]
                 g = conv_back(inp, name, g * (pre > 0))
+            skip = skip_widths(config)[j]
+            if skip:        # the concatenated encoder features' share goes to their level
+                level = skip_level(j)
+                g_skip[level] = g_skip.get(level, 0.0) + g[..., -skip:]
+                g = g[..., :-skip]
             g = upsample2_backward(g)
         g_enc = g_enc + g
     g = g_enc
     for i in reversed(range(N_LEVELS)):
-        g = maxpool2_backward(tape.pools[i], g)
+        g = maxpool2_backward(tape.pools[i], g) + g_skip.get(i, 0.0)
         for part in ("conv2", "conv1"):
             name = f"enc{i}.{part}"
             inp, pre = convs[name]

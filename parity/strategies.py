@@ -88,7 +88,8 @@ def model_configs(draw, sizes=SIZES, gridsizes=(1, 2, 3), max_width: int = 8) ->
         probe_trainable=probe_trainable, intensity_scale_trainable=draw(st.booleans()),
         backprop_estimate=estimate,
         estimate_scope=draw(st.sampled_from(ESTIMATE_SCOPES)) if estimate else "pattern",
-        estimate_amplitude=draw(st.sampled_from(ESTIMATE_AMPLITUDES)) if estimate else "input")
+        estimate_amplitude=draw(st.sampled_from(ESTIMATE_AMPLITUDES)) if estimate else "input",
+        skip_connections=draw(st.booleans()))
 
 
 def nphotons() -> st.SearchStrategy[float]:

@@ -338,7 +338,7 @@ def _check_entries_against_spec(entries: Mapping[str, Any], model_config: ModelC
 #: the weights would be read into another model).
 MODEL_KEYS_ADDED = {"per_pattern_network": False, "match_intensity": False,
                     "central_decoder": False, "backprop_estimate": False,
-                    "estimate_scope": "pattern"}
+                    "estimate_scope": "pattern", "skip_connections": False}
 
 
 #: ModelConfig fields added after bundles were first written whose past value depends on

@@ -59,7 +59,8 @@ import numpy as np
 from ptycho.config.schema import N_LEVELS, ModelConfig
 from ptycho.errors import ResourceLimitError
 from ptycho.limits import check_bytes, format_bytes
-from ptycho.weights import conv_layers, has_central_decoder, weight_spec
+from ptycho.weights import (conv_layers, has_central_decoder, skip_level, skip_widths,
+                            weight_spec)
 
 #: Bytes per activation value (float32).
 ACTIVATION_BYTES = 4
@@ -101,16 +102,21 @@ def _layers(config: ModelConfig) -> list[tuple[str, int, int]]:
 
     From :func:`ptycho.weights.conv_layers`: each ``conv``; after the encoder's second conv
     of a level its ``pool``; before a decoder level's first conv, and before a border head
-    that runs on up-sampled features (central decoder), an ``upsample``; after a main head
+    that runs on up-sampled features (central decoder), an ``upsample``, and with skip
+    connections the ``concat`` of the encoder's features after it; after a main head
     that runs at N/2 (central decoder), its zero ``pad`` to N."""
     n, passes, central = config.N, config.network_passes, has_central_decoder(config)
+    skips = skip_widths(config)
     layers = []
     for conv in conv_layers(config):
         side, cin, cout = conv.side, conv.cin, conv.cout
-        upsampled = (".dec" in conv.name and conv.name.endswith("conv1")) or (
-            central and conv.name.endswith("border_head"))
-        if upsampled:
-            layers.append(("upsample", cin * (side // 2) ** 2, cin * side * side))
+        level_start = ".dec" in conv.name and conv.name.endswith("conv1")
+        skip = skips[int(conv.name.rsplit(".dec", 1)[1].split(".")[0])] if level_start else 0
+        if level_start or (central and conv.name.endswith("border_head")):
+            up = cin - skip
+            layers.append(("upsample", up * (side // 2) ** 2, up * side * side))
+        if skip:
+            layers.append(("concat", (cin - skip) * side * side, cin * side * side))
         layers.append(("conv", cin * side * side, cout * side * side))
         if conv.name.startswith("enc") and conv.name.endswith("conv2"):
             layers.append(("pool", cout * side * side, cout * (side // 2) ** 2))
@@ -137,10 +143,14 @@ def _physics_values(config: ModelConfig) -> int:
 def inference_values_per_group(config: ModelConfig) -> int:
     """Activation values alive at once when one group is predicted: the largest layer's input
     and output (x :data:`INFERENCE_LAYER_FACTOR`), plus what outlives its layer (the encoder's
-    output, kept for the second branch; the first branch's heads; the physics)."""
+    output, kept for the second branch, and with skip connections those of the levels the
+    decoders take; the first branch's heads; the physics)."""
     n, c = config.N, config.n_channels
     widest = max(a + b for _, a, b in _layers(config))
-    kept = config.network_passes * config.widths[-1] * (n >> N_LEVELS) ** 2 + 2 * c * n * n
+    encoder_out = config.widths[-1] * (n >> N_LEVELS) ** 2
+    # with skip connections the encoder outputs the decoders take live until the last one's
+    skipped = sum(w * (n >> skip_level(j)) ** 2 for j, w in enumerate(skip_widths(config)))
+    kept = config.network_passes * (encoder_out + skipped) + 2 * c * n * n
     return INFERENCE_LAYER_FACTOR * widest + kept + _physics_values(config)
 
 

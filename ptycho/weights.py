@@ -14,6 +14,9 @@ Architecture (every conv is 3x3, stride 1, zero "same" padding of 1 on each side
   that with ``backprop_estimate`` (each pattern, then its estimate's real and imaginary parts).
 * two decoders, ``amp`` and ``phase``, level j with widths ``(w_1, w_0, w_0)``:
   nearest up-sampling x2, ``{branch}.dec{j}.conv1``, relu, ``{branch}.dec{j}.conv2``, relu.
+  With ``skip_connections`` the input of ``{branch}.dec{j}.conv1`` is the up-sampled
+  features and, after them along the channels, the output of ``enc{2-j}.conv2`` (its relu,
+  before the pooling): ``w_{2-j}`` more input channels.
   Three levels (back to N); two (to N/2, widths ``(w_1, w_0)``) with ``central_decoder``
   (:func:`has_central_decoder`).
 * heads from each decoder's last features to ``network_channels`` channels: ``amp.head`` (then
@@ -71,6 +74,19 @@ def decoder_widths(config: ModelConfig) -> tuple[int, ...]:
     return tuple(w[max(N_LEVELS - 2 - j, 0)] for j in range(levels))
 
 
+def skip_level(j: int) -> int:
+    """The encoder level whose features decoder level ``j`` also takes with
+    ``skip_connections``: the one of its size."""
+    return N_LEVELS - 1 - j
+
+
+def skip_widths(config: ModelConfig) -> tuple[int, ...]:
+    """Channels each decoder level's first conv takes beside the up-sampled features, deep to
+    shallow: the widths of the encoder levels of its size with ``skip_connections``, else 0."""
+    return tuple(config.widths[skip_level(j)] if config.skip_connections else 0
+                 for j in range(len(decoder_widths(config))))
+
+
 @dataclass(frozen=True)
 class ConvLayer:
     """One 3x3 conv of the network: its canonical name, the side of the square it runs on,
@@ -97,9 +113,9 @@ def conv_layers(config: ModelConfig) -> list[ConvLayer]:
         cin, side = w, side // 2
     for branch in ("amp", "phase"):
         cin, side = config.widths[-1], config.N >> N_LEVELS
-        for j, w in enumerate(decoder_widths(config)):
+        for j, (w, skip) in enumerate(zip(decoder_widths(config), skip_widths(config))):
             side *= 2
-            layers += [ConvLayer(f"{branch}.dec{j}.conv1", side, cin, w),
+            layers += [ConvLayer(f"{branch}.dec{j}.conv1", side, cin + skip, w),
                        ConvLayer(f"{branch}.dec{j}.conv2", side, w, w)]
             cin = w
         layers.append(ConvLayer(f"{branch}.head", side, cin, c))

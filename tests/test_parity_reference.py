@@ -128,6 +128,13 @@ CASES = [
          estimate_scope="scan", match_intensity=False),
     dict(gridsize=2, pad_object=True, probe_big=True, backprop_estimate=True,
          estimate_scope="scan", estimate_amplitude="scale"),
+    # skip connections (opt-in): each decoder level also takes the encoder's features of its
+    # size, whose gradient then reaches the encoder by two paths
+    dict(gridsize=1, pad_object=True, probe_big=True, skip_connections=True),
+    dict(gridsize=2, pad_object=True, probe_big=True, central_decoder=True,
+         per_pattern_network=False, skip_connections=True),
+    dict(gridsize=1, pad_object=True, probe_big=True, backprop_estimate=True,
+         estimate_scope="scan", skip_connections=True),
 ]
 
 

@@ -14,7 +14,7 @@ configs = st.builds(ModelConfig, N=st.sampled_from([16, 24, 32]), gridsize=st.in
                     n_filters_scale=st.integers(1, 2), base_filters=st.integers(1, 4),
                     pad_object=st.booleans(), probe_big=st.booleans(),
                     central_decoder=st.booleans(), per_pattern_network=st.booleans(),
-                    backprop_estimate=st.booleans())
+                    backprop_estimate=st.booleans(), skip_connections=st.booleans())
 
 
 def _weights(cfg, seed=0):
@@ -52,6 +52,39 @@ def test_conv_layers_chain_their_sides_and_channels(cfg):
         assert head.cin == layers[f"{branch}.dec{1 if central else 2}.conv2"].cout
         if f"{branch}.border_head" in layers:
             assert layers[f"{branch}.border_head"].side == n
+
+
+@given(configs)
+def test_skip_connections_feed_each_decoder_level_the_encoder_level_of_its_size(cfg):
+    """A decoder level's first conv takes the up-sampled features (the previous level's, or
+    the last encoder level's, output) plus, with skip connections, the encoder's output at
+    the side it runs on; nothing else changes."""
+    import dataclasses
+    layers = {layer.name: layer for layer in conv_layers(cfg)}
+    plain = {layer.name: layer for layer in conv_layers(
+        dataclasses.replace(cfg, skip_connections=False))}
+    assert list(layers) == list(plain)
+    for branch in ("amp", "phase"):
+        j, below = 0, layers["enc2.conv2"]
+        while f"{branch}.dec{j}.conv1" in layers:
+            first = layers[f"{branch}.dec{j}.conv1"]
+            encoder = next(layers[f"enc{i}.conv2"] for i in range(3)
+                           if layers[f"enc{i}.conv2"].side == first.side)
+            assert first.cin == below.cout + (encoder.cout if cfg.skip_connections else 0)
+            assert plain[first.name].cin == below.cout
+            below, j = layers[f"{branch}.dec{j}.conv2"], j + 1
+    changed = [n for n in layers if layers[n] != plain[n]]
+    assert all(".dec" in n and n.endswith("conv1") for n in changed)
+    assert bool(changed) == cfg.skip_connections
+
+
+def test_skip_connections_cost_memory_in_the_estimate():
+    from ptycho.model_memory import estimate_model_memory
+    plain = estimate_model_memory(ModelConfig(N=32, base_filters=2))
+    skip = estimate_model_memory(ModelConfig(N=32, base_filters=2, skip_connections=True))
+    assert skip.parameter_bytes > plain.parameter_bytes
+    assert skip.activation_bytes_per_group > plain.activation_bytes_per_group
+    assert skip.inference_bytes_per_group > plain.inference_bytes_per_group
 
 
 @given(configs, st.integers(0, 2 ** 32 - 1))

@@ -6,7 +6,8 @@ up-sampling and two convs + relu per decoder level; heads to C channels; the amp
 head's activation from the config, the phase head ``pi * tanh``. ``pad_object`` zeroes the
 object outside the central N/2 square; with ``probe_big`` the border heads' output replaces
 the main heads' there instead. With ``central_decoder`` the decoders stop at N/2 and the
-main heads' output is that central square itself.
+main heads' output is that central square itself. With ``skip_connections`` each decoder
+level's first conv also takes the encoder's features of its size (a U-Net).
 
 With ``per_pattern_network`` the network sees one pattern per image: a group (B, C, N, N)
 is reshaped to (B*C, 1, N, N) before it (:func:`to_patterns`) and its heads back after it
@@ -27,7 +28,8 @@ from typing import Mapping
 from ptycho.config.schema import N_LEVELS, ModelConfig
 from ptycho.physics.model import (BACKPROP_EPSILON, BACKPROP_REGULARISATION,
                                   INTENSITY_MATCH_EPSILON)
-from ptycho.weights import decoder_widths, has_border_heads, has_central_decoder
+from ptycho.weights import (decoder_widths, has_border_heads, has_central_decoder,
+                            skip_level)
 
 BRANCHES = ("amp", "phase")
 
@@ -90,13 +92,20 @@ def network(ops, x, params: Mapping, config: ModelConfig, compute_dtype=None) ->
     kernels and biases are cast to the activations' dtype); heads come back in float32.
     """
     h = ops.to_network_layout(x if compute_dtype is None else ops.cast(x, compute_dtype))
+    features = []        # with skip connections, each encoder level's output before pooling
     for i in range(N_LEVELS):
-        h = ops.maxpool2(_conv_block(ops, h, params, f"enc{i}"))
+        h = _conv_block(ops, h, params, f"enc{i}")
+        if config.skip_connections:
+            features.append(h)
+        h = ops.maxpool2(h)
     heads: dict = {}
     for branch in BRANCHES:
         y = h
         for j in range(len(decoder_widths(config))):
-            y = _conv_block(ops, ops.upsample2(y), params, f"{branch}.dec{j}")
+            y = ops.upsample2(y)
+            if config.skip_connections:
+                y = ops.concat_features([y, features[skip_level(j)]])
+            y = _conv_block(ops, y, params, f"{branch}.dec{j}")
         heads.update(_heads(ops, y, params, config, branch))
     return heads
 

@@ -291,6 +291,11 @@ def maxpool2(x):
                             data_format="NHWC")
 
 
+def concat_features(xs):
+    """Network-layout (NHWC) features along their channels."""
+    return tf.concat(list(xs), axis=-1)
+
+
 def upsample2(x):
     """Nearest-neighbour x2 up-sampling: ``out[2i + a, 2j + b] = x[i, j]``."""
     s = tf.shape(x)

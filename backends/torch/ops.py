@@ -417,6 +417,11 @@ def maxpool2(x):
     return F.max_pool2d(x, kernel_size=2, stride=2, padding=0)
 
 
+def concat_features(xs):
+    """Network-layout (channels_last NCHW) features along their channels."""
+    return torch.cat(list(xs), dim=1).contiguous(memory_format=MEMORY_FORMAT)
+
+
 def upsample2(x):
     return F.interpolate(x, scale_factor=2.0, mode="nearest")
 

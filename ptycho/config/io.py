@@ -172,7 +172,7 @@ def config_from_dict(cls: type, d: Mapping[str, Any]) -> ConfigT:
     >>> config_from_dict(ModelConfig, {"N": 32, "gridsise": 2})
     Traceback (most recent call last):
     ...
-    ptycho.errors.ConfigError: unknown ModelConfig keys: ['gridsise']; valid keys: ['N', 'gridsize', 'n_filters_scale', 'base_filters', 'amp_activation', 'object_big', 'probe_big', 'probe_mask', 'pad_object', 'central_decoder', 'probe_scale', 'probe_trainable', 'intensity_scale_trainable', 'per_pattern_network', 'match_intensity', 'backprop_estimate', 'estimate_scope', 'estimate_amplitude']
+    ptycho.errors.ConfigError: unknown ModelConfig keys: ['gridsise']; valid keys: ['N', 'gridsize', 'n_filters_scale', 'base_filters', 'amp_activation', 'object_big', 'probe_big', 'probe_mask', 'pad_object', 'central_decoder', 'probe_scale', 'probe_trainable', 'intensity_scale_trainable', 'per_pattern_network', 'match_intensity', 'backprop_estimate', 'estimate_scope', 'estimate_amplitude', 'skip_connections']
     """
     return _build(_check_cls(cls), d, "")
 

@@ -67,6 +67,7 @@ LEGACY_KEYS: Mapping[str, str] = MappingProxyType({
     "backprop_estimate": "backprop_estimate",
     "estimate_scope": "estimate_scope",
     "estimate_amplitude": "estimate_amplitude",
+    "skip_connections": "skip_connections",
     # TrainingConfig (and, where the name is shared, InferenceConfig)
     "batch_size": "batch_size",
     "nepochs": "nepochs",

@@ -141,6 +141,11 @@ class ModelConfig:
         against 0.69-0.96 with ``"input"``, and on held-out natural images carried the
         estimate's pixel-scale grain into the object (benchmarks/README.md, "The amplitude
         head"). Bundles written before this field existed used ``"scale"``.
+    skip_connections: each decoder level also sees the encoder's features of its own size
+        (a U-Net): ``{branch}.dec{j}.conv1`` takes the up-sampled features and, concatenated
+        after them, the output of the encoder level at that size (``enc{L-1-j}``, before
+        its pooling). Without them every detail the heads give has passed through the
+        N/8 x N/8 bottleneck. Bundles written before this field existed had none.
     """
 
     N: int = 64
@@ -161,6 +166,7 @@ class ModelConfig:
     backprop_estimate: bool = False
     estimate_scope: str = "pattern"
     estimate_amplitude: str = "input"
+    skip_connections: bool = False
 
     def __post_init__(self) -> None:
         o = "ModelConfig"
@@ -173,7 +179,7 @@ class ModelConfig:
         _check_choice(o, "amp_activation", self.amp_activation, AMP_ACTIVATIONS)
         for b in ("object_big", "probe_big", "probe_mask", "pad_object", "central_decoder",
                   "probe_trainable", "intensity_scale_trainable", "per_pattern_network",
-                  "match_intensity", "backprop_estimate"):
+                  "match_intensity", "backprop_estimate", "skip_connections"):
             _check_bool(o, b, getattr(self, b))
         _check_float(o, "probe_scale", self.probe_scale, 0.0, 1e6, lo_open=True)
         _check_choice(o, "estimate_scope", self.estimate_scope, ESTIMATE_SCOPES)
