@@ -144,6 +144,23 @@ def test_a_new_reconstruct_argument_is_a_new_column(monkeypatch, tmp_path):
     assert report.reached([{**row["refine_curve"][0], "phase_ssim": 0.96}], far) is None
 
 
+def test_the_results_header_names_the_network_it_measured():
+    """What the header says of the network: its widths, the architecture options that are on,
+    and how it uses the estimate; results saved before a key existed read as they ran (no
+    skip connections; a back-propagated estimate then scaled by the amplitude head)."""
+    from benchmarks.quality import report
+    plain = {"base_filters": 16, "n_filters_scale": 2}
+    assert report._network_words(plain) == "network base_filters 16, n_filters_scale 2"
+    words = report._network_words({**plain, "skip_connections": True, "central_decoder": True,
+                                   "backprop_estimate": True, "estimate_scope": "scan",
+                                   "estimate_amplitude": "input"})
+    assert words == ("network base_filters 16, n_filters_scale 2, central decoder, skip "
+                     "connections, back-propagated estimate stitched over the scan")
+    old = report._network_words({**plain, "backprop_estimate": True})
+    assert old.endswith("back-propagated estimate (the amplitude head scales its magnitude)")
+    assert "skip" not in old
+
+
 @pytest.mark.slow
 def test_the_smoke_suite_runs_end_to_end(tmp_path):
     pytest.importorskip("torch", reason="the smoke row trains on torch: pip install "
@@ -240,6 +257,7 @@ def test_set_changes_a_size_for_one_run_and_names_what_is_wrong():
                                                       "realspace_weight=5",
                                                       "estimate_scope=scan",
                                                       "central_decoder=true",
+                                                      "skip_connections=true",
                                                       "lr_schedule=cosine"]), 2, 1e9)
     assert trained.model.backprop_estimate and trained.realspace_weight == 5.0
     assert trained.lr_schedule == "cosine" and training_config(NATURAL, 2, 1e9).lr_schedule \
@@ -247,6 +265,8 @@ def test_set_changes_a_size_for_one_run_and_names_what_is_wrong():
     with pytest.raises(ValueError, match="'lr_schedule=step'.*'cosine'"):
         with_settings(NATURAL, ["lr_schedule=step"])
     assert trained.model.estimate_scope == "scan" and trained.model.central_decoder
+    assert trained.model.skip_connections and not training_config(NATURAL, 2, 1e9).model \
+        .skip_connections
     assert trained.model.estimate_amplitude == "input"
     scaled = with_settings(NATURAL, ["backprop_estimate=1", "estimate_amplitude=scale"])
     assert training_config(scaled, 1, 1e9).model.estimate_amplitude == "scale"

@@ -120,6 +120,7 @@ class QualityConfig:
     estimate_scope: str = "pattern"               # ModelConfig.estimate_scope
     estimate_amplitude: str = "input"             # ModelConfig.estimate_amplitude
     central_decoder: bool = False                 # ModelConfig.central_decoder
+    skip_connections: bool = False                # ModelConfig.skip_connections
     realspace_weight: float = 0.0                 # TrainingConfig.realspace_weight
     variants: Mapping[str, Mapping] = field(default_factory=lambda: dict(VARIANTS))
     # refinement passes of the curve that times reaching the reference (rows.refine_curve),
@@ -203,7 +204,7 @@ SETTABLE = {"nepochs": int, "batch_size": int, "learning_rate": float, "lr_sched
             "n_filters_scale": int, "precision": str, "grid_side": int,
             "gridsizes": lambda text: tuple(int(g) for g in text.split(",")),
             "backprop_estimate": _flag, "estimate_scope": str, "estimate_amplitude": str,
-            "central_decoder": _flag,
+            "central_decoder": _flag, "skip_connections": _flag,
             "realspace_weight": float,
             "refine_curve_spacing": lambda text: None if text.lower() == "none" else float(text),
             "probe": str, "seed": int, "train_objects": _train_set}

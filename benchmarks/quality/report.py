@@ -33,6 +33,15 @@ def _estimate_words(cfg: dict) -> str:
     return words
 
 
+def _network_words(cfg: dict) -> str:
+    """The network in the results' header: its widths, the options that change its
+    architecture (absent from results saved before they existed: off), what it starts from."""
+    return (f"network base_filters {cfg['base_filters']}, n_filters_scale {cfg['n_filters_scale']}"
+            f"{', central decoder' if cfg.get('central_decoder') else ''}"
+            f"{', skip connections' if cfg.get('skip_connections') else ''}"
+            f"{_estimate_words(cfg)}")
+
+
 def _curve_words(cfg: dict) -> str:
     """Where the timed refinement starts, in the results' header (runs before the option
     started from every point)."""
@@ -284,10 +293,7 @@ def summary_text(results: dict[str, Any], figures: Sequence[str], fig_link_dir: 
         "",
         f"N={cfg['N']}, {cfg['probe']} probe, raster scans of {cfg['grid_side']}x"
         f"{cfg['grid_side']} points {cfg['step']} px apart (objects {side}x{side} px); "
-        f"network base_filters {cfg['base_filters']}, "
-        f"n_filters_scale {cfg['n_filters_scale']}"
-        f"{', central decoder' if cfg.get('central_decoder') else ''}"
-        f"{_estimate_words(cfg)}, "
+        f"{_network_words(cfg)}, "
         f"{cfg['nepochs']} epochs, batch "
         f"{cfg['batch_size']}, lr {cfg['learning_rate']:g}"
         f"{'' if cfg.get('lr_schedule', 'constant') == 'constant' else ' ' + cfg['lr_schedule']}"

@@ -87,7 +87,8 @@ def training_config(config: QualityConfig, gridsize: int, dose: float):
                         backprop_estimate=config.backprop_estimate,
                         estimate_scope=config.estimate_scope,
                         estimate_amplitude=config.estimate_amplitude,
-                        central_decoder=config.central_decoder)
+                        central_decoder=config.central_decoder,
+                        skip_connections=config.skip_connections)
     return TrainingConfig(model=model, nepochs=config.nepochs, batch_size=config.batch_size,
                           learning_rate=config.learning_rate, lr_schedule=config.lr_schedule,
                           nphotons=dose, seed=config.seed,
