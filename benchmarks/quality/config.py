@@ -217,6 +217,10 @@ def with_settings(config: QualityConfig, assignments) -> QualityConfig:
                                       PRECISIONS)
     from ptycho.simulate.probes import PROBE_KINDS
 
+    # keys whose text must be one of a few names (imported here: no work at import time)
+    choices = {"precision": PRECISIONS, "estimate_scope": ESTIMATE_SCOPES,
+               "estimate_amplitude": ESTIMATE_AMPLITUDES, "lr_schedule": LR_SCHEDULES,
+               "probe": PROBE_KINDS}
     changes, texts = {}, {}
     for text in assignments:
         key, sep, value = text.partition("=")
@@ -227,23 +231,12 @@ def with_settings(config: QualityConfig, assignments) -> QualityConfig:
             changes[key] = SETTABLE[key](value)
         except ValueError as err:
             raise ValueError(f"--set {text!r}: {err}") from err
-        if key == "precision" and value not in PRECISIONS:
-            raise ValueError(f"--set {text!r}: precision must be one of {list(PRECISIONS)}")
-        if key == "estimate_scope" and value not in ESTIMATE_SCOPES:
-            raise ValueError(f"--set {text!r}: estimate_scope must be one of "
-                             f"{list(ESTIMATE_SCOPES)}")
-        if key == "estimate_amplitude" and value not in ESTIMATE_AMPLITUDES:
-            raise ValueError(f"--set {text!r}: estimate_amplitude must be one of "
-                             f"{list(ESTIMATE_AMPLITUDES)}")
-        if key == "lr_schedule" and value not in LR_SCHEDULES:
-            raise ValueError(f"--set {text!r}: lr_schedule must be one of "
-                             f"{list(LR_SCHEDULES)}")
+        if key in choices and value not in choices[key]:
+            raise ValueError(f"--set {text!r}: {key} must be one of {list(choices[key])}")
         if key == "refine_curve_spacing" and changes[key] is not None \
                 and not (math.isfinite(changes[key]) and changes[key] > 0):
             raise ValueError(f"--set {text!r}: refine_curve_spacing must be a positive number "
                              "of pixels or none")
-        if key == "probe" and value not in PROBE_KINDS:
-            raise ValueError(f"--set {text!r}: probe must be one of {list(PROBE_KINDS)}")
         texts[key] = value
     if not changes:
         return config
