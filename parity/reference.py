@@ -427,6 +427,7 @@ def _network_backward(config: ModelConfig, weights, tape: _Tape, g_amp: np.ndarr
     convs = {name: (inp, pre) for name, inp, pre in tape.convs}
     g_enc = 0.0
     g_skip: dict[int, np.ndarray] = {}      # encoder level -> gradient from the decoders' skips
+    skips = skip_widths(config)
     for branch in BRANCHES:
         feat = tape.feats[branch]
         g = np.zeros_like(feat)
@@ -442,7 +443,7 @@ def _network_backward(config: ModelConfig, weights, tape: _Tape, g_amp: np.ndarr
                 name = f"{branch}.dec{j}.{part}"
                 inp, pre = convs[name]
                 g = conv_back(inp, name, g * (pre > 0))
-            skip = skip_widths(config)[j]
+            skip = skips[j]
             if skip:        # the concatenated encoder features' share goes to their level
                 level = skip_level(j)
                 g_skip[level] = g_skip.get(level, 0.0) + g[..., -skip:]

@@ -106,13 +106,14 @@ def _layers(config: ModelConfig) -> list[tuple[str, int, int]]:
     connections the ``concat`` of the encoder's features after it; after a main head
     that runs at N/2 (central decoder), its zero ``pad`` to N."""
     n, passes, central = config.N, config.network_passes, has_central_decoder(config)
-    skips = skip_widths(config)
+    # each decoder level's first conv: the encoder channels it takes beside the up-sampled ones
+    skips = {f"{branch}.dec{j}.conv1": w for branch in ("amp", "phase")
+             for j, w in enumerate(skip_widths(config))}
     layers = []
     for conv in conv_layers(config):
         side, cin, cout = conv.side, conv.cin, conv.cout
-        level_start = ".dec" in conv.name and conv.name.endswith("conv1")
-        skip = skips[int(conv.name.rsplit(".dec", 1)[1].split(".")[0])] if level_start else 0
-        if level_start or (central and conv.name.endswith("border_head")):
+        skip = skips.get(conv.name, 0)
+        if conv.name in skips or (central and conv.name.endswith("border_head")):
             up = cin - skip
             layers.append(("upsample", up * (side // 2) ** 2, up * side * side))
         if skip:
