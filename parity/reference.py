@@ -276,12 +276,12 @@ def _network(config: ModelConfig, weights, x_nchw: np.ndarray, tape: Optional[_T
         h, arg = maxpool2(h)
         if tape is not None:
             tape.pools.append(arg)
-    heads = {}
+    heads, skips = {}, skip_widths(config)
     for branch in BRANCHES:
         g = h
         for j in range(len(decoder_widths(config))):
             g = upsample2(g)
-            if config.skip_connections:
+            if skips[j]:
                 g = np.concatenate([g, features[skip_level(j)]], axis=-1)
             g = conv_relu(conv_relu(g, f"{branch}.dec{j}.conv1"), f"{branch}.dec{j}.conv2")
         if tape is not None:

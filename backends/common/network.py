@@ -29,7 +29,7 @@ from ptycho.config.schema import N_LEVELS, ModelConfig
 from ptycho.physics.model import (BACKPROP_EPSILON, BACKPROP_REGULARISATION,
                                   INTENSITY_MATCH_EPSILON)
 from ptycho.weights import (decoder_widths, has_border_heads, has_central_decoder,
-                            skip_level)
+                            skip_level, skip_widths)
 
 BRANCHES = ("amp", "phase")
 
@@ -92,10 +92,11 @@ def network(ops, x, params: Mapping, config: ModelConfig, compute_dtype=None) ->
     kernels and biases are cast to the activations' dtype); heads come back in float32.
     """
     h = ops.to_network_layout(x if compute_dtype is None else ops.cast(x, compute_dtype))
+    skips = skip_widths(config)     # per decoder level: the encoder channels it also takes
     features = []        # with skip connections, each encoder level's output before pooling
     for i in range(N_LEVELS):
         h = _conv_block(ops, h, params, f"enc{i}")
-        if config.skip_connections:
+        if any(skips):
             features.append(h)
         h = ops.maxpool2(h)
     heads: dict = {}
@@ -103,7 +104,7 @@ def network(ops, x, params: Mapping, config: ModelConfig, compute_dtype=None) ->
         y = h
         for j in range(len(decoder_widths(config))):
             y = ops.upsample2(y)
-            if config.skip_connections:
+            if skips[j]:
                 y = ops.concat_features([y, features[skip_level(j)]])
             y = _conv_block(ops, y, params, f"{branch}.dec{j}")
         heads.update(_heads(ops, y, params, config, branch))
