@@ -130,6 +130,20 @@ def test_bundles_cross_backends_on_drawn_configs(pair, model):
     assert report.passed, report.to_text()
 
 
+@pytest.mark.parametrize("gridsize, central", [(1, False), (2, True)])
+def test_skip_connections_pass_every_stage(pair, gridsize, central):
+    """``skip_connections``: each decoder level's first conv also takes the encoder's features
+    of its size, in both models and the reference; every stage, bundles and training
+    included, with the full and the central decoder (drawn configs may not hold it)."""
+    from ptycho.config import ModelConfig, TrainingConfig
+
+    model = ModelConfig(N=16, gridsize=gridsize, base_filters=2, n_filters_scale=1,
+                        central_decoder=central, skip_connections=True)
+    report = parity.run(TrainingConfig(model=model, batch_size=4, nphotons=1e5), backends=pair)
+    assert report.passed, report.to_text()
+    assert [s.name for s in report.stages] == list(parity.STAGE_NAMES)
+
+
 @pytest.mark.parametrize("gridsize, amplitude", [(1, "input"), (2, "scale")])
 def test_the_scan_estimate_input_passes_every_stage(pair, gridsize, amplitude):
     """``estimate_scope="scan"``: the estimate is an input of both models (packed beside the
