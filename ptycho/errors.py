@@ -46,6 +46,11 @@ class DataWarning(UserWarning):
     """
 
 
+class PerformanceWarning(UserWarning):
+    """A setting chosen will run much slower on this machine than another would (the message
+    says which, why, and what to use instead); see :mod:`ptycho.hardware`."""
+
+
 class ResourceLimitError(PtychoError, ValueError):
     """An input would need more memory than the budget allows (see :mod:`ptycho.limits`)."""
 

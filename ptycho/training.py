@@ -31,6 +31,7 @@ from ptycho.batch import Batch
 from ptycho.config.schema import TrainingConfig
 from ptycho.distributed import Communicator, shard
 from ptycho.errors import TrainingError
+from ptycho.hardware import warn_if_bfloat16_emulated
 from ptycho.physics.losses import LossSettings
 
 LOSS_KEYS = ("nll", "mae", "realspace", "total")
@@ -181,6 +182,7 @@ def fit(model, data: GroupedLike, config: TrainingConfig, validation: Optional[G
     if len(data) == 0:
         raise TrainingError("cannot train on an empty dataset (0 groups)")
     settings = LossSettings.from_config(config)
+    warn_if_bfloat16_emulated(config.precision, "training")
     model.configure_training(config)
     history = History()
     best = math.inf

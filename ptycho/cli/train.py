@@ -77,7 +77,8 @@ _FLAGS = (
     ("--amp-activation", "model.amp_activation", str, "activation of the amplitude head"),
     ("--precision", "precision", str,
      "the training step's convolutions: float32, or bfloat16 (mixed precision; 2.4-2.9x "
-     "faster with bfloat16 matrix units, e.g. Intel AMX)"),
+     "faster with bfloat16 matrix units, e.g. Intel AMX; emulated and 7-9x slower on a CPU "
+     "without bfloat16 arithmetic, which a warning says)"),
 )
 
 

@@ -11,6 +11,7 @@ from backends.registry import framework_version
 from ptycho.atomic import PathLike
 from ptycho.bundle import save_bundle
 from ptycho.config.schema import ModelConfig, TrainingConfig
+from ptycho.hardware import warn_if_bfloat16_emulated
 from ptycho.model_memory import estimate_model_memory
 from ptycho.training import History
 
@@ -74,6 +75,7 @@ class PtychoModel:
         # passed only when given: a backend model written before the scan's estimate (its
         # predict without the argument) still serves every other config
         extra = {} if estimate is None else {"estimate": estimate}
+        warn_if_bfloat16_emulated(precision, "inference")
         return self.backend_model.predict(
             diffraction, batch_size=batch_size or inference_batch_size(self.config),
             precision=precision, **extra)
