@@ -36,8 +36,8 @@ def cpu_flags(lines: Optional[Iterable[str]] = None) -> Optional[frozenset[str]]
     when None), or None where the file cannot be read or holds no flags."""
     if lines is None:
         try:
-            with open(CPUINFO) as f:
-                return cpu_flags(f.readlines())
+            with open(CPUINFO) as f:      # read up to the first flags line only (one
+                return cpu_flags(f)          # block per core: long on a large machine)
         except OSError:
             return None
     for line in lines:
