@@ -248,6 +248,12 @@ def test_set_changes_a_size_for_one_run_and_names_what_is_wrong():
         with_settings(NATURAL, ["estimate_scope=group"])
     with pytest.raises(ValueError, match="'precision=float16'.*float32"):
         with_settings(NATURAL, ["precision=float16"])
+    # where bfloat16 is emulated (ptycho.hardware) the refinement curve's sparse pass can be
+    # float32 too
+    assert with_settings(NATURAL, ["refine_curve_precision=float32"]).refine_curve_precision \
+        == "float32"
+    with pytest.raises(ValueError, match="'refine_curve_precision=fp32'.*float32"):
+        with_settings(NATURAL, ["refine_curve_precision=fp32"])
     with pytest.raises(ValueError, match="'nepochs=many'"):
         with_settings(NATURAL, ["nepochs=many"])
     assert with_settings(NATURAL, ["backprop_estimate=true"]).backprop_estimate is True

@@ -207,6 +207,7 @@ SETTABLE = {"nepochs": int, "batch_size": int, "learning_rate": float, "lr_sched
             "central_decoder": _flag, "skip_connections": _flag,
             "realspace_weight": float,
             "refine_curve_spacing": lambda text: None if text.lower() == "none" else float(text),
+            "refine_curve_precision": str,
             "probe": str, "seed": int, "train_objects": _train_set}
 
 
@@ -218,7 +219,8 @@ def with_settings(config: QualityConfig, assignments) -> QualityConfig:
     from ptycho.simulate.probes import PROBE_KINDS
 
     # keys whose text must be one of a few names (imported here: no work at import time)
-    choices = {"precision": PRECISIONS, "estimate_scope": ESTIMATE_SCOPES,
+    choices = {"precision": PRECISIONS, "refine_curve_precision": PRECISIONS,
+               "estimate_scope": ESTIMATE_SCOPES,
                "estimate_amplitude": ESTIMATE_AMPLITUDES, "lr_schedule": LR_SCHEDULES,
                "probe": PROBE_KINDS}
     changes, texts = {}, {}
