@@ -244,6 +244,18 @@ def test_set_changes_a_size_for_one_run_and_names_what_is_wrong():
     with pytest.raises(ValueError, match="'threads=3'.*KEY one of"):
         with_settings(NATURAL, ["threads=3"])
     assert with_settings(NATURAL, ["seed=3"]).seed == 3        # training, noise and reference
+    # train_seed draws the model again on the same scans: the training's seed alone changes
+    from benchmarks.quality.objects import scan_seed
+    from benchmarks.quality.rows import training_config
+
+    redrawn = with_settings(NATURAL, ["train_seed=1"])
+    spec = NATURAL.heldout_objects[0]
+    assert training_config(redrawn, 1, 1e9).seed == 1
+    assert training_config(NATURAL, 1, 1e9).seed == NATURAL.seed == 0
+    assert scan_seed(spec, 1e9, redrawn) == scan_seed(spec, 1e9, NATURAL)
+    assert with_settings(NATURAL, ["train_seed=none"]).train_seed is None
+    with pytest.raises(ValueError, match="'train_seed=one'"):
+        with_settings(NATURAL, ["train_seed=one"])
     with pytest.raises(ValueError, match="'estimate_scope=group'.*'pattern', 'scan'"):
         with_settings(NATURAL, ["estimate_scope=group"])
     with pytest.raises(ValueError, match="'precision=float16'.*float32"):

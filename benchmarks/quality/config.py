@@ -137,7 +137,10 @@ class QualityConfig:
         default_factory=lambda: dict(REFERENCE_BY_DOSE))
     reference_checkpoint_every: int = 2
     threads: int = 2                               # intra-op threads of every framework
-    seed: int = 0
+    seed: int = 0                                  # every scan's noise and every training
+    # the trainings' own seed (initial weights, batch order) where it should differ from
+    # `seed`: the model drawn again on the same scans and against the same reference
+    train_seed: Optional[int] = None
 
     @property
     def object_side(self) -> int:
@@ -208,7 +211,9 @@ SETTABLE = {"nepochs": int, "batch_size": int, "learning_rate": float, "lr_sched
             "realspace_weight": float,
             "refine_curve_spacing": lambda text: None if text.lower() == "none" else float(text),
             "refine_curve_precision": str,
-            "probe": str, "seed": int, "train_objects": _train_set}
+            "probe": str, "seed": int,
+            "train_seed": lambda text: None if text.lower() == "none" else int(text),
+            "train_objects": _train_set}
 
 
 def with_settings(config: QualityConfig, assignments) -> QualityConfig:

@@ -91,7 +91,8 @@ def training_config(config: QualityConfig, gridsize: int, dose: float):
                         skip_connections=config.skip_connections)
     return TrainingConfig(model=model, nepochs=config.nepochs, batch_size=config.batch_size,
                           learning_rate=config.learning_rate, lr_schedule=config.lr_schedule,
-                          nphotons=dose, seed=config.seed,
+                          nphotons=dose,
+                          seed=config.seed if config.train_seed is None else config.train_seed,
                           precision=config.precision,
                           realspace_weight=config.realspace_weight)
 
