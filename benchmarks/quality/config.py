@@ -194,6 +194,11 @@ def _flag(text: str) -> bool:
     return value
 
 
+def _or_none(read):
+    """How an optional field's text is read: ``none`` for None, else ``read(text)``."""
+    return lambda text: None if text.lower() == "none" else read(text)
+
+
 def _train_set(text: str) -> tuple[ObjectSpec, ...]:
     """A training set's name (:data:`TRAIN_SETS`)."""
     if text not in TRAIN_SETS:
@@ -209,10 +214,10 @@ SETTABLE = {"nepochs": int, "batch_size": int, "learning_rate": float, "lr_sched
             "backprop_estimate": _flag, "estimate_scope": str, "estimate_amplitude": str,
             "central_decoder": _flag, "skip_connections": _flag,
             "realspace_weight": float,
-            "refine_curve_spacing": lambda text: None if text.lower() == "none" else float(text),
+            "refine_curve_spacing": _or_none(float),
             "refine_curve_precision": str,
             "probe": str, "seed": int,
-            "train_seed": lambda text: None if text.lower() == "none" else int(text),
+            "train_seed": _or_none(int),
             "train_objects": _train_set}
 
 
