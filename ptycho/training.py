@@ -82,6 +82,9 @@ class History:
     stopped_early: bool = False
     interrupted: bool = False
     best_epoch: Optional[int] = None
+    #: epochs whose end-of-epoch weights were averaged into the final ones
+    #: (``TrainingConfig.average_epochs``); 0: the final weights are the last epoch's
+    averaged_epochs: int = 0
 
     def losses(self, key: str = "total", split: str = "train") -> list[float]:
         """One loss term per epoch, ``split`` ``train`` or ``val``."""
@@ -91,14 +94,16 @@ class History:
 
     def to_dict(self) -> dict[str, Any]:
         return {"epochs": [asdict(r) for r in self.epochs], "stopped_early": self.stopped_early,
-                "interrupted": self.interrupted, "best_epoch": self.best_epoch}
+                "interrupted": self.interrupted, "best_epoch": self.best_epoch,
+                "averaged_epochs": self.averaged_epochs}
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "History":
         return cls(epochs=[EpochRecord(**r) for r in d.get("epochs", [])],
                    stopped_early=bool(d.get("stopped_early", False)),
                    interrupted=bool(d.get("interrupted", False)),
-                   best_epoch=d.get("best_epoch"))
+                   best_epoch=d.get("best_epoch"),
+                   averaged_epochs=int(d.get("averaged_epochs", 0)))
 
 
 def learning_rate_at(config: TrainingConfig, epoch: int) -> float:
@@ -163,12 +168,15 @@ def fit(model, data: GroupedLike, config: TrainingConfig, validation: Optional[G
 
     ``progress(epoch, step, n_steps, terms)`` is called after every step and
     ``on_epoch_end(record, model)`` after every completed epoch (e.g. to save a bundle).
+    With ``config.average_epochs`` the model ends with the mean of the end-of-epoch weights
+    from epoch ``nepochs - average_epochs`` on (:class:`_WeightMean`; ``history.
+    averaged_epochs`` says how many), also when training stops early or is interrupted.
     A non-finite loss raises :class:`NonFiniteLossError` after restoring the weights of the
-    last completed epoch (the error carries the history so far). Ctrl-C (KeyboardInterrupt)
-    likewise restores them and returns the history with ``interrupted=True``. A Ctrl-C that
-    arrives while ``on_epoch_end`` runs (in the main thread) is held until it returns, so
-    the epoch just completed is saved whole; training then stops as interrupted. A second
-    Ctrl-C during that time interrupts at once.
+    last completed epoch (not averaged; the error carries the history so far). Ctrl-C
+    (KeyboardInterrupt) likewise restores them and returns the history with
+    ``interrupted=True``. A Ctrl-C that arrives while ``on_epoch_end`` runs (in the main
+    thread) is held until it returns, so the epoch just completed is saved whole; training
+    then stops as interrupted. A second Ctrl-C during that time interrupts at once.
 
     In a process group (``model.process_group``; every rank calls ``fit`` with the same data
     and config), each rank trains on its contiguous part of every global batch and gets the
@@ -193,6 +201,7 @@ def fit(model, data: GroupedLike, config: TrainingConfig, validation: Optional[G
     # (None when the model holds them already); restored on Ctrl-C or a non-finite loss,
     # wherever in the loop the interrupt lands.
     good_weights = None
+    mean = _WeightMean(config)
     try:
         with _stop_requests(group) as stop:
             for epoch in range(config.nepochs):
@@ -209,11 +218,12 @@ def fit(model, data: GroupedLike, config: TrainingConfig, validation: Optional[G
                 with _interrupt_deferred() as pending:
                     history.epochs.append(record)
                     good_weights = None
+                    mean.add(epoch, model)
                     if on_epoch_end is not None:
                         on_epoch_end(record, model)
                 if pending:
                     history.interrupted = True
-                    return history
+                    break
                 current = (record.val_loss if monitor == "val" else record.loss)["total"]
                 if current < best - config.early_stopping_min_delta:
                     best, waited, history.best_epoch = current, 0, epoch
@@ -227,7 +237,38 @@ def fit(model, data: GroupedLike, config: TrainingConfig, validation: Optional[G
         if good_weights is not None:
             model.set_weights(good_weights)
         history.interrupted = True
+    mean.apply(model, history)
     return history
+
+
+class _WeightMean:
+    """The mean of the end-of-epoch weights from epoch ``nepochs - average_epochs`` on
+    (``TrainingConfig.average_epochs``; none with 0), summed in float64 (complex128 for
+    the probe) and given back in each entry's own dtype."""
+
+    def __init__(self, config: TrainingConfig):
+        self.start = config.nepochs - config.average_epochs if config.average_epochs else None
+        self.sums: dict[str, np.ndarray] = {}
+        self.dtypes: dict[str, np.dtype] = {}
+        self.count = 0
+
+    def add(self, epoch: int, model) -> None:
+        if self.start is None or epoch < self.start:
+            return
+        for name, value in model.get_weights().items():
+            value = np.asarray(value)
+            if name not in self.sums:
+                self.dtypes[name] = value.dtype
+                self.sums[name] = np.zeros(value.shape, np.result_type(value.dtype, np.float64))
+            self.sums[name] += value
+        self.count += 1
+
+    def apply(self, model, history: History) -> None:
+        """Give ``model`` the mean (when any epoch was added) and record how many."""
+        if self.count:
+            model.set_weights({name: (total / self.count).astype(self.dtypes[name])
+                               for name, total in self.sums.items()})
+        history.averaged_epochs = self.count
 
 
 class _StopRequested(Exception):

@@ -312,6 +312,21 @@ def test_train_precision_and_central_decoder_reach_the_config():
     assert cfg.precision == "bfloat16" and cfg.model.central_decoder
     assert build_config(_args(["train", "--train-data", "t.npz"]), data_n=32).precision == \
         "float32"
+
+
+def test_train_average_epochs_reaches_the_config_and_is_checked():
+    from ptycho.cli.main import UsageError
+    from ptycho.cli.train import build_config
+    from ptycho.errors import ConfigError
+
+    args = _args(["train", "--train-data", "t.npz", "--nepochs", "8", "--average-epochs", "3"])
+    assert build_config(args, data_n=32).average_epochs == 3
+    assert build_config(_args(["train", "--train-data", "t.npz"]), data_n=32).average_epochs == 0
+    with pytest.raises(UsageError, match="--average-epochs"):
+        _args(["train", "--train-data", "t.npz", "--average-epochs", "-1"])
+    with pytest.raises(ConfigError, match=r"average_epochs must be in \[0, 2\], got 3"):
+        build_config(_args(["train", "--train-data", "t.npz", "--nepochs", "2",
+                            "--average-epochs", "3"]), data_n=32)
     from ptycho.cli.main import UsageError
     with pytest.raises(UsageError, match="invalid choice: 'float16'.*'bfloat16'"):
         _args(["train", "--train-data", "t.npz", "--precision", "float16"])

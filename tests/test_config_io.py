@@ -53,9 +53,10 @@ def training_configs(draw):
     lr = draw(_floats(0.0, 10.0, lo_open=True))
     nll = draw(_floats(0.0, 1e6))
     mae = draw(_floats(0.0, 1e6)) if nll > 0 else draw(_floats(1e-3, 1e6))
+    nepochs = draw(st.integers(1, 1 << 20))
     return TrainingConfig(
         model=model, batch_size=draw(st.integers(1, 1 << 16)),
-        nepochs=draw(st.integers(1, 1 << 20)), learning_rate=lr,
+        nepochs=nepochs, average_epochs=draw(st.integers(0, nepochs)), learning_rate=lr,
         lr_schedule=draw(st.sampled_from(LR_SCHEDULES)),
         lr_decay_rate=draw(_floats(0.0, 1.0, lo_open=True)), lr_min=draw(_floats(0.0, lr)),
         early_stopping_patience=draw(st.one_of(st.none(), st.integers(1, 1000))),

@@ -159,6 +159,8 @@ def test_the_results_header_names_the_network_it_measured():
     old = report._network_words({**plain, "backprop_estimate": True})
     assert old.endswith("back-propagated estimate (the amplitude head scales its magnitude)")
     assert "skip" not in old
+    assert report._averaged_words({"average_epochs": 8}) == ", the mean of the last 8 epochs' weights"
+    assert report._averaged_words({}) == report._averaged_words({"average_epochs": 0}) == ""
 
 
 @pytest.mark.slow
@@ -280,6 +282,10 @@ def test_set_changes_a_size_for_one_run_and_names_what_is_wrong():
     assert trained.model.backprop_estimate and trained.realspace_weight == 5.0
     assert trained.lr_schedule == "cosine" and training_config(NATURAL, 2, 1e9).lr_schedule \
         == "constant"
+    averaged = training_config(with_settings(NATURAL, ["average_epochs=4"]), 1, 1e9)
+    assert averaged.average_epochs == 4 and training_config(NATURAL, 1, 1e9).average_epochs == 0
+    with pytest.raises(ValueError, match="'average_epochs=last'"):
+        with_settings(NATURAL, ["average_epochs=last"])
     with pytest.raises(ValueError, match="'lr_schedule=step'.*'cosine'"):
         with_settings(NATURAL, ["lr_schedule=step"])
     assert trained.model.estimate_scope == "scan" and trained.model.central_decoder

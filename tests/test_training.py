@@ -128,3 +128,58 @@ def test_keyboard_interrupt_returns_last_completed_epoch():
     h = fit(m, Data(10), cfg())
     assert h.interrupted and len(h.epochs) == 1
     assert m.w == pytest.approx(4.0 * 0.8 ** 3)
+
+
+# 3 steps per epoch (Data(10), batch 4), each w *= 0.8: epoch e ends at 4 * 0.8 ** (3 (e + 1))
+def _end_of_epoch(e):
+    return 4.0 * 0.8 ** (3 * (e + 1))
+
+
+def test_average_epochs_ends_with_the_mean_of_the_last_epochs():
+    m = FakeModel()
+    h = fit(m, Data(10), cfg(average_epochs=3))           # epochs 2, 3, 4 of 5
+    assert h.averaged_epochs == 3 and len(h.epochs) == 5
+    assert m.w == pytest.approx(np.mean([_end_of_epoch(e) for e in (2, 3, 4)]), rel=1e-6)
+    assert History.from_dict(h.to_dict()) == h
+    plain = FakeModel()
+    h0 = fit(plain, Data(10), cfg())
+    assert h0.averaged_epochs == 0 and plain.w == pytest.approx(_end_of_epoch(4), rel=1e-6)
+    # the average is of end-of-epoch weights only: training itself follows the same path
+    assert m.seen == plain.seen and m.steps == plain.steps
+
+
+def test_average_epochs_of_a_run_that_ends_early():
+    interrupted = FakeModel(interrupt_at=14)          # step 14 is in epoch 4: 0-3 completed
+    h = fit(interrupted, Data(10), cfg(average_epochs=3))
+    assert h.interrupted and h.averaged_epochs == 2
+    assert interrupted.w == pytest.approx((_end_of_epoch(2) + _end_of_epoch(3)) / 2, rel=1e-6)
+
+    class Flat(FakeModel):
+        def train_step(self, batch):
+            return {"nll": 1.0, "mae": 0.0, "realspace": 0.0, "total": 1.0}
+
+    # early stopping after epoch 3: a window from epoch 2 averages 2, one from epoch 40 none
+    assert fit(Flat(), Data(8), cfg(nepochs=6, average_epochs=4,
+                                    early_stopping_patience=3)).averaged_epochs == 2
+    assert fit(Flat(), Data(8), cfg(nepochs=50, average_epochs=10,
+                                    early_stopping_patience=3)).averaged_epochs == 0
+
+
+def test_a_non_finite_loss_keeps_the_last_epoch_not_the_average():
+    m = FakeModel(nan_at=13)                          # epoch 4, step 0
+    with pytest.raises(NonFiniteLossError):
+        fit(m, Data(10), cfg(average_epochs=3))
+    assert m.w == pytest.approx(_end_of_epoch(3), rel=1e-6)
+
+
+def test_average_epochs_is_checked_and_older_histories_read_as_none():
+    from ptycho.errors import ConfigError
+
+    for bad in (6, -1):
+        with pytest.raises(ConfigError, match=rf"average_epochs must be in \[0, 5\], got {bad}"):
+            cfg(average_epochs=bad)
+    with pytest.raises(ConfigError, match="average_epochs must be an int"):
+        cfg(average_epochs=2.0)
+    old = History(best_epoch=1).to_dict()
+    del old["averaged_epochs"]                        # a bundle written before the field
+    assert History.from_dict(old).averaged_epochs == 0

@@ -113,6 +113,7 @@ class QualityConfig:
     batch_size: int = 16
     learning_rate: float = 1e-3
     lr_schedule: str = "constant"                 # TrainingConfig.lr_schedule (to lr 0)
+    average_epochs: int = 0                       # TrainingConfig.average_epochs
     base_filters: int = 16
     n_filters_scale: int = 2
     precision: str = "float32"                    # TrainingConfig.precision
@@ -208,6 +209,7 @@ def _train_set(text: str) -> tuple[ObjectSpec, ...]:
 
 #: Fields ``--set`` may change, with how their text is read (``gridsizes``: "1,2").
 SETTABLE = {"nepochs": int, "batch_size": int, "learning_rate": float, "lr_schedule": str,
+            "average_epochs": int,
             "base_filters": int,
             "n_filters_scale": int, "precision": str, "grid_side": int,
             "gridsizes": lambda text: tuple(int(g) for g in text.split(",")),

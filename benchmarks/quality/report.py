@@ -33,6 +33,12 @@ def _estimate_words(cfg: dict) -> str:
     return words
 
 
+def _averaged_words(cfg: dict) -> str:
+    """How the model's weights were averaged over the last epochs (nothing without it)."""
+    k = cfg.get("average_epochs", 0)
+    return f", the mean of the last {k} epochs' weights" if k else ""
+
+
 def _network_words(cfg: dict) -> str:
     """The network in the results' header: its widths, the options that change its
     architecture (absent from results saved before they existed: off), what it starts from."""
@@ -297,7 +303,7 @@ def summary_text(results: dict[str, Any], figures: Sequence[str], fig_link_dir: 
         f"{cfg['nepochs']} epochs, batch "
         f"{cfg['batch_size']}, lr {cfg['learning_rate']:g}"
         f"{'' if cfg.get('lr_schedule', 'constant') == 'constant' else ' ' + cfg['lr_schedule']}"
-        ", trained on "
+        f"{_averaged_words(cfg)}, trained on "
         f"{', '.join(o['name'] for o in cfg['train_objects'])}; reference "
         f"{cfg['reference_epochs']} epochs; {cfg['threads']} threads per framework."
         f"{_curve_words(cfg)}",

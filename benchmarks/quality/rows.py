@@ -91,6 +91,7 @@ def training_config(config: QualityConfig, gridsize: int, dose: float):
                         skip_connections=config.skip_connections)
     return TrainingConfig(model=model, nepochs=config.nepochs, batch_size=config.batch_size,
                           learning_rate=config.learning_rate, lr_schedule=config.lr_schedule,
+                          average_epochs=config.average_epochs,
                           nphotons=dose,
                           seed=config.seed if config.train_seed is None else config.train_seed,
                           precision=config.precision,

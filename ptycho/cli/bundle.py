@@ -133,7 +133,9 @@ def describe(manifest: Mapping[str, Any], path: str, size: int) -> list[str]:
                  "stopped early" if history.get("stopped_early") else "completed")
         seconds = sum(float(e.get("seconds", 0.0)) for e in epochs)
         lines.append(f"history:      {len(epochs)} epochs ({ended}), {seconds:.1f} s of training, "
-                     f"best epoch {history.get('best_epoch')}")
+                     f"best epoch {history.get('best_epoch')}"
+                     + (f", weights: the mean of the last {history['averaged_epochs']} epochs'"
+                        if history.get("averaged_epochs") else ""))
         lines.append(f"  first loss: {_fmt_loss(epochs[0].get('loss'))}")
         lines.append(f"  last loss:  {_fmt_loss(last.get('loss'))}")
         if last.get("val_loss"):

@@ -93,7 +93,7 @@ def history_summary(history) -> dict[str, Any]:
             "final_loss": dict(last.loss) if last else None,
             "final_val_loss": dict(last.val_loss) if last and last.val_loss else None,
             "best_epoch": history.best_epoch, "stopped_early": history.stopped_early,
-            "interrupted": history.interrupted}
+            "interrupted": history.interrupted, "averaged_epochs": history.averaged_epochs}
 
 
 def reconstruction_summary(recon, n_channels: int = 1) -> dict[str, Any]:

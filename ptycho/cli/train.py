@@ -37,7 +37,7 @@ import sys
 import time
 
 from ptycho.cli.options import (add_backend_option, add_distributed_options, add_quiet_option,
-                                parse_assignment, positive_int, seed_int)
+                                nonnegative_int, parse_assignment, positive_int, seed_int)
 
 NAME = "train"
 HELP = "train a PINN on a scan (NPZ); write the model bundle, loss curve and a reconstruction"
@@ -70,6 +70,8 @@ _FLAGS = (
     ("--realspace-weight", "realspace_weight", float, "weight of the real-space overlap term"),
     ("--early-stopping-patience", "early_stopping_patience", positive_int,
      "stop after this many epochs without improvement"),
+    ("--average-epochs", "average_epochs", nonnegative_int,
+     "the model is the mean of the last this many epochs' weights (0: the last epoch's)"),
     ("--N", "model.N", positive_int, "pattern side in pixels (default: the data's)"),
     ("--gridsize", "model.gridsize", positive_int, "patterns per group along each axis"),
     ("--base-filters", "model.base_filters", positive_int, "width of the first encoder level"),

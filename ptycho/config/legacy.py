@@ -77,6 +77,7 @@ LEGACY_KEYS: Mapping[str, str] = MappingProxyType({
     "lr_min": "lr_min",
     "early_stopping_patience": "early_stopping_patience",
     "early_stopping_min_delta": "early_stopping_min_delta",
+    "average_epochs": "average_epochs",
     "adam_beta1": "adam_beta1",
     "adam_beta2": "adam_beta2",
     "adam_epsilon": "adam_epsilon",

@@ -96,7 +96,8 @@ def train(config: TrainingConfig, train_data: DataLike, test_data: Optional[Data
     the default; its process-wide settings are applied first (:func:`backends.configure_process`:
     deterministic kernels, TF32 off). Initial weights come from ``config.seed`` (same in every backend). With
     ``config.output_dir`` the bundle ``model.zip`` is rewritten after every completed epoch,
-    so a failed or interrupted run leaves the last good model on disk. A non-finite loss
+    so a failed or interrupted run leaves the last good model on disk (that epoch's weights;
+    with ``config.average_epochs`` the final bundle holds the averaged ones). A non-finite loss
     raises :class:`ptycho.training.NonFiniteLossError` (epoch, step; ``err.model`` holds the
     weights of the last completed epoch, ``err.history`` the completed epochs); Ctrl-C ends
     the run with ``history.interrupted`` set and the last completed epoch saved.

@@ -202,3 +202,21 @@ def test_mask_kinds_each_train(backend):
     for mask in (None, shared, per_pattern, None):
         terms = model.train_step(Batch(b.diffraction, b.rel_offsets, b.canvas_size, mask))
         assert all(math.isfinite(v) for v in terms.values())
+
+
+def test_average_epochs_gives_the_model_the_mean_of_the_last_epochs(backend):
+    cfg = ModelConfig(**SMALL, probe_trainable=True)
+    training = TrainingConfig(model=cfg, batch_size=4, nepochs=3, learning_rate=3e-3,
+                              average_epochs=2)
+    data = _Data([batch(cfg, b=5, seed=s) for s in range(2)])
+    model = backend.build_model(cfg, weights(cfg, seed=7))
+    ends = []
+    history = fit(model, data, training, on_epoch_end=lambda r, m: ends.append(m.get_weights()))
+    final = model.get_weights()
+    assert history.averaged_epochs == 2
+    for name in final:
+        assert final[name].dtype == ends[-1][name].dtype, name
+        want = ((ends[1][name].astype(np.complex128 if final[name].dtype.kind == "c" else np.float64)
+                 + ends[2][name]) / 2).astype(final[name].dtype)
+        np.testing.assert_array_equal(final[name], want, err_msg=name)
+    assert not np.array_equal(final["enc0.conv1.kernel"], ends[2]["enc0.conv1.kernel"])
