@@ -349,3 +349,21 @@ def test_every_training_set_builds_from_bundled_pictures():
                 <= SMOKE.amplitude_range[1] + 1e-6, (name, spec.name)
             assert SMOKE.phase_range[0] - 1e-6 <= phase.min() < phase.max() \
                 <= SMOKE.phase_range[1] + 1e-6, (name, spec.name)
+
+
+def test_nudged_weight_moves_one_initial_element_by_one_ulp():
+    from benchmarks.quality.config import NATURAL, with_settings
+    from benchmarks.quality.rows import nudged_weights, training_config
+    from ptycho.weights import init_weights
+
+    cfg = with_settings(NATURAL, ["skip_connections=true", "nudged_weight=enc0.conv1.kernel"])
+    assert cfg.nudged_weight == "enc0.conv1.kernel" and NATURAL.nudged_weight is None
+    tc = training_config(cfg, 1, 1e9)
+    (name, nudged), = nudged_weights(tc, cfg.nudged_weight).items()
+    n = tc.model.N
+    seeded = init_weights(tc.model, tc.seed, np.ones((n, n), np.complex64), 0.0)[name]
+    assert nudged.dtype == seeded.dtype == np.float32 and nudged.shape == seeded.shape
+    assert nudged.flat[0] == np.nextafter(seeded.flat[0], np.float32(np.inf)) != seeded.flat[0]
+    assert np.array_equal(nudged.flat[1:], seeded.flat[1:])
+    with pytest.raises(ValueError, match="nudged_weight=probe: not a network entry.*enc0"):
+        with_settings(NATURAL, ["nudged_weight=probe"])

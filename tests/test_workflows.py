@@ -438,3 +438,28 @@ def test_options_beside_a_plan_must_be_the_plans_own():
     rec = reconstruct(model, raw, plan=sparse, **same)
     np.testing.assert_array_equal(rec.obj, reconstruct(model, raw, plan=sparse).obj)
     assert rec.n_patterns == len(np.unique(sparse.indices)) < 81
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_train_starts_from_initial_weights_checked_first(backend, datasets, tmp_path):
+    from ptycho.errors import WeightsError
+    from ptycho.weights import init_weights, network_weight_spec
+    from ptycho.workflows import train
+
+    config = tiny_config(nepochs=1)
+    seeded = init_weights(config.model, config.seed, np.ones((N, N), np.complex64), 0.0)
+    network = {k: seeded[k] for k in network_weight_spec(config.model)}
+    plain = train(config, datasets[0], backend=backend)
+    same = train(config, datasets[0], backend=backend, initial_weights=network)
+    assert same.history.losses() == plain.history.losses()
+    final, again = plain.model.get_weights(), same.model.get_weights()
+    assert all(final[k].tobytes() == again[k].tobytes() for k in final)
+    zeroed = train(config, datasets[0], backend=backend,
+                   initial_weights={"amp.head.kernel": np.zeros_like(network["amp.head.kernel"])})
+    assert zeroed.history.losses() != plain.history.losses()
+    out = tmp_path / "run"
+    bad = network["enc0.conv1.kernel"].astype(np.float64)
+    with pytest.raises(WeightsError, match="enc0.conv1.kernel"):
+        train(tiny_config(str(out)), datasets[0], backend=backend,
+              initial_weights={"enc0.conv1.kernel": bad})
+    assert not (out / BUNDLE_NAME).exists()

@@ -142,6 +142,10 @@ class QualityConfig:
     # the trainings' own seed (initial weights, batch order) where it should differ from
     # `seed`: the model drawn again on the same scans and against the same reference
     train_seed: Optional[int] = None
+    # a canonical network entry (e.g. "enc0.conv1.kernel") whose first element starts one
+    # float32 ulp higher, all else the same: how far apart two trainings land that differ
+    # by rounding alone, as two backends' do (rows.nudged_weights)
+    nudged_weight: Optional[str] = None
 
     @property
     def object_side(self) -> int:
@@ -220,6 +224,7 @@ SETTABLE = {"nepochs": int, "batch_size": int, "learning_rate": float, "lr_sched
             "refine_curve_precision": str,
             "probe": str, "seed": int,
             "train_seed": _or_none(int),
+            "nudged_weight": _or_none(str),
             "train_objects": _train_set}
 
 
@@ -255,4 +260,14 @@ def with_settings(config: QualityConfig, assignments) -> QualityConfig:
     if not changes:
         return config
     name = config.name + "".join(f",{k}={v}" for k, v in sorted(texts.items()))
-    return dataclasses.replace(config, name=name, **changes)
+    changed = dataclasses.replace(config, name=name, **changes)
+    if changed.nudged_weight is not None:
+        from benchmarks.quality.rows import training_config
+        from ptycho.weights import network_weight_spec
+
+        for gridsize in changed.gridsizes:
+            names = network_weight_spec(training_config(changed, gridsize, 1e9).model)
+            if changed.nudged_weight not in names:
+                raise ValueError(f"--set nudged_weight={changed.nudged_weight}: not a network "
+                                 f"entry of this model; one of {sorted(names)}")
+    return changed

@@ -98,6 +98,18 @@ def training_config(config: QualityConfig, gridsize: int, dose: float):
                           realspace_weight=config.realspace_weight)
 
 
+def nudged_weights(tc, name: str) -> dict[str, np.ndarray]:
+    """Entry ``name`` of the seeded initial weights of ``tc`` with its first element one
+    float32 ulp higher (``train(initial_weights=...)``; every other entry stays seeded): a
+    training that differs from the plain one by rounding alone."""
+    from ptycho.weights import init_weights
+
+    n = tc.model.N
+    entry = init_weights(tc.model, tc.seed, np.ones((n, n), np.complex64), 0.0)[name].copy()
+    entry.flat[0] = np.nextafter(entry.flat[0], np.float32(np.inf))
+    return {name: entry}
+
+
 #: Least patterns of the untimed call that warms each variant up (see :func:`warm_up`).
 WARM_UP_PATTERNS = 16
 #: Calls of ``reconstruct`` behind each timed figure (a column, a point of the refinement
@@ -158,7 +170,9 @@ def network_rows(config: QualityConfig, backend: str, out_dir: str, log: Log) ->
             tc = training_config(config, gridsize, dose)
             log(f"{backend}: training, dose {dose:g}, gridsize {gridsize}, "
                 f"{train_raw.n_patterns} patterns x {config.nepochs} epochs")
-            result = train(tc, train_raw, backend=backend)
+            nudged = (nudged_weights(tc, config.nudged_weight)
+                      if config.nudged_weight is not None else None)
+            result = train(tc, train_raw, backend=backend, initial_weights=nudged)
             history = result.history
             variants = {v: config.variant_kwargs(v) for v in config.variants}
             warm_up(result.model, heldout[0][1],

@@ -6,7 +6,7 @@ import math
 import os
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Optional, Union
+from typing import Callable, Mapping, Optional, Union
 
 import numpy as np
 
@@ -20,7 +20,7 @@ from ptycho.model_memory import check_model_memory
 from ptycho.stitching import GROUP_CANVAS_BYTES_PER_PIXEL, check_group_canvas
 from ptycho.tracking import NullTracker, make_tracker
 from ptycho.training import EpochRecord, History, NonFiniteLossError, ProgressFn, fit
-from ptycho.weights import init_weights
+from ptycho.weights import init_weights, validate_weights
 from ptycho.workflows.model import PtychoModel
 
 #: File name of the bundle a run with ``output_dir`` writes (after every completed epoch).
@@ -89,7 +89,7 @@ def check_training_memory(config: TrainingConfig, grouped: GroupedData) -> None:
 def train(config: TrainingConfig, train_data: DataLike, test_data: Optional[DataLike] = None,
           backend: Optional[str] = None, progress: Optional[ProgressFn] = None,
           on_epoch_end: Optional[Callable[[EpochRecord], None]] = None,
-          group=None) -> TrainResult:
+          group=None, initial_weights: Optional[Mapping[str, np.ndarray]] = None) -> TrainResult:
     """Train a PINN on ``train_data``; validate on ``test_data`` each epoch when given.
 
     The backend is ``backend`` if given, else ``config.backend``, else ``PTYCHO_BACKEND``, else
@@ -103,6 +103,11 @@ def train(config: TrainingConfig, train_data: DataLike, test_data: Optional[Data
     the run with ``history.interrupted`` set and the last completed epoch saved.
     ``progress(epoch, step, n_steps, terms)`` is called after every step and
     ``on_epoch_end(record)`` after every completed epoch (after its bundle is written).
+
+    ``initial_weights``: canonical entries to start from in place of the seeded ones (any
+    of them, e.g. a bundle's network weights to train further; the rest are seeded as usual),
+    checked against the config's spec (:func:`ptycho.weights.validate_weights`) before any
+    backend builds a model.
 
     ``group``: a started process group of ``backend`` (:func:`ptycho.workflows.distributed.
     process_group`); every rank then calls ``train`` with the same config and data, trains
@@ -126,6 +131,9 @@ def train(config: TrainingConfig, train_data: DataLike, test_data: Optional[Data
     check_training_memory(config, grouped)
     t_prepare = time.perf_counter()
     weights = init_weights(config.model, config.seed, grouped.probe, math.log(grouped.intensity_scale))
+    if initial_weights is not None:
+        weights.update(initial_weights)
+        validate_weights(config.model, weights)
     built = (impl.build_model(config.model, weights) if group is None
              else impl.build_model(config.model, weights, group=group))
     model = PtychoModel(built, config)
