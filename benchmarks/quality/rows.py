@@ -170,9 +170,9 @@ def network_rows(config: QualityConfig, backend: str, out_dir: str, log: Log) ->
             tc = training_config(config, gridsize, dose)
             log(f"{backend}: training, dose {dose:g}, gridsize {gridsize}, "
                 f"{train_raw.n_patterns} patterns x {config.nepochs} epochs")
-            nudged = (nudged_weights(tc, config.nudged_weight)
-                      if config.nudged_weight is not None else None)
-            result = train(tc, train_raw, backend=backend, initial_weights=nudged)
+            start = ({} if config.nudged_weight is None else
+                     {"initial_weights": nudged_weights(tc, config.nudged_weight)})
+            result = train(tc, train_raw, backend=backend, **start)
             history = result.history
             variants = {v: config.variant_kwargs(v) for v in config.variants}
             warm_up(result.model, heldout[0][1],
