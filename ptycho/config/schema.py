@@ -253,8 +253,9 @@ class TrainingConfig:
         each of the last ``average_epochs`` epochs (stochastic weight averaging, Izmailov et
         al. 2018), from epoch ``nepochs - average_epochs`` on; 0: the last epoch's weights.
         At a constant learning rate one epoch's end is one draw from where Adam wanders
-        (held-out SSIM moved by up to 0.045 from one epoch to the next); the mean of the
-        draws is steadier and scored higher (benchmarks/README.md). A run that stops before
+        (held-out SSIM moved by up to 0.046 from one epoch to the next); the mean of the
+        draws is steadier (three trainings' mean SSIM 0.789-0.794 with 8 of 32 epochs against
+        0.768-0.792; benchmarks/README.md). A run that stops before
         the last epoch (early stopping, Ctrl-C) averages the epochs it completed from there.
     nll_weight, mae_weight, realspace_weight: weights of the Poisson NLL, the amplitude MAE
         and the real-space overlap-consistency term of the total loss.
