@@ -11,7 +11,7 @@ directly.
 
 from __future__ import annotations
 
-from typing import Mapping, Optional, Protocol, runtime_checkable
+from typing import Mapping, Optional, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
@@ -27,8 +27,9 @@ class BackendModel(Protocol):
     config: ModelConfig
     backend_name: str
 
-    def get_weights(self) -> dict[str, np.ndarray]:
-        """A copy of every canonical entry (network, probe, log_intensity_scale)."""
+    def get_weights(self, names: Optional[Sequence[str]] = None) -> dict[str, np.ndarray]:
+        """A copy of every canonical entry (network, probe, log_intensity_scale); ``names``:
+        only those (an unknown one is a WeightsError)."""
 
     def set_weights(self, weights: Mapping[str, np.ndarray]) -> None:
         """Load every canonical entry; missing, extra or misshapen entries raise WeightsError."""

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Mapping, Optional
+from typing import Mapping, Optional, Sequence
 
 import numpy as np
 from scipy.special import expit
@@ -43,7 +43,7 @@ from ptycho.physics.model import (INTENSITY_MATCH_EPSILON, backprop_estimate, ba
 from ptycho.physics.patches import (central_mask, object_support, overlap_constraint,
                                     probe_disk_mask)
 from ptycho.weights import (decoder_widths, has_border_heads, has_central_decoder,
-                            skip_level, skip_widths, trainable_names)
+                            select_names, skip_level, skip_widths, trainable_names)
 
 BRANCHES = ("amp", "phase")
 
@@ -917,8 +917,8 @@ class ReferenceModel:
         return {k: np.array(v, dtype=np.complex128 if np.iscomplexobj(v) else np.float64)
                 for k, v in weights.items()}
 
-    def get_weights(self) -> dict[str, np.ndarray]:
-        return {k: v.copy() for k, v in self._w.items()}
+    def get_weights(self, names: Optional[Sequence[str]] = None) -> dict[str, np.ndarray]:
+        return {k: self._w[k].copy() for k in select_names(list(self._w), names)}
 
     def set_weights(self, weights: Mapping[str, np.ndarray]) -> None:
         from ptycho.weights import validate_weights

@@ -37,7 +37,7 @@ Architecture (every conv is 3x3, stride 1, zero "same" padding of 1 on each side
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Mapping
+from typing import Iterable, Mapping, Optional, Sequence
 
 import numpy as np
 
@@ -177,6 +177,23 @@ def init_weights(config: ModelConfig, seed: int, probe: np.ndarray,
     out["log_intensity_scale"] = np.asarray(log_intensity_scale, dtype=np.float32).reshape(())
     validate_weights(config, out)
     return out
+
+
+def select_names(every: Sequence[str], names: Optional[Iterable[str]]) -> list[str]:
+    """The entries a ``get_weights(names)`` call reads: ``names`` (in their order), or
+    ``every`` when None; a name not in ``every`` is a :class:`WeightsError` naming it.
+
+    >>> select_names(["a", "probe"], ["probe"])
+    ['probe']
+    """
+    if names is None:
+        return list(every)
+    names = list(names)
+    unknown = [n for n in names if n not in set(every)]
+    if unknown:
+        raise WeightsError(f"no weight entries named {unknown} in this model (it has "
+                           f"{len(every)}: {list(every)[:2]} ... {list(every)[-2:]})")
+    return names
 
 
 def validate_weights(config: ModelConfig, weights: Mapping[str, np.ndarray]) -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Mapping, Optional
+from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
 
@@ -80,9 +80,15 @@ class PtychoModel:
             diffraction, batch_size=batch_size or inference_batch_size(self.config),
             precision=precision, **extra)
 
-    def get_weights(self) -> dict[str, np.ndarray]:
-        """The canonical weights (copies)."""
-        return self.backend_model.get_weights()
+    def get_weights(self, names: Optional[Sequence[str]] = None) -> dict[str, np.ndarray]:
+        """The canonical weights (copies); ``names``: only those entries."""
+        if names is None:
+            return self.backend_model.get_weights()
+        return self.backend_model.get_weights(names=names)
+
+    def probe(self) -> np.ndarray:
+        """The model's (raw) probe, read alone."""
+        return self.get_weights(names=["probe"])["probe"]
 
     def save(self, path: PathLike, extra: Optional[Mapping[str, Any]] = None) -> None:
         """Write a bundle atomically (see :mod:`ptycho.bundle`)."""

@@ -67,6 +67,28 @@ def test_weights_round_trip_bit_for_bit(backend, cfg, seed):
                backend.build_model(cfg, w).get_weights().items())
 
 
+def _check_reads_only_the_entries_named(model, w):
+    got = model.get_weights(names=["probe", "enc0.conv1.kernel"])
+    assert list(got) == ["probe", "enc0.conv1.kernel"]
+    for name, arr in got.items():
+        np.testing.assert_array_equal(arr, w[name], err_msg=name)
+    assert list(model.get_weights(names=[])) == []
+    with pytest.raises(WeightsError, match=r"\['enc9.conv1.kernel'\]"):
+        model.get_weights(names=["probe", "enc9.conv1.kernel"])
+
+
+def test_get_weights_reads_only_the_entries_named(backend):
+    cfg = ModelConfig(**SMALL)
+    w = weights(cfg, 3)
+    _check_reads_only_the_entries_named(backend.build_model(cfg, w), w)
+
+
+def test_reference_get_weights_reads_only_the_entries_named():
+    cfg = ModelConfig(**SMALL)
+    w = weights(cfg, 3)
+    _check_reads_only_the_entries_named(R.ReferenceModel(cfg, w), w)
+
+
 @pytest.mark.parametrize("change, needle", [
     (lambda w: w.pop("amp.dec1.conv2.bias"), "missing entries ['amp.dec1.conv2.bias']"),
     (lambda w: w.pop("probe"), "missing entries ['probe']"),
