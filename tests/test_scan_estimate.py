@@ -3,10 +3,13 @@ the model and the workflows carry it (ModelConfig.estimate_scope="scan")."""
 
 from __future__ import annotations
 
+import importlib
+
 import numpy as np
 import pytest
 
 from ptycho.batch import Batch
+from ptycho.data.scaling import normalisation_factor
 from ptycho.config import ModelConfig, TrainingConfig
 from ptycho.errors import ConfigError
 from ptycho.physics.model import backprop_estimate
@@ -179,7 +182,7 @@ def test_a_scan_model_needs_its_estimate_and_uses_it(backend):
 
 
 @pytest.mark.parametrize("backend", ["tensorflow", "torch"])
-def test_train_and_reconstruct_with_the_scan_estimate(backend, tmp_path):
+def test_train_and_reconstruct_with_the_scan_estimate(backend, tmp_path, monkeypatch):
     pytest.importorskip(backend)
     from ptycho.workflows import load_inference_bundle, reconstruct, train
     from ptycho.workflows.reconstruct import scan_estimate
@@ -192,6 +195,18 @@ def test_train_and_reconstruct_with_the_scan_estimate(backend, tmp_path):
     rec = reconstruct(result.model, raw)
     assert np.all(np.isfinite(rec.obj)) and np.any(rec.obj)
     assert scan_estimate(result.model, raw).canvas.shape[0] > N
+    # the scan's scale is one pass over the patterns, shared by the network's input, the
+    # estimate and refinement, with the values each computing its own gave
+    module = importlib.import_module("ptycho.workflows.reconstruct")
+    counted = []
+    monkeypatch.setattr(module, "normalisation_factor",
+                        lambda *a: counted.append(1) or normalisation_factor(*a))
+    refined = reconstruct(result.model, raw, refine=1)
+    assert len(counted) == 1
+    np.testing.assert_array_equal(refined.network_obj, rec.obj)
+    alone = module.refine_object(result.model, rec.obj, raw, 1)
+    np.testing.assert_array_equal(refined.obj, alone["obj"])
+    monkeypatch.undo()
     # from grouped data (gridsize 2: each pattern in about four groups) each pattern counts
     # once, so the estimate is the one group_data gave the groups
     from ptycho.data.grouping import group_data

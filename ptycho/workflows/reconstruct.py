@@ -90,7 +90,9 @@ class ReconstructionPlan:
     group's overlap-constraint canvas (None without the constraint); batch_size and
     chunk_groups: groups per prediction batch and per streamed chunk; read(slice): the
     scaled diffraction (b, C, N, N) of those groups; spacing: the ``spacing`` it was made
-    with (None: every scan point).
+    with (None: every scan point); scale: the factor ``read`` scales a RawData scan's
+    amplitudes by (``normalisation_factor * intensity_scale``; None for GroupedData, scaled
+    already), which the scan's estimate and refinement reuse.
     """
 
     positions: np.ndarray
@@ -102,11 +104,20 @@ class ReconstructionPlan:
     chunk_groups: int
     read: Callable[[slice], np.ndarray]
     spacing: Optional[float] = None
+    scale: Optional[float] = None
+
+
+def _scan_scale(data: RawData, nphotons: float) -> np.float32:
+    """The factor a RawData scan's amplitudes are scaled by for the network (a pass over
+    every pattern): its normalisation times the model's intensity scale, as in training."""
+    return np.float32(normalisation_factor(data.diffraction, data.mask)
+                      * intensity_scale(nphotons, data.N))
 
 
 def _group(config: TrainingConfig, data: DataLike, spacing: Optional[float] = None,
            window: Optional[np.ndarray] = None):
-    """(positions (B, C, 2), scan indices (B, C), a reader of scaled diffraction chunks).
+    """(positions (B, C, 2), scan indices (B, C), a reader of scaled diffraction chunks, the
+    scale it applies: None for GroupedData).
 
     ``spacing``: group only the scan points :func:`ptycho.stitching.sparse_scan` keeps for
     the stitching ``window`` (the scale still comes from every pattern)."""
@@ -117,7 +128,7 @@ def _group(config: TrainingConfig, data: DataLike, spacing: Optional[float] = No
 
         def read_grouped(sl: slice) -> np.ndarray:
             return data.diffraction[sl]
-        return pos, data.indices, read_grouped
+        return pos, data.indices, read_grouped, None
     if not isinstance(data, RawData):
         raise TypeError(f"expected RawData or GroupedData, got {type(data).__name__}")
     if data.N != config.model.N:
@@ -126,8 +137,7 @@ def _group(config: TrainingConfig, data: DataLike, spacing: Optional[float] = No
     kept = np.arange(len(xy)) if spacing is None else sparse_scan(xy, spacing, window)
     groups = kept[group_scan(xy[kept, 0], xy[kept, 1], config.model.gridsize,
                              config.neighbor_count, n_groups=None, seed=config.seed)]
-    scale = np.float32(normalisation_factor(data.diffraction, data.mask)
-                       * intensity_scale(config.nphotons, data.N))
+    scale = _scan_scale(data, config.nphotons)
     pos = xy[groups]
     mask = data.mask
 
@@ -139,7 +149,7 @@ def _group(config: TrainingConfig, data: DataLike, spacing: Optional[float] = No
         if mask is not None:    # bad pixels read 0, as in training (group_data)
             chunk *= mask if mask.ndim == 2 else mask[idx]
         return chunk
-    return pos, groups, read
+    return pos, groups, read, scale
 
 
 #: Bytes one pattern of a streamed chunk takes, per pixel: its diffraction (float32), the
@@ -169,7 +179,7 @@ def plan_reconstruction(config: TrainingConfig, data: DataLike, *,
     if spacing is not None and window is None:
         raise ValueError("spacing needs the stitching window (window=stitch_window(model)): "
                          "its support decides which scan points keep the scan covered")
-    positions, indices, read = _group(config, data, spacing, window)
+    positions, indices, read, scale = _group(config, data, spacing, window)
     n, n_groups, channels = cfg.N, int(positions.shape[0]), int(positions.shape[1])
     batch = int(batch_size or inference_batch_size(config))
     chunk = max(1, min(int(chunk_groups), n_groups))
@@ -194,7 +204,8 @@ def plan_reconstruction(config: TrainingConfig, data: DataLike, *,
     return ReconstructionPlan(positions=positions, indices=indices, n_groups=n_groups,
                               object_shape=shape, canvas=canvas, batch_size=batch,
                               chunk_groups=int(chunk_groups), read=read,
-                              spacing=None if spacing is None else float(spacing))
+                              spacing=None if spacing is None else float(spacing),
+                              scale=None if scale is None else float(scale))
 
 
 #: Sigma (pixels) of the Gaussian the stitching weight averages the probe's intensity with:
@@ -214,10 +225,10 @@ def stitch_window(model: PtychoModel, probe: Optional[np.ndarray] = None) -> np.
 
     Pixels the probe barely lights carry little information about the object, so each patch
     counts where it was illuminated; with ``pad_object`` only the central N/2 square counts.
-    ``probe``: the model's (raw) probe when the caller has read it already (reading it reads
-    every weight).
+    ``probe``: the model's (raw) probe when the caller has read it already (else it is
+    read from the model).
     """
-    probe = model.get_weights()["probe"] if probe is None else probe
+    probe = model.probe() if probe is None else probe
     return window_of(model.model_config, probe)
 
 
@@ -318,18 +329,18 @@ def constraint_canvas(model: PtychoModel, positions: np.ndarray) -> Optional[int
     return canvas_size(cfg.N, _offsets_in_group(positions))
 
 
-def scan_estimate(model: PtychoModel, data: DataLike,
-                  probe: Optional[np.ndarray] = None) -> Optional[ScanEstimate]:
+def scan_estimate(model: PtychoModel, data: DataLike, probe: Optional[np.ndarray] = None,
+                  scale: Optional[float] = None) -> Optional[ScanEstimate]:
     """The stitched estimate of every pattern of ``data`` with the model's probe, scaled as
     the network's input (:mod:`ptycho.scan_estimate`), for a model with
     ``estimate_scope="scan"``; None for any other. It reads every pattern once more before
     the network's pass (in a process group every rank does: each needs the whole scan's); a
     pattern that several groups of a GroupedData hold counts once, as in :func:`group_data`.
-    ``probe``: as in :func:`stitch_window`."""
+    ``probe``: as in :func:`stitch_window`; ``scale``: as in :func:`refine_patterns`."""
     cfg = model.model_config
     if cfg.estimate_scope != "scan":
         return None
-    positions, read, mask = refine_patterns(model, data)
+    positions, read, mask = refine_patterns(model, data, scale)
     if isinstance(data, GroupedData):    # each pattern once, as group_data stitches them
         keep = np.unique(data.indices.reshape(-1), return_index=True)[1]
         positions, grouped_read = positions[keep], read
@@ -337,15 +348,17 @@ def scan_estimate(model: PtychoModel, data: DataLike,
 
         def read(rows: np.ndarray) -> np.ndarray:
             return grouped_read(keep[rows])
-    probe = effective_probe(model.get_weights()["probe"] if probe is None else probe,
+    probe = effective_probe(model.probe() if probe is None else probe,
                             cfg.probe_mask)
     return ScanEstimate.from_patterns(read, positions, probe, mask=mask, pad_object=cfg.pad_object)
 
 
-def refine_patterns(model: PtychoModel, data: DataLike):
+def refine_patterns(model: PtychoModel, data: DataLike, scale: Optional[float] = None):
     """Every pattern of ``data`` once, for refinement: positions (M, 2) = (x, y), a reader
     ``rows -> (b, N, N)`` of photon-unit amplitudes scaled as for the network, and the
-    bad-pixel mask (None, (N, N) or (M, N, N))."""
+    bad-pixel mask (None, (N, N) or (M, N, N)). ``scale``: a RawData scan's factor when the
+    caller has it (:attr:`ReconstructionPlan.scale`); by default computed here (a pass over
+    every pattern)."""
     n = model.model_config.N
     if isinstance(data, GroupedData):    # its patterns, as grouped (a pattern may repeat)
         c = data.n_channels
@@ -357,8 +370,7 @@ def refine_patterns(model: PtychoModel, data: DataLike):
         def read_grouped(rows: np.ndarray) -> np.ndarray:
             return np.asarray(data.diffraction[rows // c, rows % c], np.float32)
         return pos, read_grouped, mask
-    scale = np.float32(normalisation_factor(data.diffraction, data.mask)
-                       * intensity_scale(model.config.nphotons, data.N))
+    scale = _scan_scale(data, model.config.nphotons) if scale is None else np.float32(scale)
 
     def read(rows: np.ndarray) -> np.ndarray:
         return np.asarray(data.diffraction[rows], np.float32) * scale
@@ -367,17 +379,18 @@ def refine_patterns(model: PtychoModel, data: DataLike):
 
 def refine_object(model: PtychoModel, obj: np.ndarray, data: DataLike, iterations: int, *,
                   refine_probe: bool = False, batch_size: int = 64, seed: Optional[int] = None,
-                  progress: Optional[Callable[[int, int, float], None]] = None) -> dict:
+                  progress: Optional[Callable[[int, int, float], None]] = None,
+                  scale: Optional[float] = None) -> dict:
     """Physics refinement of ``obj`` against ``data`` in the model's backend (see
     :mod:`backends.common.refine`): ``iterations`` passes of the Poisson likelihood's
     gradient over every pattern, from ``obj`` with the model's probe (refined too when
     ``refine_probe``) and intensity scale. Returns ``obj``, ``probe``, ``nll`` (per
-    iteration), ``iterations``, ``seconds``.
+    iteration), ``iterations``, ``seconds``. ``scale``: as in :func:`refine_patterns`.
     """
     from backends.common.refine import run
 
     start = time.perf_counter()
-    positions, read, mask = refine_patterns(model, data)
+    positions, read, mask = refine_patterns(model, data, scale)
     refiner = model.backend_model.refiner(obj, refine_probe=refine_probe)
     history = run(refiner, positions, read, iterations, batch_size=batch_size, mask=mask,
                   seed=model.config.seed if seed is None else seed, progress=progress)
@@ -481,7 +494,7 @@ def reconstruct(model: PtychoModel, data: DataLike, *, batch_size: Optional[int]
         raise ValueError("keep_patches=True needs a single process: in a process group each "
                          "rank predicts only its part of the scan; pass keep_patches=False")
     start = time.perf_counter()
-    probe = model.get_weights()["probe"]
+    probe = model.probe()
     window = stitch_window(model, probe)
     if plan is None:
         plan = plan_reconstruction(model.config, data, batch_size=batch_size,
@@ -494,7 +507,7 @@ def reconstruct(model: PtychoModel, data: DataLike, *, batch_size: Optional[int]
                             chunk_groups=chunk_groups, spacing=spacing)
     positions, read, n_groups = plan.positions, plan.read, plan.n_groups
     n = model.model_config.N
-    scan = scan_estimate(model, data, probe)
+    scan = scan_estimate(model, data, probe, plan.scale)
     stitcher = Stitcher(plan.object_shape, n, window=window)
     kept = []
     mine = slice(0, n_groups) if group is None else shard(n_groups, group.rank, group.size)
@@ -512,7 +525,8 @@ def reconstruct(model: PtychoModel, data: DataLike, *, batch_size: Optional[int]
         if keep_patches:
             kept.append(patches)
         del patches    # before the next chunk is predicted: one chunk in memory, not two
-        _release_freed_memory()
+        if sl.stop < mine.stop:    # a chunk follows; after the last, what follows reuses them
+            _release_freed_memory()
         if progress is not None:
             progress(sl.stop - mine.start, mine.stop - mine.start)
     if group is not None:
@@ -525,7 +539,8 @@ def reconstruct(model: PtychoModel, data: DataLike, *, batch_size: Optional[int]
     refinement = None
     if refine:
         refinement = refine_object(model, network_obj, data, int(refine),
-                                   refine_probe=refine_probe, progress=refine_progress)
+                                   refine_probe=refine_probe, progress=refine_progress,
+                                   scale=plan.scale)
     return Reconstruction(obj=refinement["obj"] if refinement else network_obj,
                           coverage=stitcher.coverage,
                           positions=positions, patches=np.concatenate(kept) if kept else None,
