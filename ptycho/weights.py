@@ -188,8 +188,8 @@ def select_names(every: Sequence[str], names: Optional[Iterable[str]]) -> list[s
     """
     if names is None:
         return list(every)
-    names = list(names)
-    unknown = [n for n in names if n not in set(every)]
+    names, known = list(names), set(every)
+    unknown = [n for n in names if n not in known]
     if unknown:
         raise WeightsError(f"no weight entries named {unknown} in this model (it has "
                            f"{len(every)}: {list(every)[:2]} ... {list(every)[-2:]})")

@@ -82,7 +82,7 @@ class PtychoModel:
 
     def get_weights(self, names: Optional[Sequence[str]] = None) -> dict[str, np.ndarray]:
         """The canonical weights (copies); ``names``: only those entries."""
-        if names is None:
+        if names is None:     # asked as before names existed: any backend model answers
             return self.backend_model.get_weights()
         return self.backend_model.get_weights(names=names)
 
