@@ -5,8 +5,9 @@
 #   bash scripts/demo.sh [OUTPUT_DIR [BACKEND]]      (make demo [DEMO_DIR=...] [BACKEND=...])
 #
 # BACKEND: tensorflow/tf or torch/pytorch; empty means $PTYCHO_BACKEND, else the default
-# (see `ptycho backends`). The config is small enough to finish in about a minute and a half on
-# two CPU cores; it is written to OUTPUT_DIR/demo_config.yaml, so a longer run is one edit away.
+# (see `ptycho backends`). The config is small enough to finish in 1.5-2.5 minutes on two CPU
+# cores with AVX512 (4.5 in TensorFlow on an AVX2-only EPYC, 2.3 in torch: README.md); it is
+# written to OUTPUT_DIR/demo_config.yaml, so a longer run is one edit away.
 # The probe is an aperture of radius N/4 behind a random phase screen, defocused (--probe
 # diffuser: structured and well-overlapping, and not centro-symmetric, so that one pattern has
 # no twin object: benchmarks/README.md, "The probe's symmetry"); the model trains on groups of
