@@ -5,8 +5,9 @@
 #   bash scripts/demo.sh [OUTPUT_DIR [BACKEND]]      (make demo [DEMO_DIR=...] [BACKEND=...])
 #
 # BACKEND: tensorflow/tf or torch/pytorch; empty means $PTYCHO_BACKEND, else the default
-# (see `ptycho backends`). The config is small enough to finish in 1.5-2.5 minutes on two CPU
-# cores with AVX512 (4.5 in TensorFlow on an AVX2-only EPYC, 2.3 in torch: README.md); it is
+# (see `ptycho backends`). The config is small enough to finish in about 2 minutes on two CPU
+# cores also where TensorFlow is slowest (an AVX2-only EPYC): half the default widths and 20
+# epochs, where 16 and 30 took 4.5 minutes there for 0.04 more amplitude SSIM (README.md); it is
 # written to OUTPUT_DIR/demo_config.yaml, so a longer run is one edit away.
 # The probe is an aperture of radius N/4 behind a random phase screen, defocused (--probe
 # diffuser: structured and well-overlapping, and not centro-symmetric, so that one pattern has
@@ -45,9 +46,9 @@ kind: training
 model:
   N: 32
   gridsize: 2
-  base_filters: 16
+  base_filters: 8
   n_filters_scale: 1
-nepochs: 30
+nepochs: 20
 batch_size: 16
 learning_rate: 0.001
 nphotons: 1e9
