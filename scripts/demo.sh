@@ -7,8 +7,9 @@
 # BACKEND: tensorflow/tf or torch/pytorch; empty means $PTYCHO_BACKEND, else the default
 # (see `ptycho backends`). The config is small enough to finish in about 2 minutes on two CPU
 # cores also where TensorFlow is slowest (an AVX2-only EPYC): half the default widths and 20
-# epochs, where 16 and 30 took 4.5 minutes there for 0.04 more amplitude SSIM (README.md); it is
-# written to OUTPUT_DIR/demo_config.yaml, so a longer run is one edit away.
+# epochs, where the default widths (16) and 30 epochs took 4.5 minutes there for 0.04 more
+# amplitude SSIM (README.md); it is written to OUTPUT_DIR/demo_config.yaml, so a longer run
+# is one edit away.
 # The probe is an aperture of radius N/4 behind a random phase screen, defocused (--probe
 # diffuser: structured and well-overlapping, and not centro-symmetric, so that one pattern has
 # no twin object: benchmarks/README.md, "The probe's symmetry"); the model trains on groups of
